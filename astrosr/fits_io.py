@@ -1,0 +1,138 @@
+"""Reading FITS images into float64 arrays with NaN for bad pixels.
+
+One entry point, :func:`read_image`, used by prepare, evaluate and deblur, so
+every stage sees a file the same way: the first HDU holding a 2-D image (or
+the one asked for), scaled by BSCALE/BZERO, native-endian float64, with every
+non-finite or BLANK pixel as NaN.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .errors import InputError
+
+__all__ = ["FitsImage", "read_image", "FITS_SUFFIXES", "strip_fits_suffix"]
+
+FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
+
+
+def strip_fits_suffix(name):
+    """``'m51.fits.gz'`` -> ``'m51'`` (the stem every output name is built from)."""
+    lower = name.lower()
+    for suffix in FITS_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+@dataclass
+class FitsImage:
+    """A 2-D image read from FITS.
+
+    Attributes
+    ----------
+    data : ndarray
+        float64, native byte order, NaN where the file had no valid value.
+    header : astropy.io.fits.Header
+        Header of the HDU the image came from (WCS included).
+    path : Path
+    hdu : int
+        Index of that HDU in the file.
+    plane : int or None
+        Plane taken from a cube, if any.
+    """
+
+    data: np.ndarray
+    header: fits.Header
+    path: Path
+    hdu: int
+    plane: int | None = None
+
+
+def _pick_hdu(hdul, path, hdu):
+    if hdu is None:
+        for index, h in enumerate(hdul):
+            if h.is_image and h.header.get("NAXIS", 0) >= 2 and h.data is not None:
+                return index
+        raise InputError(f"{path}: no HDU holds a 2-D image")
+    key = int(hdu) if str(hdu).lstrip("-").isdigit() else str(hdu)
+    try:
+        h = hdul[key]
+    except (KeyError, IndexError):
+        raise InputError(f"{path}: no HDU {hdu!r} (the file has {len(hdul)} HDUs)") from None
+    if not h.is_image or h.data is None:
+        raise InputError(f"{path}: HDU {hdu!r} holds no image data")
+    return hdul.index_of(key) if isinstance(key, str) else key % len(hdul)
+
+
+def read_image(path, *, hdu=None, plane=None, min_size=128):
+    """Read one 2-D image from a FITS file (plain, ``.fits.gz`` or tile-compressed).
+
+    Parameters
+    ----------
+    path : str or Path
+        The FITS file.
+    hdu : int or str, optional
+        HDU index or EXTNAME. Default: the first HDU holding a 2-D image.
+    plane : int, optional
+        Plane of a 3-D cube to take (0-based, along the first FITS axis
+        beyond the image). A cube without ``plane`` is an error.
+    min_size : int, optional
+        Smallest allowed side in pixels (default 128, one tile).
+
+    Returns
+    -------
+    FitsImage
+
+    Raises
+    ------
+    InputError
+        The file is missing, unreadable, not 2-D, smaller than ``min_size``,
+        all NaN or constant.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            index = _pick_hdu(hdul, path, hdu)
+            h = hdul[index]
+            header = h.header.copy()
+            raw = h.data
+            blank = header.get("BLANK") if raw is not None and raw.dtype.kind in "iu" else None
+            data = np.array(raw, dtype=np.float64)
+            # astropy turns BLANK into NaN only when it scales; unscaled integers keep it
+            if blank is not None:
+                data[np.asarray(raw) == blank] = np.nan
+    except InputError:
+        raise
+    except Exception as exc:  # astropy raises many types for a damaged file
+        raise InputError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from None
+
+    if data.ndim > 2:
+        squeezed = data.reshape((-1,) + data.shape[-2:]) if plane is not None else np.squeeze(data)
+        if plane is None and squeezed.ndim > 2:
+            raise InputError(f"{path}: HDU {index} is a {data.ndim}-D cube {data.shape}; choose a plane with --plane K")
+        if plane is not None:
+            if not 0 <= plane < squeezed.shape[0]:
+                raise InputError(f"{path}: --plane {plane} is out of range (the cube has {squeezed.shape[0]} planes)")
+            squeezed = squeezed[plane]
+        data = squeezed
+    elif plane is not None and plane != 0:
+        raise InputError(f"{path}: --plane {plane} given but HDU {index} is a 2-D image")
+    if data.ndim != 2:
+        raise InputError(f"{path}: HDU {index} has {data.ndim} dimensions, expected a 2-D image")
+
+    data = np.ascontiguousarray(data, dtype=np.float64)
+    data[~np.isfinite(data)] = np.nan
+    if min(data.shape) < min_size:
+        raise InputError(f"{path}: image {data.shape[1]}x{data.shape[0]} is smaller than one {min_size}x{min_size} tile")
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        raise InputError(f"{path}: every pixel is NaN or infinite")
+    if finite.min() == finite.max():
+        raise InputError(f"{path}: image is constant ({finite.min():g} everywhere): zero dynamic range")
+    return FitsImage(data=data, header=header, path=path, hdu=index, plane=plane)

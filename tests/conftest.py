@@ -1,0 +1,28 @@
+"""Shared fixtures: the real FITS files of ../shared/data/fits and small generated images."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_dir():
+    env = os.environ.get("ASTROSR_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "fits"
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """Directory holding the real bench-v1 FITS files (ASTROSR_DATA_DIR or ../shared/data/fits)."""
+    path = _data_dir()
+    if not (path / "synth.fits").is_file():
+        pytest.fail(f"real data not found in {path}; set ASTROSR_DATA_DIR")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
