@@ -1,0 +1,347 @@
+"""The bench-v1 scorer: per-tile SSIM/MSE/PSNR, aperture flux error and spurious sources.
+
+Everything here follows ``../shared/BENCHMARK.md`` sections 3-6 to the letter:
+ORI's 0.5/99.9 percentiles map every image to [0, 1] (clipped) for the pixel
+metrics on 128x128 non-overlapping tiles, while the flux error and the
+spurious-source count work on linear, background-subtracted pixels. What
+depends on ORI alone (tiles, source lists, ORI's aperture fluxes) is computed
+once in a :class:`Reference` and reused for every method scored against it.
+"""
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from photutils.aperture import CircularAperture, aperture_photometry
+from photutils.detection import DAOStarFinder
+from photutils.utils import NoDetectionsWarning
+from scipy.spatial import cKDTree
+from skimage.metrics import structural_similarity
+
+from .degrade import background_stats, percentile_limits
+from .errors import InputError
+from .tiling import extract_tiles, grid_origins, nan_free
+
+__all__ = [
+    "BENCH_TILE",
+    "Reference",
+    "ImageScore",
+    "FieldScore",
+    "reference",
+    "find_sources",
+    "normalise",
+    "tile_metrics",
+    "score",
+    "score_image",
+    "summarise",
+]
+
+BENCH_TILE = 128
+FWHM = 4.0
+DETECT_SIGMA = 10.0
+REFERENCE_SIGMA = 5.0
+EDGE_MARGIN = 12
+APERTURE_RADIUS = 6.0
+MATCH_RADIUS = 3.0
+
+
+def normalise(image, lo, hi):
+    """bench-v1's scoring map ``clip((x - lo) / (hi - lo), 0, 1)`` (NaN stays NaN)."""
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+
+
+def find_sources(data, threshold, *, margin=EDGE_MARGIN, shape_limits=True):
+    """``(n, 2)`` array of ``(x, y)`` centroids found by DAOStarFinder (FWHM 4 px).
+
+    Parameters
+    ----------
+    data : ndarray
+        Background-subtracted linear image; NaN pixels are masked.
+    threshold : float
+        Absolute detection threshold (bench-v1: 10 std, or 5 std for the
+        reference list).
+    margin : int or None
+        Keep centroids in ``[margin, n - 1 - margin]`` on both axes (None: all).
+    shape_limits : bool
+        False turns DAOStarFinder's sharpness and roundness limits off.
+    """
+    limits = {} if shape_limits else {"sharpness_range": (-np.inf, np.inf), "roundness_range": (-np.inf, np.inf)}
+    finder = DAOStarFinder(threshold=threshold, fwhm=FWHM, **limits)
+    bad = np.isnan(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        table = finder(data, mask=bad if bad.any() else None)
+    if table is None or len(table) == 0:
+        return np.empty((0, 2))
+    xy = np.column_stack([np.asarray(table["x_centroid"], float), np.asarray(table["y_centroid"], float)])
+    if margin is not None:
+        ny, nx = data.shape
+        keep = (
+            (xy[:, 0] >= margin) & (xy[:, 0] <= nx - 1 - margin) & (xy[:, 1] >= margin) & (xy[:, 1] <= ny - 1 - margin)
+        )
+        xy = xy[keep]
+    return xy
+
+
+def _aperture_sums(data, positions):
+    if len(positions) == 0:
+        return np.empty(0)
+    return np.asarray(aperture_photometry(data, CircularAperture(positions, r=APERTURE_RADIUS))["aperture_sum"], float)
+
+
+@dataclass
+class Reference:
+    """Everything bench-v1 derives from ORI alone, computed once per image.
+
+    Attributes
+    ----------
+    ori : ndarray
+        ORI in linear units (float64, NaN for bad pixels).
+    lo, hi : float
+        ORI's 0.5 / 99.9 percentiles (the scoring normalisation).
+    mean, median, std : float
+        ORI's sigma-clipped background statistics.
+    origins : list of (int, int)
+        Scored tile origins (grid from (0, 0), NaN-free in ORI).
+    ori_tiles : ndarray (N, tile, tile)
+        ORI's normalised tiles.
+    sources : ndarray (n, 2)
+        ``(x, y)`` of the flux sources (10 sigma, shape limits on, 12 px
+        margin, NaN-free aperture in ORI).
+    ori_flux : ndarray (n,)
+        ORI's aperture sums at ``sources`` on ``ORI - median``.
+    reference_xy : ndarray (m, 2)
+        ORI's 5-sigma peaks with shape limits off: the spurious-source
+        reference list.
+    tile : int
+    """
+
+    ori: np.ndarray
+    lo: float
+    hi: float
+    mean: float
+    median: float
+    std: float
+    origins: list
+    ori_tiles: np.ndarray
+    sources: np.ndarray
+    ori_flux: np.ndarray
+    reference_xy: np.ndarray
+    tile: int = BENCH_TILE
+    _tree: object = field(default=None, repr=False)
+
+    @property
+    def n_sources(self):
+        """Number of ORI's 10-sigma (flux) sources: the spurious-fraction denominator."""
+        return len(self.sources)
+
+    def near_reference(self, xy):
+        """True for each ``(x, y)`` that has a reference source within 3 px."""
+        if len(xy) == 0:
+            return np.zeros(0, bool)
+        if len(self.reference_xy) == 0:
+            return np.zeros(len(xy), bool)
+        if self._tree is None:
+            self._tree = cKDTree(self.reference_xy)
+        dist, _ = self._tree.query(xy, k=1)
+        return dist <= MATCH_RADIUS
+
+
+def reference(ori, *, tile=BENCH_TILE):
+    """Build the :class:`Reference` of one original image.
+
+    Parameters
+    ----------
+    ori : ndarray (H, W)
+        The original image, linear units, NaN for bad pixels.
+    tile : int
+        Tile side (bench-v1: 128).
+
+    Raises
+    ------
+    InputError
+        ORI has no finite pixel or a constant one (no normalisation exists).
+    """
+    ori = np.asarray(ori, dtype=np.float64)
+    if ori.ndim != 2 or not np.isfinite(ori).any():
+        raise InputError(f"ORI must be a 2-D image with finite pixels, got shape {ori.shape}")
+    lo, hi = percentile_limits(ori)
+    if not hi > lo:
+        raise InputError(f"ORI is constant between its 0.5/99.9 percentiles (lo=hi={lo:g}); it cannot be scored")
+    mean, median, std = background_stats(ori)
+    origins = nan_free(ori, grid_origins(ori.shape, tile), tile)
+    sub = ori - median
+    sources = find_sources(sub, DETECT_SIGMA * std)
+    flux = _aperture_sums(sub, sources)
+    keep = np.isfinite(flux)
+    reference_xy = find_sources(sub, REFERENCE_SIGMA * std, margin=None, shape_limits=False)
+    return Reference(
+        ori=ori,
+        lo=lo,
+        hi=hi,
+        mean=mean,
+        median=median,
+        std=std,
+        origins=origins,
+        ori_tiles=extract_tiles(normalise(ori, lo, hi), origins, tile),
+        sources=sources[keep],
+        ori_flux=flux[keep],
+        reference_xy=reference_xy,
+        tile=tile,
+    )
+
+
+def tile_metrics(x_tiles, ori_tiles):
+    """Per-tile ``(ssim, mse, psnr)`` arrays of normalised tiles (PSNR inf where MSE is 0)."""
+    n = len(ori_tiles)
+    ssim = np.empty(n)
+    mse = np.empty(n)
+    for i in range(n):
+        ssim[i] = structural_similarity(x_tiles[i], ori_tiles[i], data_range=1.0)
+        mse[i] = np.mean((x_tiles[i] - ori_tiles[i]) ** 2)
+    with np.errstate(divide="ignore"):
+        psnr = np.where(mse > 0, 10.0 * np.log10(1.0 / np.where(mse > 0, mse, 1.0)), np.inf)
+    return ssim, mse, psnr
+
+
+@dataclass
+class ImageScore:
+    """bench-v1 scores of one image (one method against one ORI).
+
+    Attributes
+    ----------
+    origins : list of (int, int)
+        Tile origins (y, x) scored.
+    ssim, mse, psnr : ndarray (n_tiles,)
+        Per-tile metrics.
+    flux_err : ndarray (n_sources,)
+        ``|F_x / F_ori - 1|`` per flux source.
+    n_detected : int
+        10-sigma sources found in the image (12 px margin, shape limits on).
+    n_spurious : int
+        Of those, the ones with no ORI reference peak within 3 px.
+    n_sources : int
+        ORI's 10-sigma sources (the denominator of the spurious fraction).
+    """
+
+    origins: list
+    ssim: np.ndarray
+    mse: np.ndarray
+    psnr: np.ndarray
+    flux_err: np.ndarray
+    n_detected: int
+    n_spurious: int
+    n_sources: int
+
+    @property
+    def n_tiles(self):
+        return len(self.origins)
+
+    def summary(self):
+        """Per-image row: see :func:`summarise`."""
+        return summarise([self])
+
+
+def score(ref, image):
+    """Score one image (BLU, SR, a baseline...) against its :class:`Reference`.
+
+    Parameters
+    ----------
+    ref : Reference
+    image : ndarray
+        Same shape as ORI, linear (physical) units.
+
+    Returns
+    -------
+    ImageScore
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.shape != ref.ori.shape:
+        raise InputError(f"image shape {image.shape} differs from ORI's {ref.ori.shape}")
+    tiles = extract_tiles(normalise(image, ref.lo, ref.hi), ref.origins, ref.tile)
+    ssim, mse, psnr = tile_metrics(tiles, ref.ori_tiles)
+    sub = image - ref.median
+    flux_err = np.abs(_aperture_sums(sub, ref.sources) / ref.ori_flux - 1.0)
+    found = find_sources(sub, DETECT_SIGMA * ref.std)
+    spurious = int(np.count_nonzero(~ref.near_reference(found)))
+    return ImageScore(
+        origins=list(ref.origins),
+        ssim=ssim,
+        mse=mse,
+        psnr=psnr,
+        flux_err=flux_err,
+        n_detected=len(found),
+        n_spurious=spurious,
+        n_sources=ref.n_sources,
+    )
+
+
+def score_image(ori, candidates, *, ref=None):
+    """Score several restorations of one image against ORI, sharing ORI's work.
+
+    Parameters
+    ----------
+    ori : ndarray
+        The original image (ignored when ``ref`` is given).
+    candidates : dict of str -> ndarray
+        Method name -> image in ORI's units and shape.
+    ref : Reference, optional
+        A precomputed :func:`reference` of ``ori``.
+
+    Returns
+    -------
+    dict of str -> ImageScore
+    """
+    ref = ref if ref is not None else reference(ori)
+    return {name: score(ref, image) for name, image in candidates.items()}
+
+
+@dataclass
+class FieldScore:
+    """A bench-v1 report row over one or more images.
+
+    ``ssim``, ``mse``, ``psnr`` are means over all tiles; ``flux_err`` is the
+    median over all sources (None when there is none); ``spurious_frac`` is
+    total spurious / total ORI 10-sigma sources (None when there is none).
+    """
+
+    n_images: int
+    n_tiles: int
+    ssim: float
+    mse: float
+    psnr: float
+    flux_err: float | None
+    n_sources: int
+    n_spurious: int
+    spurious_frac: float | None
+
+    def to_dict(self):
+        """JSON-ready dict (an infinite PSNR becomes None)."""
+        out = dict(self.__dict__)
+        for key in ("ssim", "mse", "psnr"):
+            if out[key] is not None and not np.isfinite(out[key]):
+                out[key] = None
+        return out
+
+
+def summarise(scores):
+    """Pool :class:`ImageScore` objects into one :class:`FieldScore` (bench-v1 field rule)."""
+    scores = list(scores)
+    ssim = np.concatenate([s.ssim for s in scores]) if scores else np.empty(0)
+    mse = np.concatenate([s.mse for s in scores]) if scores else np.empty(0)
+    psnr = np.concatenate([s.psnr for s in scores]) if scores else np.empty(0)
+    flux = np.concatenate([s.flux_err for s in scores]) if scores else np.empty(0)
+    n_sources = int(sum(s.n_sources for s in scores))
+    n_spurious = int(sum(s.n_spurious for s in scores))
+    nan = float("nan")
+    return FieldScore(
+        n_images=len(scores),
+        n_tiles=int(len(ssim)),
+        ssim=float(ssim.mean()) if len(ssim) else nan,
+        mse=float(mse.mean()) if len(mse) else nan,
+        psnr=float(psnr.mean()) if len(psnr) else nan,
+        flux_err=float(np.median(flux)) if len(flux) else None,
+        n_sources=n_sources,
+        n_spurious=n_spurious,
+        spurious_frac=n_spurious / n_sources if n_sources else None,
+    )

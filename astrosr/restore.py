@@ -1,0 +1,183 @@
+"""The restoration path shared by evaluate, deblur and training validation.
+
+What ``evaluate`` scores is exactly what ``deblur`` writes: a whole image in
+physical units goes in; it is normalised with its own 0.5/99.9 percentiles
+(the model never sees ORI's, CONTRACTS.md 2), restored by the network over
+overlapping tiles blended by :func:`astrosr.tiling.map_tiles`, mapped back to
+physical units, and then tied to the observed flux by a data-consistency
+step (FINDINGS.md 4). NaN pixels are filled for the network only and are NaN
+again in the output.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import fft
+
+from .degrade import background_stats, block_average, convolve_extend, percentile_limits
+from .tiling import map_tiles
+
+__all__ = ["Restored", "restore_image", "consistency_step"]
+
+
+@dataclass
+class Restored:
+    """Result of :func:`restore_image`.
+
+    Attributes
+    ----------
+    sr : ndarray
+        Restored image, physical units, NaN where the input was NaN.
+    uncert : ndarray or None
+        Per-pixel std over posterior draws (physical units), when asked for.
+    blu_lo, blu_hi : float
+        The input's 0.5/99.9 percentiles used to normalise it for the model.
+    """
+
+    sr: np.ndarray
+    uncert: np.ndarray | None
+    blu_lo: float
+    blu_hi: float
+
+
+def _transfer(kernel, shape):
+    """Transfer function H of a centred odd kernel on an FFT grid of ``shape``."""
+    padded = np.zeros(shape)
+    ky, kx = kernel.shape
+    padded[:ky, :kx] = kernel
+    padded = np.roll(padded, (-(ky // 2), -(kx // 2)), axis=(0, 1))
+    return fft.rfft2(padded, workers=-1)
+
+
+def consistency_step(x0, blu, kernel, *, k=2, scale=1):
+    """Pull a restoration back onto the data: ``k`` Landweber steps, in closed form.
+
+    ``x = x0 + F^-1{ conj(H) [1 - (1 - |H|^2)^k] / |H|^2  F(y - K x0) }``: the
+    network's flux deficit (an L1-trained network drifts faint sources to the
+    background) is put back from the residual of the observed image ``y``.
+
+    Parameters
+    ----------
+    x0 : ndarray
+        Restoration, physical units, no NaN.
+    blu : ndarray
+        Observed image; NaN pixels carry no constraint.
+    kernel : ndarray
+        The PSF, unit sum, odd sides.
+    k : int
+        Number of Landweber steps (2 by default, as measured).
+    scale : int
+        ``x0`` has ``scale`` times the pixels of ``blu``; the forward model is
+        then PSF followed by block averaging, and the steps are explicit.
+    """
+    if scale > 1:
+        x = x0.copy()
+        for _ in range(k):
+            residual = np.nan_to_num(blu - block_average(convolve_extend(x, kernel), scale))
+            up = np.repeat(np.repeat(residual, scale, axis=0), scale, axis=1)
+            up = np.pad(up, ((0, x.shape[0] - up.shape[0]), (0, x.shape[1] - up.shape[1])))
+            x = x + convolve_extend(up, kernel[::-1, ::-1])
+        return x
+    residual = np.nan_to_num(blu - convolve_extend(x0, kernel))
+    pad = max(kernel.shape)
+    padded = np.pad(residual, pad, mode="reflect")
+    h = _transfer(kernel, padded.shape)
+    power = np.abs(h) ** 2
+    # sum_{j<k} (1-|H|^2)^j: the closed form of k unit-step Landweber iterations, no division
+    gain = sum((1.0 - power) ** j for j in range(k))
+    correction = fft.irfft2(np.conj(h) * gain * fft.rfft2(padded, workers=-1), s=padded.shape, workers=-1)
+    return x0 + correction[pad:-pad, pad:-pad]
+
+
+def _pad_to(image, tile):
+    py, px = max(0, tile - image.shape[0]), max(0, tile - image.shape[1])
+    if py or px:
+        image = np.pad(image, ((0, py), (0, px)), mode="reflect" if min(image.shape) > max(py, px) else "edge")
+    return image
+
+
+def restore_image(
+    blu,
+    model,
+    *,
+    psf_kernel,
+    psf_fwhm=4.0,
+    consistency=True,
+    tile=256,
+    overlap=32,
+    batch=8,
+    samples=0,
+    device="cpu",
+    progress=None,
+):
+    """Restore a whole blurred image with a model, as evaluate scores and deblur writes it.
+
+    Parameters
+    ----------
+    blu : ndarray (H, W)
+        Observed image in physical units; NaN allowed.
+    model : torch.nn.Module
+        An astrosr model (``restore``/``sample`` methods, ``scale`` attribute).
+    psf_kernel : ndarray
+        The image's PSF (unit sum): the model's Wiener channel and the
+        consistency step use it.
+    psf_fwhm : float
+        PSF FWHM in pixels, for models conditioned on the degradation.
+    consistency : bool
+        Apply the data-consistency step (default True).
+    tile, overlap, batch : int
+        Tiling of the network pass (input pixels).
+    samples : int
+        If > 0, also compute the per-pixel std over that many posterior draws.
+    device : str or torch.device
+    progress : callable, optional
+        Called with the number of tiles done after each batch.
+
+    Returns
+    -------
+    Restored
+    """
+    blu = np.asarray(blu, dtype=np.float64)
+    bad = ~np.isfinite(blu)
+    lo, hi = percentile_limits(blu)
+    span = hi - lo
+    _, median, bg_std = background_stats(blu)
+    scale = int(getattr(model, "scale", 1))
+    x = (np.where(bad, median, blu) - lo) / span
+    ny, nx = x.shape
+    x = _pad_to(x, tile)
+    tile = min(tile, *x.shape)
+
+    device = torch.device(device)
+    psf = torch.as_tensor(psf_kernel, dtype=torch.float32, device=device)
+    cond_row = torch.tensor([psf_fwhm, bg_std / span], dtype=torch.float32, device=device)
+
+    def network(tiles, draw):
+        blu_t = torch.as_tensor(tiles, dtype=torch.float32, device=device)[:, None]
+        n = blu_t.shape[0]
+        kwargs = {"psf": psf.expand(n, *psf.shape), "cond": cond_row.expand(n, 2)}
+        with torch.inference_mode():
+            out = draw(blu_t, **kwargs)
+        return out.float().cpu().numpy()
+
+    def mean_pass(tiles):
+        return network(tiles, model.restore)[:, 0]
+
+    def std_pass(tiles):
+        return network(tiles, lambda b, **kw: model.sample(b, samples, **kw).std(dim=0))[:, 0]
+
+    model.eval()
+    common = {"tile": tile, "overlap": min(overlap, tile // 2), "batch": batch, "scale": scale}
+    sr = map_tiles(x, mean_pass, progress=progress, **common)[: ny * scale, : nx * scale] * span + lo
+    uncert = None
+    if samples > 0:
+        uncert = map_tiles(x, std_pass, **common)[: ny * scale, : nx * scale] * span
+    if consistency:
+        sr = consistency_step(sr, np.where(bad, np.nan, blu), psf_kernel, scale=scale)
+    if bad.any():
+        mask = np.repeat(np.repeat(bad, scale, axis=0), scale, axis=1)
+        sr[mask] = np.nan
+        if uncert is not None:
+            uncert[mask] = np.nan
+    return Restored(sr=sr, uncert=uncert, blu_lo=lo, blu_hi=hi)
