@@ -63,13 +63,334 @@ def psf_from_options(psf_file=None, psf_fwhm=None, psf_beta=None, psf_shape=None
 # --- prepare stage: simulate, fetch, prepare, info -------------------------
 
 
+@cli.command()
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--n", "n", type=click.IntRange(1), default=4, show_default=True, help="Number of images.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seeds >= 1000 are the simulated test field.")
+@click.option("--size", type=click.IntRange(128), default=512, show_default=True, help="Image side in pixels.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files.")
+def simulate(out_dir, n, seed, size, overwrite):
+    """Write simulated star/galaxy fields OUT/sim_s<SEED>_<i>.fits."""
+    from .simulate import simulate_fields
+
+    console = Console(highlight=False, soft_wrap=True)
+    paths = simulate_fields(out_dir, n=n, seed=seed, size=size, overwrite=overwrite, progress=console.is_terminal)
+    console.print(f"wrote {len(paths)} simulated images to {out_dir} (seed {seed})")
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the files go.")
+@click.option("--fields", default=None, help="Comma list of fields (default all; PSFs always).")
+def fetch(manifest, data_dir, fields):
+    """Download a manifest's missing files into DATA_DIR and verify every sha256."""
+    from rich.table import Table
+
+    from .manifest import fetch as fetch_files
+
+    console = Console(highlight=False, soft_wrap=True)
+    report = fetch_files(manifest, data_dir, fields=fields.split(",") if fields else None, progress=console.is_terminal)
+    table = Table(title=f"{manifest} -> {data_dir}")
+    table.add_column("file")
+    table.add_column("status")
+    for path, status in report:
+        table.add_row(path.name, status)
+    console.print(table)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output pairs file (.h5).")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Data manifest (e.g. data_manifests/bench_v1.yaml).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Manifest files' directory [$ASTROSR_DATA_DIR].")
+@click.option("--fields", default=None, help="Manifest fields, comma list (e.g. train,val) [all].")
+@click.option("--field", "image_field", default="train", show_default=True, help="Field of the IMAGES given directly.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML of PrepareConfig keys (options override).")
+@click.option("--hdu", default=None, help="HDU index or EXTNAME [first 2-D image].")
+@click.option("--plane", type=click.IntRange(0), default=None, help="Plane of a 3-D cube.")
+@click.option("--psf", "psf_file", default=None, help="PSF kernel FITS (a path, or a PSF named in the manifest).")
+@click.option("--psf-shape", default=None, help="moffat, gaussian, airy; a comma list draws per image/tile [moffat].")
+@click.option("--psf-fwhm", default=None, help="FWHM in px, or a range lo:hi [4].")
+@click.option("--psf-beta", default=None, help="Moffat beta, or a range lo:hi [3].")
+@click.option("--psf-radius", default=None, help="Airy first-zero radius in px, or a range.")
+@click.option("--psf-pixscale", type=float, default=None, help="PSF file pixel scale (arcsec/px): resample to each image.")
+@click.option("--image-pixscale", type=float, default=None, help="Image pixel scale (arcsec/px) when there is no WCS.")
+@click.option("--randomise", type=click.Choice(["image", "tile"]), default=None, help="Draw ranges per image or tile [image].")
+@click.option("--noise", default=None, help="Noise std / ORI background std, or a range [1].")
+@click.option("--poisson-gain", type=float, default=None, help="Add Poisson noise at this gain (e-/ADU), train images.")
+@click.option("--scale", type=click.IntRange(1), default=None, help="Block-average BLU by S (S-times super-resolution) [1].")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Train image i uses default_rng(seed + i) [0].")
+@click.option("--tile", type=click.IntRange(8), default=None, help="Tile side [128].")
+@click.option("--stride", type=click.IntRange(1), default=None, help="Grid step [tile].")
+@click.option("--compression", type=click.Choice(["lzf", "gzip", "none"]), default=None, help="HDF5 compression [lzf].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def prepare(images, out, manifest, data_dir, fields, image_field, config_file, overwrite, psf_file, **options):
+    """Degrade FITS images and write 128x128 BLU/ORI tile pairs to an HDF5 file."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from .config import from_dict, load_yaml, replace
+    from .errors import ConfigError, InputError
+    from .manifest import load_manifest, psf_path, resolve
+    from .prepare import PrepareConfig, prepare_pairs
+
+    base = PrepareConfig()
+    if config_file:
+        # a pipeline YAML's ``prepare:`` section, or a file of PrepareConfig keys alone
+        data = load_yaml(config_file)
+        section = data["prepare"] if isinstance(data.get("prepare"), dict) else data
+        try:
+            base = from_dict(PrepareConfig, section)
+        except ConfigError as exc:
+            raise ConfigError(f"{config_file}: {exc}") from None
+    options = {k: v for k, v in options.items() if v is not None}
+    if "hdu" in options and options["hdu"].lstrip("-").isdigit():
+        options["hdu"] = int(options["hdu"])
+    sources = []
+    loaded = load_manifest(manifest) if manifest else None
+    if loaded is not None:
+        sources += resolve(loaded, data_dir, fields.split(",") if fields else None)
+    elif fields:
+        raise InputError("--fields needs --manifest")
+    sources += [(Path(p), image_field) for p in images]
+    if not sources:
+        raise InputError("no input images: give IMAGES or --manifest")
+    if psf_file:
+        if not Path(psf_file).is_file() and loaded is not None and any(e.file == psf_file for e in loaded.psfs):
+            psf_file = psf_path(loaded, psf_file, data_dir)
+        elif not Path(psf_file).is_file():
+            raise InputError(f"{psf_file}: PSF file not found")
+        options.update(psf_file=str(psf_file), psf_shape=options.get("psf_shape", "file"))
+    config = replace(base, **options)
+    console = Console(highlight=False, soft_wrap=True)
+    result = prepare_pairs(sources, out, config=config, overwrite=overwrite, progress=console.is_terminal)
+    console.print(f"wrote {out}: {result['n_tiles']} tile pairs from {result['n_images']} images")
+    table = Table()
+    table.add_column("field")
+    table.add_column("tiles", justify="right")
+    for field, count in result["tiles_per_field"].items():
+        table.add_row(field, str(count))
+    console.print(table)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+def info(path):
+    """Summarise a pairs file: tiles per field, images, degradation."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from .prepare import pairs_summary
+
+    s = pairs_summary(path)
+    console = Console(highlight=False, soft_wrap=True)
+    a = s["attrs"]
+    console.print(f"[bold]{path}[/]: {s['n_tiles']} pairs, ORI {s['ori_shape']}, BLU {s['blu_shape']}, "
+                  f"scale {a.get('scale')}, {s['compression'] or 'uncompressed'}; schema {a.get('schema_version')}, "
+                  f"astrosr {a.get('astrosr_version')}, created {a.get('created')}")
+    fields = Table(title="tiles per field")
+    fields.add_column("field")
+    fields.add_column("tiles", justify="right")
+    for field, count in s["tiles_per_field"].items():
+        fields.add_row(field, str(count))
+    console.print(fields)
+    images = Table(title="images")
+    for name in ("#", "file", "field", "shape", "tiles", "lo", "hi", "bg std"):
+        images.add_column(name, justify="left" if name in ("file", "field") else "right")
+    for k, im in enumerate(s["images"]):
+        images.add_row(str(k), Path(im["path"]).name, im["field"], f"{im['shape'][1]}x{im['shape'][0]}",
+                       str(im["n_tiles"]), f"{im['lo']:.4g}", f"{im['hi']:.4g}", f"{im['bg_std']:.4g}")
+    console.print(images)
+    c = s["config"]
+    lo, hi = s["psf_fwhm_range"] or (float("nan"), float("nan"))
+    shape = f"file {c['psf_file']}" if c["psf_file"] else f"{c['psf_shape']} fwhm {c['psf_fwhm']} beta {c['psf_beta']}"
+    console.print(f"degradation: psf {shape}; {s['psfs']['count']} kernel(s) "
+                  f"{s['psfs']['size']}, tile FWHM {lo:.3g}-{hi:.3g} px; noise {c['noise']} x bg std, "
+                  f"poisson gain {c['poisson_gain']}, randomise per {c['randomise']}, seed {c['seed']}")
+
+
 # --- train stage: train, export -------------------------------------------
+
+
+@cli.command("train")
+@click.argument("pairs", type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Training config YAML (e.g. pipelines/train_resvae.yaml); default: OUT/config.yaml on --resume.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--model", type=click.Choice(["resvae", "vae"]), default=None, help="Model family.")
+@click.option("--max-steps", type=int, default=None, help="Optimiser steps (the LR schedule spans them).")
+@click.option("--stop-at", type=int, default=None, help="Stop after this step and save last.pt (resume later).")
+@click.option("--batch", type=int, default=None, help="Tiles per step per process.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--seed", type=int, default=None, help="Seed of every random choice.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, default=None, help="CPU threads (0: torch's default).")
+@click.option("--workers", "num_workers", type=int, default=None, help="DataLoader worker processes.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any other config key, value parsed as YAML (e.g. model_options.width=16). Repeatable.")
+@click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train_command(pairs, config_path, out, sets, resume, stop_at, no_progress, **options):
+    """Train a model on a pairs file from `astrosr prepare` (torchrun-ready for several processes)."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    from .errors import ConfigError
+    from .train import load_config, train
+
+    if config_path is None and resume and (Path(out) / "config.yaml").is_file():
+        config_path = Path(out) / "config.yaml"
+    overrides = dict(options)
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    if no_progress:
+        overrides["progress"] = False
+    config = load_config(config_path, overrides)
+    summary = train(pairs, config, out, resume=resume, stop_at=stop_at)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"astrosr train: {summary['model']} ({summary['parameters']:,} parameters)")
+    table.add_column("")
+    table.add_column("value")
+    best = summary["best"] or {}
+    table.add_row("steps", f"{summary['steps']} / {summary['max_steps']}")
+    table.add_row("time", f"{summary['seconds']:.0f} s on {summary['device']} x{summary['world_size']}")
+    for key in ("tile_ssim", "tile_mse", "ssim", "mse", "flux_err", "spurious"):
+        if best.get(key) is not None:
+            table.add_row(f"best val {key} (step {best['step']})", f"{best[key]:.4g}")
+    table.add_row("whole-image validation", str(summary["val_images"]))
+    table.add_row("run directory", str(out))
+    Console().print(table)
+
+
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--name", default="model", show_default=True, help="Base name of the .safetensors/.json pair.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files.")
+def export_command(checkpoint, out, name, overwrite):
+    """Export a checkpoint's weights as NAME.safetensors + NAME.json (what --model accepts)."""
+    from .checkpoint import export_model
+
+    weights = export_model(checkpoint, out, name=name, overwrite=overwrite)
+    Console().print(f"wrote {weights} and {weights.with_suffix('.json')}")
 
 
 # --- evaluate stage ----------------------------------------------------------
 
 
+@cli.command()
+@click.option("--field", "fields", multiple=True,
+              type=click.Choice(["train", "val", "other_sky", "simulated", "all"]),
+              help="bench-v1 field to score (repeatable; 'all' = every field).")
+@click.option("--images", "images", multiple=True, type=click.Path(dir_okay=False),
+              help="Score these FITS images instead (repeatable; also: --images a.fits b.fits).")
+@click.argument("more_images", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--model", "models", multiple=True, help="Checkpoint / model file, or 'default' (repeatable).")
+@click.option("--manifest", type=click.Path(dir_okay=False), default="data_manifests/bench_v1.yaml",
+              show_default=True, help="Data manifest of the fields.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Directory of the manifest's files [$ASTROSR_DATA_DIR].")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@psf_options
+@click.option("--no-consistency", is_flag=True, help="Only the SR rows without the data-consistency step.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads [torch default].")
+@click.option("--device", default="cpu", show_default=True, help="torch device of the models.")
+@click.option("--panels", type=click.IntRange(0), default=3, show_default=True, help="Figure tiles per image.")
+def evaluate(fields, images, more_images, models, manifest, data_dir, out, no_consistency, threads, device, panels,
+             psf_file, **psf):
+    """Score models, BLU, Richardson-Lucy and Wiener on bench-v1 fields or images (report in OUT)."""
+    from .evaluate import evaluate as run_evaluate
+
+    images = list(images) + list(more_images)
+    if more_images and len(images) == len(more_images):
+        raise click.UsageError("extra arguments are only accepted after --images")
+    run_evaluate(
+        out=out,
+        fields=list(fields) or None,
+        images=images or None,
+        models=list(models),
+        manifest=manifest,
+        data_dir=data_dir,
+        psf=psf_from_options(psf_file, **psf),
+        consistency=not no_consistency,
+        threads=threads,
+        device=device,
+        panels=panels,
+    )
+
+
 # --- deblur stage ------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--model", "model_path", default="default", show_default=True, help="Weights file (.pt/.safetensors) or 'default'.")
+@click.option("--overlap", type=click.IntRange(0), default=32, show_default=True, help="Tile overlap in input pixels.")
+@click.option("--samples", type=click.IntRange(0), default=0, show_default=True, help="Posterior draws for an UNCERT extension.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local worker processes.")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786): one task per image.")
+@click.option("--dask-local", type=click.IntRange(1), default=None, help="Start a local Dask cluster with N worker processes.")
+@click.option("--compress", is_flag=True, help="Write lossless tile-compressed _deblur.fits.fz files.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs instead of skipping them.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1... or auto (a GPU when present).")
+@click.option("--no-consistency", is_flag=True, help="Skip the data-consistency step (network output only).")
+@psf_options
+def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, dask_local, compress, overwrite, device, no_consistency, **psf):
+    """Deblur FITS images (files, directories, globs) into OUT/<name>_deblur.fits."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from .deblur import deblur_batch
+
+    console = Console(highlight=False)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("deblurring", total=None)
+
+        def progress(result, total):
+            bar.update(task, total=total, advance=1, description=f"deblurring ({Path(result.input).name} {result.status})")
+
+        results = deblur_batch(
+            inputs,
+            out_dir,
+            model_path=model_path,
+            psf=psf_from_options(**psf),
+            consistency=not no_consistency,
+            overlap=overlap,
+            samples=samples,
+            compress=compress,
+            overwrite=overwrite,
+            device=device,
+            workers=workers,
+            scheduler=scheduler,
+            dask_local=dask_local,
+            progress=progress,
+        )
+    table = Table(title=f"astrosr deblur -> {out_dir}")
+    for name in ("input", "status", "output / reason", "s", "Mpix"):
+        table.add_column(name, justify="right" if name in ("s", "Mpix") else "left")
+    styles = {"done": "green", "skipped": "yellow", "failed": "red"}
+    for r in results:
+        detail = Path(r.output).name if r.status == "done" else r.reason
+        table.add_row(Path(r.input).name, f"[{styles[r.status]}]{r.status}[/]", detail, f"{r.seconds:.1f}", f"{r.megapixels:.2f}")
+    console.print(table)
+    counts = {s: sum(r.status == s for r in results) for s in styles}
+    console.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+    if counts["failed"]:
+        click.get_current_context().exit(1)
 
 
 # --- pipelines: run ----------------------------------------------------------

@@ -79,6 +79,10 @@ def from_dict(cls, data, *, where=""):
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
+    required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and f.name not in data]
+    if required:
+        raise ConfigError(f"{prefix}{required[0]}: required key missing")
     values = {k: _check(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     try:
         return cls(**values)

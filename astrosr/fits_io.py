@@ -6,6 +6,7 @@ the one asked for), scaled by BSCALE/BZERO, native-endian float64, with every
 non-finite or BLANK pixel as NaN.
 """
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,16 +98,21 @@ def read_image(path, *, hdu=None, plane=None, min_size=128):
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        with fits.open(path, memmap=False) as hdul:
-            index = _pick_hdu(hdul, path, hdu)
-            h = hdul[index]
-            header = h.header.copy()
-            raw = h.data
-            blank = header.get("BLANK") if raw is not None and raw.dtype.kind in "iu" else None
-            data = np.array(raw, dtype=np.float64)
-            # astropy turns BLANK into NaN only when it scales; unscaled integers keep it
-            if blank is not None:
-                data[np.asarray(raw) == blank] = np.nan
+        with warnings.catch_warnings():
+            # astropy only warns about a short file, then fails later or reads zeros
+            warnings.filterwarnings("error", message="File may have been truncated")
+            with fits.open(path, memmap=False) as hdul:
+                index = _pick_hdu(hdul, path, hdu)
+                h = hdul[index]
+                header = h.header.copy()
+                raw = h.data
+                blank = header.get("BLANK") if raw is not None and raw.dtype.kind in "iu" else None
+                data = np.array(raw, dtype=np.float64)
+                # astropy turns BLANK into NaN only when it scales to float; integers it returns
+                # (uint16 via BZERO=32768 included) still hold BLANK, offset by BZERO
+                if blank is not None:
+                    stored = np.asarray(raw, dtype=np.int64) - int(header.get("BZERO", 0))
+                    data[stored == int(blank)] = np.nan
     except InputError:
         raise
     except Exception as exc:  # astropy raises many types for a damaged file

@@ -316,12 +316,8 @@ class FieldScore:
     spurious_frac: float | None
 
     def to_dict(self):
-        """JSON-ready dict (an infinite PSNR becomes None)."""
-        out = dict(self.__dict__)
-        for key in ("ssim", "mse", "psnr"):
-            if out[key] is not None and not np.isfinite(out[key]):
-                out[key] = None
-        return out
+        """JSON-ready dict: a non-finite number (PSNR of an exact match) becomes None."""
+        return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in self.__dict__.items()}
 
 
 def summarise(scores):

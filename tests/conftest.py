@@ -26,3 +26,11 @@ def data_dir():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(data_dir, tmp_path_factory):
+    """A small pairs file (16 train + 4 val real tiles) written straight from the schema."""
+    from _pairs import make_pairs
+
+    return make_pairs(tmp_path_factory.mktemp("pairs") / "tiny.h5", data_dir)

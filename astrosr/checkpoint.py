@@ -1,0 +1,165 @@
+"""Checkpoints and model files: plain dicts written atomically, read without code execution.
+
+A checkpoint (``best.pt`` / ``last.pt``) is a plain dict of tensors, numbers,
+strings, lists and dicts::
+
+    {model, model_config, state_dict, optimizer, scheduler, rng, step, best,
+     train_config, psf, astrosr_version}
+
+It is read only with ``torch.load(weights_only=True)``, so a malicious pickle
+cannot run code, and written to a temporary file renamed on success, so a
+killed save leaves the previous file intact. ``export_model`` writes the
+weights alone as ``.safetensors`` with a sibling ``.json`` config, which
+:func:`load_model` accepts as well.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import CheckpointError
+from .files import atomic_path, sha256_file
+from .models import MODELS
+
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "export_model", "DEFAULT_WEIGHTS"]
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
+REQUIRED_KEYS = ("model", "model_config", "state_dict")
+
+
+def save_checkpoint(path, payload):
+    """Write ``payload`` (a plain dict) to ``path`` atomically (temp file + rename)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def _check_payload(path, payload):
+    if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
+        raise CheckpointError(f"{path}: not an astrosr checkpoint (expected a dict with {', '.join(REQUIRED_KEYS)})")
+    if payload["model"] not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {payload['model']!r} (known: {', '.join(MODELS)})")
+    if not isinstance(payload["model_config"], dict):
+        raise CheckpointError(f"{path}: model_config is not a mapping")
+
+
+def load_checkpoint(path):
+    """The checkpoint dict at ``path`` (tensors on CPU); any bad file is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, truncated file, a pickle with code: all the same to a user
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+    _check_payload(path, payload)
+    return payload
+
+
+def _load_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        raise CheckpointError(f"{path}: no sibling config {sidecar.name} (write both with `astrosr export`)")
+    try:
+        config = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{sidecar}: not valid JSON ({exc})") from None
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    payload = dict(config)
+    payload["state_dict"] = state
+    _check_payload(sidecar, payload)
+    return payload
+
+
+def load_model(path, *, device="cpu"):
+    """Build the model stored at ``path`` and load its weights, in eval mode.
+
+    Parameters
+    ----------
+    path : str or Path
+        A training checkpoint (``.pt``), an exported ``.safetensors`` file with
+        its sibling ``.json``, or ``'default'`` (the shipped weights).
+    device : str or torch.device
+
+    Returns
+    -------
+    model : torch.nn.Module
+    info : dict
+        ``path``, ``sha256`` (of the weights file), ``model``, ``model_config``,
+        ``psf`` (the PSF it was trained for, if recorded), ``step``,
+        ``astrosr_version``.
+    """
+    if str(path) == "default":
+        if not DEFAULT_WEIGHTS.is_file():
+            raise CheckpointError(f"{DEFAULT_WEIGHTS}: no default weights shipped with this install")
+        path = DEFAULT_WEIGHTS
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: model file not found")
+    payload = _load_safetensors(path) if path.suffix == ".safetensors" else load_checkpoint(path)
+    try:
+        model = MODELS[payload["model"]](**payload["model_config"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: model_config does not build a {payload['model']} ({exc})") from None
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the {payload['model']} config ({reason[:200]})") from None
+    model.to(device).eval()
+    info = {
+        "path": str(path),
+        "sha256": sha256_file(path),
+        "model": payload["model"],
+        "model_config": dict(payload["model_config"]),
+        "psf": payload.get("psf"),
+        "step": payload.get("step"),
+        "astrosr_version": payload.get("astrosr_version"),
+    }
+    return model, info
+
+
+def export_model(checkpoint, out_dir, *, name="model", overwrite=False):
+    """Write a checkpoint's weights as ``OUT/<name>.safetensors`` + ``OUT/<name>.json``.
+
+    The JSON holds everything :func:`load_model` needs (model name and
+    config) plus provenance: the PSF, step, best validation, training config
+    and the sha256 of the source checkpoint. Both files are written atomically.
+
+    Returns
+    -------
+    Path
+        The ``.safetensors`` path.
+    """
+    from safetensors.torch import save_file
+
+    checkpoint = Path(checkpoint)
+    payload = load_checkpoint(checkpoint)
+    out_dir = Path(out_dir)
+    weights, sidecar = out_dir / f"{name}.safetensors", out_dir / f"{name}.json"
+    config = {
+        "model": payload["model"],
+        "model_config": payload["model_config"],
+        "psf": payload.get("psf"),
+        "step": payload.get("step"),
+        "best": payload.get("best"),
+        "train_config": payload.get("train_config"),
+        "source": {"path": os.fspath(checkpoint), "sha256": sha256_file(checkpoint)},
+        "astrosr_version": payload.get("astrosr_version", __version__),
+    }
+    state = {k: v.detach().contiguous() for k, v in payload["state_dict"].items()}
+    with atomic_path(weights, overwrite=overwrite) as tmp:
+        save_file(state, os.fspath(tmp), metadata={"model": payload["model"], "format": "astrosr"})
+        with atomic_path(sidecar, overwrite=overwrite) as tmp_json:
+            tmp_json.write_text(json.dumps(config, indent=2, default=str) + "\n")
+    return weights

@@ -1,0 +1,682 @@
+"""Batch deblurring of survey images: FITS in, FITS out, serial, local processes or Dask.
+
+:func:`deblur_image` restores one array (for notebooks); :func:`deblur_file`
+turns one FITS file into ``OUT/<stem>_deblur.fits`` (CONTRACTS.md 6) with the
+input's header and WCS, provenance cards, a ``MASK`` extension of the pixels
+that were NaN and an optional ``UNCERT`` extension; :func:`deblur_batch`
+expands files, directories and globs, checks output names before any work,
+and runs the files one task each, so a bad file fails alone and an
+interrupted batch resumes by skipping what is done. The pixels themselves
+come from :func:`astrosr.restore.restore_image`, the path evaluate scores.
+"""
+
+import glob
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from . import __version__
+from .degrade import BENCH_V1_PSF, PSF, measure_fwhm
+from .errors import AstrosrError, ConfigError, InputError
+from .files import atomic_path, sha256_file
+from .fits_io import FITS_SUFFIXES, read_image, strip_fits_suffix
+
+__all__ = [
+    "FileResult",
+    "deblur_image",
+    "deblur_file",
+    "deblur_batch",
+    "expand_inputs",
+    "output_path",
+    "psf_identity",
+    "resolve_device",
+]
+
+#: cards of the input that describe its on-disk layout, not the sky; rewritten for float32
+_STRUCTURAL = re.compile(
+    r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|GROUPS|BSCALE|BZERO|BLANK|"
+    r"CHECKSUM|DATASUM|INHERIT)$"
+)
+#: the WCS cards copied into the UNCERT and MASK extensions so viewers align them
+_WCS_CARD = re.compile(
+    r"^(WCSAXES|WCSNAME|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|PS\d_\d+|"
+    r"LONPOLE|LATPOLE|EQUINOX|EPOCH|RADESYS|RADECSYS|MJD-OBS|DATE-OBS|"
+    r"(A|B|AP|BP)_ORDER|(A|B|AP|BP)_\d+_\d+|A_DMAX|B_DMAX)$"
+)
+_SIP = re.compile(r"^(A|B|AP|BP)_(\d+)_(\d+)$")
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class FileResult:
+    """What happened to one input of a batch.
+
+    Attributes
+    ----------
+    input : str
+    output : str or None
+    status : {'done', 'skipped', 'failed'}
+    reason : str
+        One line: why it was skipped or failed, empty when done.
+    seconds : float
+        Wall-clock time spent on the file.
+    megapixels : float
+        Input size (0 when it could not be read).
+    """
+
+    input: str
+    output: str | None
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+    megapixels: float = 0.0
+
+
+def resolve_device(device):
+    """``'auto'`` -> ``'cuda'`` when a GPU is visible, else ``'cpu'``; anything else unchanged."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def _psf_kernel_and_fwhm(psf):
+    if isinstance(psf, PSF):
+        kernel = psf.kernel()
+        fwhm = psf.fwhm if psf.shape in ("moffat", "gaussian") else measure_fwhm(kernel)
+        return kernel, float(fwhm)
+    kernel = np.asarray(psf, dtype=np.float64)
+    if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+        raise ConfigError(f"psf: expected a PSF or a 2-D kernel with odd sides, got shape {kernel.shape}")
+    if not kernel.sum() > 0:
+        raise ConfigError("psf: kernel has no positive sum")
+    kernel = kernel / kernel.sum()
+    return kernel, measure_fwhm(kernel)
+
+
+def psf_identity(psf):
+    """The one-line name of a PSF recorded in output headers and compared when skipping.
+
+    Analytic PSFs are named by their parameters; a file PSF also by the
+    sha256 of its file, so a changed kernel under the same name is noticed.
+    """
+    text = psf.describe()
+    if psf.shape == "file":
+        if not Path(psf.path).is_file():
+            raise InputError(f"{psf.path}: PSF file not found")
+        text += f" sha256 {sha256_file(psf.path)[:16]}"
+        if psf.pixscale is not None and psf.image_pixscale is not None:
+            text += f" resampled {psf.pixscale:g}->{psf.image_pixscale:g} arcsec/px"
+    return text
+
+
+def deblur_image(
+    array,
+    model,
+    *,
+    psf=BENCH_V1_PSF,
+    consistency=True,
+    overlap=32,
+    samples=0,
+    device="cpu",
+    seed=0,
+    progress=None,
+):
+    """Deblur one image held in memory (the notebook entry point).
+
+    Parameters
+    ----------
+    array : array_like (H, W)
+        Image in physical units; NaN pixels allowed (NaN again in the output).
+    model : torch.nn.Module or str or Path
+        An astrosr model, or a weights file / ``'default'`` to load with
+        :func:`astrosr.checkpoint.load_model`. A module is moved to ``device``.
+    psf : PSF or ndarray
+        The image's PSF (CONTRACTS.md 1); default bench-v1's Moffat.
+    consistency : bool
+        Apply the data-consistency step (default True).
+    overlap : int
+        Tile overlap in input pixels.
+    samples : int
+        Posterior draws for a per-pixel uncertainty map (0: none).
+    device : str
+        ``'cpu'``, ``'cuda'``, ... or ``'auto'``.
+    seed : int
+        Seed of the posterior draws (the caller's torch RNG state is kept).
+    progress : callable, optional
+        Called with the number of tiles done after each batch.
+
+    Returns
+    -------
+    astrosr.restore.Restored
+        ``sr`` (and ``uncert``) in the input's units, plus the input's
+        normalisation limits ``blu_lo`` / ``blu_hi``.
+    """
+    from .restore import restore_image
+
+    device = resolve_device(device)
+    if isinstance(model, (str, Path)):
+        model = _load_model(str(model), device)[0]
+    else:
+        model = model.to(device)
+    if overlap < 0:
+        raise ConfigError(f"overlap must be >= 0, got {overlap}")
+    if samples < 0:
+        raise ConfigError(f"samples must be >= 0, got {samples}")
+    image = np.asarray(array, dtype=np.float64)
+    if image.ndim != 2:
+        raise InputError(f"deblur_image: expected a 2-D image, got shape {image.shape}")
+    if not np.isfinite(image).any():
+        raise InputError("deblur_image: every pixel is NaN or infinite")
+    kernel, fwhm = _psf_kernel_and_fwhm(psf)
+    import torch
+
+    # posterior draws from a fixed seed (caller's RNG state untouched): same UNCERT on every run
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        return restore_image(
+            image,
+            model,
+            psf_kernel=kernel,
+            psf_fwhm=fwhm,
+            consistency=consistency,
+            overlap=overlap,
+            samples=samples,
+            device=device,
+            progress=progress,
+        )
+
+
+# --- model loading, cached per process (a worker loads its model once) -------
+
+_MODEL_CACHE = {}
+
+
+def _load_model(model_path, device):
+    from .checkpoint import load_model
+
+    # the file's stamp is in the key: a model retrained under the same name is reloaded
+    stat = os.stat(model_path) if os.path.isfile(model_path) else None
+    stamp = (stat.st_size, stat.st_mtime_ns) if stat else None
+    key = (model_path, device, stamp)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()  # one model per process: a batch uses one
+        _MODEL_CACHE[key] = load_model(model_path, device=device)
+    return _MODEL_CACHE[key]
+
+
+def _trained_for(info):
+    """One line on the degradation a model was trained for, from its checkpoint info."""
+    scale = int((info.get("model_config") or {}).get("scale", 1) or 1)
+    psf = info.get("psf")
+    try:
+        text = PSF(**psf).describe() if isinstance(psf, dict) else "unrecorded PSF"
+    except (TypeError, AstrosrError):
+        text = f"PSF {psf}"
+    return f"{text}, scale {scale}"
+
+
+# --- names and inputs ----------------------------------------------------------
+
+
+def output_path(path, out_dir, *, compress=False):
+    """``OUT/<stem>_deblur.fits`` (``.fits.fz`` with ``compress``) for an input ``path``."""
+    suffix = "_deblur.fits.fz" if compress else "_deblur.fits"
+    return Path(out_dir) / (strip_fits_suffix(Path(path).name) + suffix)
+
+
+def _is_fits_name(path):
+    return path.name.lower().endswith(FITS_SUFFIXES)
+
+
+def expand_inputs(inputs):
+    """Files, directories (their FITS-named files, not recursive) and globs -> unique paths.
+
+    Order is kept (first occurrence wins); a directory's files and a glob's
+    matches are sorted. A missing file, an empty directory or a glob that
+    matches nothing is an error, before any work starts.
+    """
+    found = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and _is_fits_name(p))
+            if not files:
+                raise InputError(f"{path}: directory holds no .fits, .fits.gz or .fz files")
+        elif path.exists():
+            files = [path]
+        elif _GLOB_CHARS & set(text):
+            files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+            if not files:
+                raise InputError(f"{text}: no file matches this pattern")
+        else:
+            raise InputError(f"{path}: file not found")
+        found.extend(files)
+    unique, seen = [], set()
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+def _plan(paths, out_dir, compress):
+    """Pair each input with its output; name clashes are errors before any work."""
+    pairs = [(p, output_path(p, out_dir, compress=compress)) for p in paths]
+    by_output = {}
+    for src, out in pairs:
+        by_output.setdefault(out.resolve(), []).append(src)
+    for out, sources in by_output.items():
+        if len(sources) > 1:
+            names = ", ".join(str(s) for s in sources)
+            raise InputError(f"{names}: these inputs all map to the output {out}; rename one or deblur them separately")
+    inputs = {p.resolve() for p in paths}
+    for src, out in pairs:
+        if out.resolve() in inputs:
+            raise InputError(f"{src}: its output {out} is one of the inputs; choose another -o directory")
+    return pairs
+
+
+# --- headers -------------------------------------------------------------------
+
+
+def _clean_header(header):
+    """The input's cards less the structural ones (CONTRACTS.md 6)."""
+    out = fits.Header()
+    for card in header.cards:
+        if not _STRUCTURAL.match(card.keyword):
+            out.append(card, end=True)
+    return out
+
+
+def _rescale_wcs(header, scale):
+    """Rescale the pixel side of a WCS for an image with ``scale`` times the pixels per axis.
+
+    Old 1-based pixel ``p`` lands at ``S (p - 1/2) + 1/2``: CRPIX moves that
+    way, CDELT/CD shrink by S, and SIP coefficients of order p+q scale by
+    ``S^(1-p-q)`` (their pixel offsets grow by S, their output too).
+    """
+    if scale == 1:
+        return header
+    for axis in (1, 2):
+        if f"CRPIX{axis}" in header:
+            header[f"CRPIX{axis}"] = scale * (header[f"CRPIX{axis}"] - 0.5) + 0.5
+        if f"CDELT{axis}" in header:
+            header[f"CDELT{axis}"] = header[f"CDELT{axis}"] / scale
+        for j in (1, 2):
+            if f"CD{axis}_{j}" in header:
+                header[f"CD{axis}_{j}"] = header[f"CD{axis}_{j}"] / scale
+    for key in list(header.keys()):
+        match = _SIP.match(key)
+        if match:
+            p, q = int(match.group(2)), int(match.group(3))
+            header[key] = header[key] * float(scale) ** (1 - p - q)
+    for key in ("A_DMAX", "B_DMAX"):
+        if key in header:
+            header[key] = header[key] * scale
+    return header
+
+
+def _wcs_cards(header):
+    out = fits.Header()
+    for card in header.cards:
+        if _WCS_CARD.match(card.keyword):
+            out.append(card, end=True)
+    return out
+
+
+def _provenance(header, *, image, info, psf_id, trained_for, consistency, overlap, samples, scale, lo, hi):
+    """Add astrosr's keyword and HISTORY cards: what made this image, from what."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    sha = info["sha256"]
+    model_name = Path(str(info.get("path", "model"))).name
+    cards = [
+        ("ASRVERS", __version__, "astrosr version that deblurred this image"),
+        ("ASRDATE", now, "UTC date of deblurring"),
+        ("ASRINPUT", image.path.name, "input file"),
+        ("ASRINHDU", image.hdu, "input HDU index"),
+        ("ASRMODEL", str(info.get("model", "?")), "model family"),
+        ("ASRMSHA", sha, "sha256 of the model weights file"),
+        ("ASRPSF", psf_id, "PSF used (model input and consistency step)"),
+        ("ASRTRAIN", trained_for, "degradation the model was trained for"),
+        ("ASRCONS", bool(consistency), "data-consistency step applied"),
+        ("ASROVLP", int(overlap), "tile overlap, input pixels"),
+        ("ASRSAMP", int(samples), "posterior draws behind UNCERT (0: none)"),
+        ("ASRSCALE", int(scale), "output pixels per input pixel per axis"),
+        ("ASRLO", lo, "input 0.5 percentile: model normalisation"),
+        ("ASRHI", hi, "input 99.9 percentile: model normalisation"),
+    ]
+    for key, value, comment in cards:
+        # a value too long for its comment keeps the card whole and drops the comment
+        room = 80 - len(fits.Card(key, value).image.rstrip()) - 3
+        header.append(fits.Card(key, value, comment if len(comment) <= room else ""), end=True)
+    if image.plane is not None:
+        header["ASRPLANE"] = (image.plane, "plane of the input cube")
+    for line in (
+        f"astrosr {__version__} deblur {now}Z",
+        f"input {image.path.name} HDU {image.hdu}" + (f" plane {image.plane}" if image.plane is not None else ""),
+        f"model {info.get('model', '?')} from {model_name}, weights sha256:",
+        sha,
+        f"PSF: {psf_id}",
+        f"model trained for: {trained_for}",
+        f"data-consistency step {'on' if consistency else 'off'}; overlap {overlap} px; samples {samples}",
+        f"normalised by input percentiles 0.5/99.9: {lo:.6g} / {hi:.6g}",
+    ):
+        header.add_history(line)
+    return header
+
+
+def _existing_matches(path, sha, psf_id):
+    """True when the output at ``path`` was written by astrosr with this model and PSF."""
+    try:
+        with fits.open(path) as hdul:
+            header = hdul[1].header if path.name.endswith(".fz") and len(hdul) > 1 else hdul[0].header
+            history = [str(v).strip() for v in header.get("HISTORY", [])]
+            return header.get("ASRMSHA") == sha and header.get("ASRPSF") == psf_id and sha in history
+    except Exception:  # an unreadable leftover is simply not ours
+        return False
+
+
+def _hdu(data, header, *, name=None, compress=False):
+    if compress:
+        # lossless: no float quantisation (quantize_level 0), GZIP of the byte-shuffled tiles
+        return fits.CompImageHDU(data, header=header, name=name, compression_type="GZIP_2", quantize_level=0.0)
+    return fits.ImageHDU(data, header=header, name=name)
+
+
+def _write(out, sr, header, mask, uncert, *, compress, overwrite):
+    """Image (primary, or HDU 1 of a ``.fz``), MASK, then UNCERT; atomically."""
+    mask_header = _wcs_cards(header)
+    mask_header["COMMENT"] = "1 where the input pixel was NaN (the image is NaN there)"
+    if compress:
+        hdus = [fits.PrimaryHDU(), _hdu(sr, header, compress=True)]
+    else:
+        hdus = [fits.PrimaryHDU(sr, header=header)]
+    hdus.append(_hdu(mask, mask_header, name="MASK", compress=compress))
+    if uncert is not None:
+        uncert_header = _wcs_cards(header)
+        if "BUNIT" in header:
+            uncert_header["BUNIT"] = header["BUNIT"]
+        uncert_header["COMMENT"] = "per-pixel std over posterior draws, in the image's units"
+        hdus.append(_hdu(uncert, uncert_header, name="UNCERT", compress=compress))
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        fits.HDUList(hdus).writeto(tmp, checksum=True, output_verify="exception")
+
+
+def deblur_file(
+    path,
+    out_dir,
+    *,
+    model_path="default",
+    psf=BENCH_V1_PSF,
+    consistency=True,
+    overlap=32,
+    samples=0,
+    compress=False,
+    overwrite=False,
+    device="auto",
+    progress=None,
+):
+    """Deblur one FITS file into ``out_dir`` (name per CONTRACTS.md 6).
+
+    Parameters
+    ----------
+    path : str or Path
+        Input FITS (``.fits``, ``.fits.gz``, ``.fz``); its first 2-D image HDU.
+    out_dir : str or Path
+    model_path : str or Path
+        Weights file (``best.pt``, ``.safetensors``) or ``'default'``.
+    psf : PSF
+        The input's PSF (default bench-v1's Moffat FWHM 4, beta 3).
+    consistency, overlap, samples
+        As :func:`deblur_image`.
+    compress : bool
+        Write a lossless tile-compressed ``_deblur.fits.fz`` (image in HDU 1).
+    overwrite : bool
+        Replace an existing output. Without it an output made with the same
+        model and PSF is skipped and any other existing output is an error.
+    device : str
+    progress : callable, optional
+        Tile progress, as :func:`deblur_image`.
+
+    Returns
+    -------
+    FileResult
+        ``'done'`` or ``'skipped'``.
+
+    Raises
+    ------
+    InputError
+        Unreadable input, output equal to the input, output in the way.
+    CheckpointError
+        Bad model file.
+    """
+    start = time.perf_counter()
+    path = Path(path)
+    out = output_path(path, out_dir, compress=compress)
+    if out.resolve() == path.resolve():
+        raise InputError(f"{path}: output would overwrite the input; choose another -o directory")
+    device = resolve_device(device)
+    model, info = _load_model(str(model_path), device)
+    psf_id = psf_identity(psf)
+    if out.exists() and not overwrite:
+        if _existing_matches(out, info["sha256"], psf_id):
+            return FileResult(str(path), str(out), "skipped", "done before with this model and PSF")
+        raise InputError(f"{out}: output exists and was not made with this model and PSF (use --overwrite to replace it)")
+
+    image = read_image(path, min_size=8)
+    restored = deblur_image(
+        image.data, model, psf=psf, consistency=consistency, overlap=overlap, samples=samples, device=device, progress=progress
+    )
+    scale = int(getattr(model, "scale", 1))
+    megapixels = image.data.size / 1e6
+    mask = (~np.isfinite(image.data)).astype(np.uint8)
+    if scale > 1:
+        mask = np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
+    image.data = None  # free the float64 input before the float32 copies and the write
+    sr = restored.sr.astype(np.float32)
+    uncert = None if restored.uncert is None else restored.uncert.astype(np.float32)
+    lo, hi = restored.blu_lo, restored.blu_hi
+    del restored
+    header = _rescale_wcs(_clean_header(image.header), scale)
+    _provenance(
+        header,
+        image=image,
+        info=info,
+        psf_id=psf_id,
+        trained_for=_trained_for(info),
+        consistency=consistency,
+        overlap=overlap,
+        samples=samples,
+        scale=scale,
+        lo=lo,
+        hi=hi,
+    )
+    _write(out, sr, header, mask, uncert, compress=compress, overwrite=overwrite)
+    return FileResult(str(path), str(out), "done", "", time.perf_counter() - start, megapixels)
+
+
+# --- batches -------------------------------------------------------------------
+
+
+def _one_line(exc, path):
+    text = str(exc) if isinstance(exc, AstrosrError) else f"{type(exc).__name__}: {exc}"
+    prefix = f"{path}: "
+    text = text[len(prefix) :] if text.startswith(prefix) else text
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _task(job):
+    """Run one file of a batch; every failure becomes a ``'failed'`` row, never an exception."""
+    job = dict(job)
+    path = job.pop("path")
+    start = time.perf_counter()
+    try:
+        return deblur_file(path, **job)
+    except Exception as exc:  # one bad file must not stop the batch
+        return FileResult(str(path), None, "failed", _one_line(exc, path), time.perf_counter() - start)
+
+
+def _init_worker(threads):
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_local(jobs, workers, report):
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn: forking a process that already runs torch's thread pool can deadlock
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_task, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # a worker died (out of memory, killed)
+                result = FileResult(str(jobs[i]["path"]), None, "failed", f"worker died: {_one_line(exc, '')}")
+            report(i, result)
+
+
+def _dask_client(scheduler, dask_local):
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ConfigError("--scheduler / --dask-local need dask.distributed: pip install 'astrosr[distributed]'") from None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"--scheduler {scheduler}: cannot connect ({_one_line(exc, '')})") from None
+    import logging
+
+    cluster = LocalCluster(
+        n_workers=dask_local, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+    )
+    return Client(cluster), cluster
+
+
+def _run_dask(jobs, scheduler, dask_local, report):
+    client, cluster = _dask_client(scheduler, dask_local)
+    from distributed import as_completed
+    try:
+        futures = client.map(_task, jobs, pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        for future in as_completed(futures):
+            i = index[future.key]
+            try:
+                result = future.result()
+            except Exception as exc:  # KilledWorker and friends
+                result = FileResult(str(jobs[i]["path"]), None, "failed", f"dask task failed: {_one_line(exc, '')}")
+            report(i, result)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def deblur_batch(
+    inputs,
+    out_dir,
+    *,
+    model_path="default",
+    psf=BENCH_V1_PSF,
+    consistency=True,
+    overlap=32,
+    samples=0,
+    compress=False,
+    overwrite=False,
+    device="auto",
+    workers=1,
+    scheduler=None,
+    dask_local=None,
+    progress=None,
+):
+    """Deblur many FITS files: serially, in ``workers`` local processes, or one Dask task each.
+
+    Parameters
+    ----------
+    inputs : sequence of str or Path
+        Files, directories (their ``.fits``/``.fits.gz``/``.fz`` files) and globs.
+    out_dir : str or Path
+    model_path, psf, consistency, overlap, samples, compress, overwrite, device
+        As :func:`deblur_file`.
+    workers : int
+        Local processes (1: run in this process).
+    scheduler : str, optional
+        Address of a Dask scheduler (``tcp://host:8786``); needs ``distributed``.
+    dask_local : int, optional
+        Start a ``distributed.LocalCluster`` with this many worker processes.
+    progress : callable, optional
+        ``progress(result, total)`` after each file.
+
+    Returns
+    -------
+    list of FileResult
+        In input order. The batch never stops at a bad file: it is a
+        ``'failed'`` row with a one-line reason.
+
+    Raises
+    ------
+    InputError
+        Missing inputs, or output names that clash with each other or with
+        an input (before any work).
+    ConfigError
+        Conflicting parallel options, Dask missing or unreachable.
+    CheckpointError
+        The model file cannot be loaded (before any work).
+    """
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if scheduler and dask_local:
+        raise ConfigError("--scheduler and --dask-local exclude each other")
+    if (scheduler or dask_local) and workers > 1:
+        raise ConfigError("--workers is for local processes; with --scheduler / --dask-local the cluster sets the workers")
+    if dask_local is not None and dask_local < 1:
+        raise ConfigError(f"--dask-local must be >= 1, got {dask_local}")
+    pairs = _plan(expand_inputs(inputs), out_dir, compress)
+    parallel = workers > 1 or scheduler or dask_local
+    # load the model here first: a bad model file is one error, not a failed row per image
+    _load_model(str(model_path), "cpu" if parallel else resolve_device(device))
+    psf_identity(psf)  # a missing PSF file fails here too
+    if parallel:
+        _MODEL_CACHE.clear()
+    common = {
+        "out_dir": str(out_dir),
+        "model_path": str(model_path),
+        "psf": psf,
+        "consistency": consistency,
+        "overlap": overlap,
+        "samples": samples,
+        "compress": compress,
+        "overwrite": overwrite,
+        "device": device,
+    }
+    jobs = [{"path": str(src), **common} for src, _ in pairs]
+    results = [None] * len(jobs)
+
+    def report(i, result):
+        results[i] = result
+        if progress is not None:
+            progress(result, len(jobs))
+
+    if scheduler or dask_local:
+        _run_dask(jobs, scheduler, dask_local, report)
+    elif workers > 1:
+        _run_local(jobs, workers, report)
+    else:
+        for i, job in enumerate(jobs):
+            report(i, _task(job))
+    return results

@@ -1,0 +1,318 @@
+"""Writing an evaluate run: rich table, report.md, metrics.csv, summary.json and figures.
+
+Kept apart from :mod:`astrosr.evaluate` (which computes) so the scoring path
+stays short; every file goes through :func:`astrosr.files.atomic_path`.
+"""
+
+import csv
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .files import atomic_path, sha256_file
+from .metrics import summarise
+
+__all__ = ["write_outputs", "provenance", "rows", "format_row"]
+
+SCHEMA = "astrosr-evaluate/1"
+
+
+def _cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(*, models, manifest, psf, psf_fwhm, device, options):
+    """Versions, hardware, inputs and date of a run (the ``provenance`` block of summary.json)."""
+    import astropy
+    import photutils
+    import scipy
+    import skimage
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "bench-v1",
+        "versions": {
+            "astrosr": __version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "torch": torch.__version__,
+            "astropy": astropy.__version__,
+            "photutils": photutils.__version__,
+            "skimage": skimage.__version__,
+        },
+        "hardware": {
+            "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "gpu": gpu,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        },
+        "manifest": None if manifest is None else {
+            "path": str(manifest.path), "name": manifest.name, "sha256": sha256_file(manifest.path),
+        },
+        "models": [
+            {
+                "label": m["label"],
+                "path": m["path"],
+                "sha256": m["info"].get("sha256"),
+                "model": m["info"].get("model"),
+                "model_config": m["info"].get("model_config"),
+                "psf": m["info"].get("psf"),
+            }
+            for m in models
+        ],
+        "psf": {**psf.to_dict(), "describe": psf.describe(), "fwhm_px": psf_fwhm},
+        "degradation": "bench-v1: whole image convolved with the PSF (edges extended, NaN as 0), "
+                       "Gaussian noise at ORI's sigma-clipped std, fresh numpy default_rng(0) per image",
+        "options": options,
+    }
+
+
+def _row(scores, seconds, megapixels):
+    row = summarise(scores).to_dict()
+    timed = [s for s in seconds if s is not None]
+    row["s_per_mpix"] = sum(timed) / megapixels if timed and megapixels else None
+    return row
+
+
+def rows(results, methods):
+    """``(fields, images)``: report rows per field and per image, each ``{method: row dict}``."""
+    fields = {}
+    for field in dict.fromkeys(r.field for r in results):
+        group = [r for r in results if r.field == field]
+        mpix = sum(r.megapixels for r in group)
+        fields[field] = {
+            m: dict(_row([r.scores[m] for r in group], [r.seconds[m] for r in group], mpix),
+                    images=[r.name for r in group])
+            for m in methods
+        }
+    images = {}
+    for r in results:
+        images[r.name] = {
+            "field": r.field,
+            "path": r.path,
+            "sha256": r.sha256,
+            "shape": list(r.shape),
+            "lo": r.ref.lo,
+            "hi": r.ref.hi,
+            "bg_median": r.ref.median,
+            "bg_std": r.ref.std,
+            "n_sources": r.ref.n_sources,
+            "n_reference_peaks": len(r.ref.reference_xy),
+            "methods": {m: _row([r.scores[m]], [r.seconds[m]], r.megapixels) for m in methods},
+        }
+    return fields, images
+
+
+def _fmt(value, spec, none="n/a"):
+    if value is None:
+        return none
+    return format(value, spec)
+
+
+def format_row(row):
+    """Strings for one report row: tiles, SSIM, MSE, PSNR, flux error, spurious, s/Mpix."""
+    psnr = "inf" if row["psnr"] is None and row["n_tiles"] and row["mse"] == 0 else _fmt(row["psnr"], ".2f")
+    flux = f"{_fmt(row['flux_err'], '.3f')} ({row['n_sources']})"
+    spur = f"{_fmt(row['spurious_frac'], '.3f')} ({row['n_spurious']}/{row['n_sources']})"
+    return [str(row["n_tiles"]), _fmt(row["ssim"], ".4f"), _fmt(row["mse"], ".3e"), psnr, flux, spur,
+            _fmt(row["s_per_mpix"], ".2f", "-")]
+
+
+HEADER = ["tiles", "SSIM", "MSE", "PSNR", "flux err (n)", "spurious (k/n)", "s/Mpix"]
+
+
+def _markdown_table(first, table):
+    head = first + HEADER
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for keys, row in table:
+        lines.append("| " + " | ".join(list(keys) + format_row(row)) + " |")
+    return "\n".join(lines)
+
+
+def _print_table(console, groups, title, first):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in [first, "method"] + HEADER:
+        table.add_column(col, justify="left" if col in (first, "method") else "right", no_wrap=True)
+    for name, methods in groups.items():
+        for i, (method, row) in enumerate(methods.items()):
+            table.add_row(name if i == 0 else "", method, *format_row(row))
+        table.add_section()
+    console.print(table)
+
+
+def _write_csv(path, results, methods):
+    with atomic_path(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["field", "image", "method", "tile_y", "tile_x", "ssim", "mse", "psnr"])
+        for r in results:
+            for m in methods:
+                s = r.scores[m]
+                for (y, x), ssim, mse, psnr in zip(s.origins, s.ssim, s.mse, s.psnr):
+                    writer.writerow([r.field, r.name, m, y, x, repr(float(ssim)), repr(float(mse)),
+                                     "inf" if np.isinf(psnr) else repr(float(psnr))])
+
+
+def _write_report(path, summary, figures):
+    prov = summary["provenance"]
+    choice = summary["baselines"]
+    hw = prov["hardware"]
+    man = prov["manifest"]
+    lines = [
+        "# astrosr evaluate: bench-v1 report",
+        "",
+        f"- date: {prov['date']}; astrosr {prov['versions']['astrosr']}, torch {prov['versions']['torch']}, "
+        f"photutils {prov['versions']['photutils']}, scikit-image {prov['versions']['skimage']}",
+        f"- hardware: {hw['cpu']} ({hw['cpu_count']} CPUs), GPU: {hw['gpu'] or 'none'}, device {hw['device']}, "
+        f"{hw['threads']} torch threads; s/Mpix is wall clock per method",
+        f"- PSF (degradation and every PSF-aware method): {prov['psf']['describe']}",
+        f"- manifest: {man['path'] + ' (sha256 ' + man['sha256'][:12] + ')' if man else 'none'}",
+        f"- Richardson-Lucy n = {choice['rl_iters']}, Wiener b = {choice['wiener_balance']:g}: {choice['note']}",
+    ]
+    for m in prov["models"]:
+        lines.append(f"- model {m['label']}: {m['path']} ({m['model']}, sha256 {str(m['sha256'])[:12]})")
+    lines += [
+        "",
+        "SR rows restore the whole image through the shared tiling and are then cut into bench-v1 tiles; "
+        "'(no DC)' rows skip the data-consistency step. Flux error: median |F/F_ori - 1| over ORI's "
+        "10-sigma sources; spurious: restoration sources with no ORI 5-sigma peak within 3 px, "
+        "over ORI's 10-sigma sources (BENCHMARK.md 5).",
+        "",
+        "## Per field",
+        "",
+        _markdown_table(["field", "method"],
+                        [((f, m), row) for f, methods in summary["fields"].items() for m, row in methods.items()]),
+        "",
+        "## Per image",
+        "",
+        _markdown_table(["image", "field", "method"],
+                        [((name, img["field"], m), row) for name, img in summary["images"].items()
+                         for m, row in img["methods"].items()]),
+        "",
+        "## Figures",
+        "",
+    ]
+    lines += [f"![{Path(f).stem}]({f})" for f in figures]
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def _save(fig, path):
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+
+
+def _panel_figure(path, result):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from astropy.visualization import AsinhStretch, ImageNormalize
+
+    origins = result.panels["origins"]
+    tiles = result.panels["tiles"]
+    if not origins:
+        return False
+    titles = list(tiles)
+    fig, axes = plt.subplots(len(origins), len(titles), figsize=(2.4 * len(titles), 2.5 * len(origins)),
+                             squeeze=False)
+    for i, (y, x) in enumerate(origins):
+        ori = tiles["ORI"][i]
+        # shared limits from ORI's tile so every method is shown on one scale
+        norm = ImageNormalize(vmin=float(np.percentile(ori, 1)), vmax=float(ori.max()), stretch=AsinhStretch(0.02))
+        for j, title in enumerate(titles):
+            ax = axes[i, j]
+            data = tiles[title][i]
+            if title.endswith(" - ORI"):
+                lim = float(np.percentile(np.abs(data), 99.5)) or 1.0
+                ax.imshow(data, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
+            else:
+                ax.imshow(data, origin="lower", cmap="gray", norm=norm)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"y={y} x={x}", fontsize=8)
+    fig.suptitle(f"{result.name} ({result.field})", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _bar_chart(path, fields):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(fields)
+    methods = list(next(iter(fields.values())))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names) * len(methods) ** 0.5), 3.5))
+    for k, m in enumerate(methods):
+        values = [fields[f][m]["ssim"] if fields[f][m]["ssim"] is not None else 0 for f in names]
+        ax.bar(np.arange(len(names)) + (k - (len(methods) - 1) / 2) * width, values, width, label=m)
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylabel("mean SSIM (bench-v1)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_outputs(out, results, *, methods, choice, models, manifest, psf, psf_fwhm, device, console, options):
+    """Write every output file of an evaluate run into ``out`` and print the table.
+
+    Returns
+    -------
+    dict
+        The content of ``summary.json``.
+    """
+    out = Path(out)
+    fields, images = rows(results, methods)
+    summary = {
+        "schema": SCHEMA,
+        "methods": methods,
+        "fields": fields,
+        "images": images,
+        "baselines": choice,
+        "provenance": provenance(models=models, manifest=manifest, psf=psf, psf_fwhm=psf_fwhm, device=device,
+                                 options=options),
+    }
+    _write_csv(out / "metrics.csv", results, methods)
+    figures = []
+    for r in results:
+        rel = f"panels/{r.name.replace('/', '_').replace(':', '_')}.png"
+        if _panel_figure(out / rel, r):
+            figures.append(rel)
+    if results:
+        _bar_chart(out / "ssim_by_field.png", fields)
+        figures.insert(0, "ssim_by_field.png")
+    summary["files"] = ["report.md", "metrics.csv", "summary.json"] + figures
+    with atomic_path(out / "summary.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))
+    _write_report(out / "report.md", summary, figures)
+    threads = summary["provenance"]["hardware"]["threads"]
+    _print_table(console, {n: img["methods"] for n, img in images.items()}, "bench-v1 per image", "image")
+    _print_table(console, fields, f"bench-v1 per field (s/Mpix: wall clock, {threads} torch threads)", "field")
+    console.print(f"RL n={choice['rl_iters']}, Wiener b={choice['wiener_balance']:g}: {choice['note']}")
+    console.print(f"wrote {out}/report.md, metrics.csv, summary.json and {len(figures)} figures")
+    return summary

@@ -1,0 +1,372 @@
+"""Data manifests: which files a benchmark uses, where they came from, and their checksums.
+
+A manifest is a small YAML file (``data_manifests/bench_v1.yaml``)::
+
+    name: bench-v1
+    images:                      # real images, one per entry
+      - {file: M13_blue_0001.fits, field: train, url: http://..., sha256: 431d...}
+    psfs:                        # measured PSF kernels (same keys, no field)
+      - {file: irac_ch1_flight.fits, url: http://..., sha256: 883a...}
+    simulate:                    # fields astrosr simulates itself (no download)
+      - {field: simulated, n: 4, seed: 1000, size: 512}
+
+Files are looked for in a data directory (``--data-dir`` or the
+``ASTROSR_DATA_DIR`` environment variable). The sha256 is that of the file as
+it sits in the data directory; a ``.bz2`` URL is decompressed before it is
+verified (CONTRACTS.md 6). Simulated fields are deterministic in their seed:
+they are taken from the data directory when present, otherwise generated once
+into a cache directory (``ASTROSR_CACHE_DIR``, default ``~/.cache/astrosr``).
+"""
+
+import bz2
+import dataclasses
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+from .config import from_dict, load_yaml
+from .errors import ConfigError, DataError
+from .files import atomic_path, sha256_file
+
+__all__ = [
+    "ImageEntry",
+    "PsfEntry",
+    "SimulateEntry",
+    "Manifest",
+    "Source",
+    "load_manifest",
+    "data_dir_from",
+    "cache_dir",
+    "resolve",
+    "psf_path",
+    "fetch",
+]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FIELD = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEntry:
+    """One real image: its file name in the data directory, field, source URL and sha256."""
+
+    file: str
+    field: str
+    url: str
+    sha256: str
+    note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PsfEntry:
+    """A measured PSF kernel file (``--psf NAME`` finds it in the data directory)."""
+
+    file: str
+    url: str
+    sha256: str
+    pixscale: float | None = None
+    note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulateEntry:
+    """A field simulated by :func:`astrosr.simulate.simulate_fields` (``n`` images from ``seed``)."""
+
+    field: str
+    n: int = 4
+    seed: int = 1000
+    size: int = 512
+
+    def files(self):
+        """File names the simulation writes, in order."""
+        from .simulate import sim_name
+
+        return [sim_name(self.seed, i) for i in range(self.n)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A loaded, validated manifest."""
+
+    path: Path
+    name: str
+    images: tuple
+    psfs: tuple = ()
+    simulate: tuple = ()
+    description: str | None = None
+
+    @property
+    def fields(self):
+        """Field names in first-appearance order."""
+        names = [e.field for e in self.images] + [s.field for s in self.simulate]
+        return list(dict.fromkeys(names))
+
+
+class Source(NamedTuple):
+    """An image to prepare: its path and field (a ``(path, field)`` pair)."""
+
+    path: Path
+    field: str
+
+
+def _check_entry(entry, where):
+    if not _SHA256.match(entry.sha256):
+        raise ConfigError(f"{where}.sha256: expected 64 lowercase hex digits, got {entry.sha256!r}")
+    if "/" in entry.file or entry.file in ("", ".", ".."):
+        raise ConfigError(f"{where}.file: expected a bare file name, got {entry.file!r}")
+    if "://" not in entry.url:
+        raise ConfigError(f"{where}.url: expected a URL (scheme://...), got {entry.url!r}")
+
+
+def _check_field(field, where):
+    if not _FIELD.match(field):
+        raise ConfigError(f"{where}.field: expected a short lowercase name (a-z, 0-9, _), got {field!r}")
+
+
+def _entries(raw, kind, path, section):
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: {section}: expected a list of entries, got {type(raw).__name__}")
+    entries = []
+    for i, item in enumerate(raw):
+        where = f"{path}: {section}[{i}]"
+        entry = from_dict(kind, item, where=where)
+        if kind is not SimulateEntry:
+            _check_entry(entry, where)
+        if kind is not PsfEntry:
+            _check_field(entry.field, where)
+        if kind is SimulateEntry and (entry.n < 1 or entry.size < 128):
+            raise ConfigError(f"{where}: n must be >= 1 and size >= 128, got n={entry.n}, size={entry.size}")
+        entries.append(entry)
+    return tuple(entries)
+
+
+def load_manifest(path):
+    """Load and validate a manifest YAML.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    Manifest
+
+    Raises
+    ------
+    ConfigError
+        Missing file, bad YAML, an unknown or mistyped key (named), a
+        malformed sha256, or a file listed twice.
+    """
+    path = Path(path)
+    data = load_yaml(path)
+    known = {"name", "description", "images", "psfs", "simulate"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    if not isinstance(data.get("name"), str):
+        raise ConfigError(f"{path}: name: expected a string naming the manifest, got {data.get('name')!r}")
+    images = _entries(data.get("images"), ImageEntry, path, "images")
+    psfs = _entries(data.get("psfs"), PsfEntry, path, "psfs")
+    simulate = _entries(data.get("simulate"), SimulateEntry, path, "simulate")
+    names = [e.file for e in images + psfs] + [f for s in simulate for f in s.files()]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: {duplicates[0]}: listed more than once")
+    return Manifest(path=path, name=data["name"], images=images, psfs=psfs, simulate=simulate,
+                    description=data.get("description"))
+
+
+def data_dir_from(data_dir=None):
+    """The data directory: ``data_dir`` if given, else ``$ASTROSR_DATA_DIR``.
+
+    Raises
+    ------
+    ConfigError
+        Neither is set, or the directory does not exist.
+    """
+    if data_dir is None:
+        data_dir = os.environ.get("ASTROSR_DATA_DIR")
+        if not data_dir:
+            raise ConfigError("no data directory: pass --data-dir DIR or set ASTROSR_DATA_DIR")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ConfigError(f"{data_dir}: data directory not found")
+    return data_dir
+
+
+def cache_dir():
+    """Where generated data (simulated fields) is kept: ``$ASTROSR_CACHE_DIR`` or ``~/.cache/astrosr``."""
+    return Path(os.environ.get("ASTROSR_CACHE_DIR") or Path.home() / ".cache" / "astrosr")
+
+
+def _verify(path, entry, *, shown=None):
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise DataError(f"{shown or path}: sha256 {actual} does not match the manifest's {entry.sha256}")
+
+
+def _existing(path, entry, manifest, data_dir, verify):
+    if not path.is_file():
+        raise DataError(f"{path}: missing; download it from {entry.url} "
+                        f"(or run: astrosr fetch {manifest.path} --data-dir {data_dir})")
+    if verify:
+        _verify(path, entry)
+    return path
+
+
+def _simulated(spec, data_dir):
+    """Paths of a simulated field: the data directory's copies, else generated into the cache."""
+    from .simulate import write_simulated
+
+    paths = []
+    for index, name in enumerate(spec.files()):
+        path = data_dir / name
+        if not path.is_file():
+            path = cache_dir() / "simulated" / name
+            if not path.is_file():
+                write_simulated(path, seed=spec.seed, index=index, size=spec.size)
+        paths.append(path)
+    return paths
+
+
+def resolve(manifest, data_dir=None, fields=None, *, verify=True):
+    """The images of ``fields`` as :class:`Source` pairs, checked against the manifest.
+
+    Parameters
+    ----------
+    manifest : Manifest or str or Path
+    data_dir : str or Path, optional
+        Default ``$ASTROSR_DATA_DIR``.
+    fields : list of str, optional
+        Fields to take, in manifest order (default: all).
+    verify : bool
+        Check every real file's sha256 (default True).
+
+    Returns
+    -------
+    list of Source
+
+    Raises
+    ------
+    ConfigError
+        An unknown field.
+    DataError
+        A missing file (named with its URL) or a checksum mismatch (both sums).
+    """
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest)
+    data_dir = data_dir_from(data_dir)
+    wanted = list(manifest.fields if fields is None else fields)
+    for field in wanted:
+        if field not in manifest.fields:
+            raise ConfigError(f"{manifest.path}: field {field!r} not in the manifest "
+                              f"(fields: {', '.join(manifest.fields)})")
+    sources = []
+    for field in wanted:
+        for entry in manifest.images:
+            if entry.field == field:
+                path = _existing(data_dir / entry.file, entry, manifest, data_dir, verify)
+                sources.append(Source(path, field))
+        for spec in manifest.simulate:
+            if spec.field == field:
+                sources.extend(Source(p, field) for p in _simulated(spec, data_dir))
+    return sources
+
+
+def psf_path(manifest, name, data_dir=None, *, verify=True):
+    """Path of the manifest's PSF file ``name`` in the data directory (checked like images)."""
+    data_dir = data_dir_from(data_dir)
+    for entry in manifest.psfs:
+        if entry.file == name:
+            return _existing(data_dir / entry.file, entry, manifest, data_dir, verify)
+    known = ", ".join(e.file for e in manifest.psfs) or "none"
+    raise ConfigError(f"{manifest.path}: no PSF named {name!r} (PSFs: {known})")
+
+
+def _download(entry, target):
+    """Download ``entry.url`` to ``target`` (decompressing .bz2), verify, and move into place."""
+    from astropy.utils.data import download_file
+
+    try:
+        tmp = Path(download_file(entry.url, cache=False, show_progress=False, timeout=60))
+    except Exception as exc:  # urllib/http/socket errors all mean the same to the user
+        raise DataError(f"{target}: download from {entry.url} failed ({type(exc).__name__}: {exc})") from None
+    try:
+        with atomic_path(target) as out:
+            if entry.url.endswith(".bz2") and not target.name.endswith(".bz2"):
+                try:
+                    with bz2.open(tmp, "rb") as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except OSError as exc:
+                    raise DataError(f"{target}: {entry.url} is not valid bzip2 data ({exc})") from None
+            else:
+                shutil.copyfile(tmp, out)
+            _verify(out, entry, shown=f"{target} (downloaded from {entry.url})")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch(manifest, data_dir, *, fields=None, progress=True):
+    """Make ``data_dir`` complete: download missing files, verify all, write simulated fields.
+
+    Parameters
+    ----------
+    manifest : Manifest or str or Path
+    data_dir : str or Path
+        Created if missing.
+    fields : list of str, optional
+        Only the images of these fields (PSFs are always fetched).
+    progress : bool
+        Show a rich progress bar.
+
+    Returns
+    -------
+    list of (Path, str)
+        Each file with what happened: ``'present'``, ``'downloaded'`` or ``'simulated'``.
+
+    Raises
+    ------
+    DataError
+        A download failed or a file's sha256 does not match (both sums named).
+    """
+    from rich.progress import Progress
+
+    from .simulate import write_simulated
+
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest)
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    wanted = set(manifest.fields if fields is None else fields)
+    unknown = sorted(wanted - set(manifest.fields))
+    if unknown:
+        raise ConfigError(f"{manifest.path}: field {unknown[0]!r} not in the manifest "
+                          f"(fields: {', '.join(manifest.fields)})")
+    entries = [e for e in manifest.images if e.field in wanted] + list(manifest.psfs)
+    sims = [(s, i, name) for s in manifest.simulate if s.field in wanted for i, name in enumerate(s.files())]
+    report = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("fetch", total=len(entries) + len(sims))
+        for entry in entries:
+            target = data_dir / entry.file
+            bar.update(task, description=entry.file)
+            if target.is_file():
+                _verify(target, entry)
+                report.append((target, "present"))
+            else:
+                _download(entry, target)
+                report.append((target, "downloaded"))
+            bar.advance(task)
+        for spec, index, name in sims:
+            target = data_dir / name
+            if target.is_file():
+                report.append((target, "present"))
+            else:
+                write_simulated(target, seed=spec.seed, index=index, size=spec.size)
+                report.append((target, "simulated"))
+            bar.advance(task)
+    return report

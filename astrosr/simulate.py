@@ -1,0 +1,205 @@
+"""Simulated sky images: stars, Sersic galaxies, sky and noise, with a TAN WCS.
+
+They are astrosr's embedded data (no download) and, from seed 1000 on, its
+own part of bench-v1's ``simulated`` field (CONTRACTS.md 5); seeds below 1000
+are for training. Image ``index`` of seed ``seed`` is drawn from
+``numpy.random.default_rng([seed, index])``, so each file is reproducible on
+its own and ``--n`` only adds files.
+
+Each image: a flat sky, one bright Sersic galaxy near the centre plus a few
+small background galaxies (astropy.modeling ``Sersic2D``, convolved with the
+seeing PSF), 30-200 stars with power-law fluxes rendered as that same Moffat
+PSF, and Gaussian noise. Every parameter is in the header (keys and HISTORY).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.modeling.models import Sersic2D
+from astropy.wcs import WCS
+from scipy import signal
+
+from . import __version__
+from .degrade import moffat_psf
+from .errors import ConfigError, InputError
+from .files import atomic_path
+
+__all__ = ["sim_name", "simulate_image", "write_simulated", "simulate_fields"]
+
+PIXSCALE_ARCSEC = 0.4
+
+
+def sim_name(seed, index):
+    """File name of simulated image ``index`` of ``seed``: ``sim_s{seed}_{index:03d}.fits``."""
+    return f"sim_s{seed}_{index:03d}.fits"
+
+
+def _moffat_stamp(dy, dx, gamma, beta, half=20):
+    """A Moffat star centred at sub-pixel offset (dy, dx) from the stamp centre, unit sum."""
+    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    stamp = (1.0 + ((x - dx) ** 2 + (y - dy) ** 2) / gamma**2) ** (-beta)
+    return stamp / stamp.sum()
+
+
+def _add_stamp(image, stamp, cy, cx):
+    half = stamp.shape[0] // 2
+    ny, nx = image.shape
+    y0, x0 = cy - half, cx - half
+    ys, xs = max(y0, 0), max(x0, 0)
+    ye, xe = min(y0 + stamp.shape[0], ny), min(x0 + stamp.shape[1], nx)
+    if ys < ye and xs < xe:
+        image[ys:ye, xs:xe] += stamp[ys - y0 : ye - y0, xs - x0 : xe - x0]
+
+
+def _galaxy(rng, size, noise, *, main):
+    """Parameters of one Sersic galaxy (a bright central one, or a small background one)."""
+    if main:
+        centre = size / 2 + rng.uniform(-size / 8, size / 8, 2)
+        return dict(amplitude=float(rng.uniform(1.0, 8.0) * noise), r_eff=float(rng.uniform(8, 60)),
+                    n=float(rng.uniform(0.7, 4.0)), x_0=float(centre[1]), y_0=float(centre[0]),
+                    ellip=float(rng.uniform(0.0, 0.6)), theta=float(rng.uniform(0, np.pi)))
+    return dict(amplitude=float(rng.uniform(0.5, 4.0) * noise), r_eff=float(rng.uniform(1.5, 8)),
+                n=float(rng.uniform(0.5, 2.5)), x_0=float(rng.uniform(0, size)), y_0=float(rng.uniform(0, size)),
+                ellip=float(rng.uniform(0.0, 0.7)), theta=float(rng.uniform(0, np.pi)))
+
+
+def _render_galaxy(image, g):
+    """Add Sersic2D ``g`` in a box of about 8 effective radii (the whole image for big ones)."""
+    reach = int(np.ceil(8 * g["r_eff"])) + 2
+    size = image.shape[0]
+    y0, y1 = max(int(g["y_0"]) - reach, 0), min(int(g["y_0"]) + reach + 1, size)
+    x0, x1 = max(int(g["x_0"]) - reach, 0), min(int(g["x_0"]) + reach + 1, size)
+    y, x = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    image[y0:y1, x0:x1] += Sersic2D(**g)(x, y)
+
+
+def simulate_image(rng, *, size=512):
+    """One simulated field.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    size : int
+        Side in pixels (>= 128).
+
+    Returns
+    -------
+    data : ndarray (size, size) float32
+        Sky + galaxies + stars + noise, in ADU.
+    params : dict
+        Every drawn parameter (sky, noise, seeing PSF, galaxies, star list summary).
+    """
+    if int(size) != size or size < 128:
+        raise ConfigError(f"simulate size must be an integer >= 128, got {size}")
+    size = int(size)
+    sky = float(rng.uniform(100.0, 1000.0))
+    noise = float(np.sqrt(sky) * rng.uniform(0.8, 1.5))
+    fwhm = float(rng.uniform(1.5, 2.5))
+    beta = float(rng.uniform(2.5, 4.5))
+    gamma = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+    galaxies = [_galaxy(rng, size, noise, main=True)]
+    galaxies += [_galaxy(rng, size, noise, main=False) for _ in range(int(rng.integers(2, 9)))]
+    light = np.zeros((size, size))
+    for g in galaxies:
+        _render_galaxy(light, g)
+    light = signal.fftconvolve(np.pad(light, 20, mode="edge"), moffat_psf(fwhm, beta=beta, size=41), mode="valid")
+
+    # power law N(>F) ~ F**-alpha from a faint limit (peak ~ 3 noise sigma) up to a 5000-sigma cap
+    n_stars = int(rng.integers(30, 201))
+    alpha = float(rng.uniform(0.6, 1.2))
+    peak_fraction = _moffat_stamp(0.0, 0.0, gamma, beta).max()
+    f_min = 3.0 * noise / peak_fraction
+    fluxes = np.minimum(f_min * (1.0 - rng.uniform(0, 1, n_stars)) ** (-1.0 / alpha), 5000.0 * noise / peak_fraction)
+    positions = rng.uniform(0, size, (n_stars, 2))
+    for flux, (py, px) in zip(fluxes, positions):
+        cy, cx = int(np.floor(py)), int(np.floor(px))
+        _add_stamp(light, flux * _moffat_stamp(py - cy - 0.5, px - cx - 0.5, gamma, beta), cy, cx)
+
+    data = sky + light + rng.normal(0.0, noise, (size, size))
+    params = dict(size=size, sky=sky, noise_std=noise, psf=dict(shape="moffat", fwhm=fwhm, beta=beta),
+                  galaxies=galaxies, n_stars=n_stars, star_alpha=alpha,
+                  star_flux_min=float(fluxes.min()), star_flux_max=float(fluxes.max()),
+                  pixscale_arcsec=PIXSCALE_ARCSEC)
+    return data.astype(np.float32), params
+
+
+def _header(rng, params, seed, index):
+    wcs = WCS(naxis=2)
+    size = params["size"]
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crpix = [size / 2 + 0.5, size / 2 + 0.5]
+    wcs.wcs.crval = [float(rng.uniform(0, 360)), float(rng.uniform(-60, 60))]
+    wcs.wcs.cdelt = [-PIXSCALE_ARCSEC / 3600, PIXSCALE_ARCSEC / 3600]
+    wcs.wcs.cunit = ["deg", "deg"]
+    header = wcs.to_header()
+    header["OBJECT"] = (f"astrosr simulated field s{seed} #{index}", "not a real sky")
+    header["BUNIT"] = "adu"
+    header["SIMSEED"] = (seed, "astrosr simulate seed")
+    header["SIMINDEX"] = (index, "image index within the seed")
+    header["SKY"] = (params["sky"], "[adu] flat sky level")
+    header["NOISESTD"] = (params["noise_std"], "[adu] Gaussian noise std")
+    header["PSFFWHM"] = (params["psf"]["fwhm"], "[px] seeing Moffat FWHM")
+    header["PSFBETA"] = (params["psf"]["beta"], "seeing Moffat beta")
+    header["NSTARS"] = (params["n_stars"], "stars (power-law fluxes)")
+    header["NGALAXY"] = (len(params["galaxies"]), "Sersic galaxies")
+    header["HISTORY"] = f"astrosr {__version__} simulate seed={seed} index={index} rng=default_rng([seed, index])"
+    header["HISTORY"] = "params " + json.dumps(params, separators=(",", ":"))
+    return header
+
+
+def write_simulated(path, *, seed, index, size=512, overwrite=False):
+    """Simulate image ``index`` of ``seed`` and write it atomically to ``path``.
+
+    Returns
+    -------
+    dict
+        The drawn parameters.
+    """
+    rng = np.random.default_rng([int(seed), int(index)])
+    data, params = simulate_image(rng, size=size)
+    header = _header(rng, params, seed, index)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fits.PrimaryHDU(data, header=header).writeto(tmp)
+    return params
+
+
+def simulate_fields(out_dir, *, n=4, seed=0, size=512, overwrite=False, progress=True):
+    """Write ``n`` simulated images ``sim_s{seed}_{i:03d}.fits`` into ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Created if missing.
+    n : int
+        Number of images.
+    seed : int
+        Seeds >= 1000 are reserved for the simulated test field.
+    size : int
+        Image side in pixels.
+    overwrite : bool
+        Replace existing files (otherwise an existing file is an error).
+    progress : bool
+        Show a rich progress bar.
+
+    Returns
+    -------
+    list of Path
+    """
+    from rich.progress import Progress
+
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    out_dir = Path(out_dir)
+    paths = [out_dir / sim_name(seed, i) for i in range(n)]
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]}: output exists (use --overwrite to replace it)")
+    with Progress(disable=not progress, transient=True) as bar:
+        for i, path in enumerate(bar.track(paths, description="simulate")):
+            write_simulated(path, seed=seed, index=i, size=size, overwrite=overwrite)
+    return paths

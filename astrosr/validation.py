@@ -1,0 +1,133 @@
+"""Validation during training: bench-v1 scores on the pairs file's val tiles and whole val images.
+
+Two levels, both recorded in ``metrics.csv``:
+
+- tiles: the model restores each val tile of the pairs file alone; SR and ORI
+  are mapped to ORI's bench-v1 normalisation and clipped, then per-tile SSIM
+  and MSE are averaged (cheap, always available).
+- images: when the val images named in the pairs file are readable (same
+  sha256), each is degraded again exactly as prepare did (its recorded PSF
+  and noise, ``default_rng(0)``), restored by evaluate's path
+  (:func:`astrosr.restore.restore_image`, data-consistency step on) and scored
+  by :mod:`astrosr.metrics`: SSIM, MSE, median flux error and spurious
+  fraction. CONTRACTS.md 3 selects the best checkpoint on these.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+
+from .files import sha256_file
+
+__all__ = ["tile_validation", "ValImage", "load_val_images", "image_validation", "is_better"]
+
+
+def tile_validation(model, dataset, *, device, batch=16):
+    """``{'tile_ssim', 'tile_mse'}`` of the model's restorations of every tile of ``dataset``."""
+    ssim, mse = [], []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch):
+            items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+            blu = torch.stack([it["blu"] for it in items]).to(device)
+            psf = torch.stack([it["psf"] for it in items]).to(device)
+            cond = torch.stack([it["cond"] for it in items]).to(device)
+            sr = model.restore(blu, psf=psf, cond=cond).float().cpu().numpy()[:, 0]
+            for k, it in enumerate(items):
+                i = start + k
+                x = np.clip(dataset.to_stored(sr[k], i), 0.0, 1.0).astype(np.float64)
+                ori = np.clip(dataset.to_stored(it["ori"][0].numpy(), i), 0.0, 1.0).astype(np.float64)
+                ssim.append(structural_similarity(x, ori, data_range=1.0))
+                mse.append(float(np.mean((x - ori) ** 2)))
+    return {"tile_ssim": float(np.mean(ssim)), "tile_mse": float(np.mean(mse))}
+
+
+class ValImage:
+    """One whole val image: its bench-v1 reference, BLU, PSF kernel and FWHM."""
+
+    def __init__(self, name, ref, blu, kernel, fwhm):
+        self.name, self.ref, self.blu, self.kernel, self.fwhm = name, ref, blu, kernel, fwhm
+
+
+def load_val_images(dataset, *, field="val"):
+    """The whole val images behind ``dataset`` (a :class:`PairsDataset`), or ``(None, reason)``.
+
+    Returns ``(list of ValImage, None)`` when every val image can be read and
+    matches its recorded sha256, else ``(None, reason)``.
+    """
+    from . import metrics
+    from .degrade import degrade
+    from .fits_io import read_image
+
+    images = dataset.images
+    fields = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in images["field"]])
+    wanted = np.flatnonzero(fields == field)
+    if len(wanted) == 0:
+        return None, f"no {field} images in the pairs file"
+    out = []
+    for k in wanted:
+        row = images[k]
+        path = Path(row["path"].decode())
+        if not path.is_file():
+            return None, f"{path}: val image not found"
+        if sha256_file(path) != row["sha256"].decode():
+            return None, f"{path}: val image changed since prepare (sha256 differs)"
+        tiles = dataset.all_tiles[dataset.all_tiles["image"] == k]
+        if len(tiles) == 0:
+            return None, f"{path}: no tiles recorded"
+        kernel = dataset.psfs[tiles["psf_index"][0]].astype(np.float64)
+        kernel /= kernel.sum()
+        plane = None if int(row["plane"]) < 0 else int(row["plane"])
+        ori = read_image(path, hdu=int(row["hdu"]), plane=plane).data
+        s = dataset.scale
+        blu = degrade(ori, kernel, noise_std=float(tiles["noise_std"][0]), rng=np.random.default_rng(0), scale=s)
+        ori = ori[: blu.shape[0] * s, : blu.shape[1] * s]
+        out.append(ValImage(path.name, metrics.reference(ori), blu, kernel, float(tiles["psf_fwhm"][0])))
+    return out, None
+
+
+def image_validation(model, images, *, device, tile):
+    """Field scores of the model on whole val images: ``{'ssim', 'mse', 'flux_err', 'spurious'}``."""
+    from . import metrics
+    from .restore import restore_image
+
+    scores = []
+    for image in images:
+        restored = restore_image(image.blu, model, psf_kernel=image.kernel, psf_fwhm=image.fwhm, tile=tile, device=device)
+        scores.append(metrics.score(image.ref, restored.sr))
+    row = metrics.summarise(scores)
+    return {"ssim": row.ssim, "mse": row.mse, "flux_err": row.flux_err, "spurious": row.spurious_frac}
+
+
+def _num(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def is_better(record, best, *, flux_threshold):
+    """CONTRACTS.md 3: lowest MSE among validations with flux error <= threshold, else lowest flux error.
+
+    ``record`` and ``best`` are validation dicts; whole-image ``mse`` /
+    ``flux_err`` are used when present, else the tile MSE.
+    """
+    if best is None:
+        return True
+
+    def key(r):
+        flux = _num(r.get("flux_err"))
+        mse = _num(r.get("mse"))
+        if mse is None:
+            return (0, _num(r.get("tile_mse")))
+        if flux is None or flux <= flux_threshold:
+            return (0, mse)
+        return (1, flux)
+
+    return key(record) < key(best)
+
+
+def describe(record):
+    """Short text of a validation record for logs."""
+    return json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})

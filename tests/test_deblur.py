@@ -1,0 +1,308 @@
+"""astrosr deblur: seams, headers and WCS, FITS validity, NaN, compression, batches, Dask."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+from astropy.wcs import WCS
+from click.testing import CliRunner
+
+from astrosr import __version__
+from astrosr.checkpoint import save_checkpoint
+from astrosr.cli import cli
+from astrosr.deblur import deblur_batch, deblur_file, deblur_image, expand_inputs, output_path
+from astrosr.degrade import PSF
+from astrosr.errors import CheckpointError, ConfigError, InputError
+from astrosr.files import sha256_file
+from astrosr.models import ResVAE
+
+STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BSCALE", "BZERO", "BLANK"}
+
+
+def _save_model(path, *, perturb=None, **config):
+    """An untrained resvae (the identity) or, with ``perturb`` = seed, a fixed non-identity one."""
+    model = ResVAE(**config)
+    if perturb is not None:
+        gen = torch.Generator().manual_seed(perturb)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    payload = {"model": "resvae", "model_config": model.config, "state_dict": model.state_dict(), "psf": PSF().to_dict()}
+    save_checkpoint(path, payload)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    identity, trained = root / "identity.pt", root / "trained.pt"
+    _save_model(identity)
+    _save_model(trained, perturb=7)
+    return {"identity": identity, "trained": trained}
+
+
+def _crop(src, dst, rows, cols):
+    """A float32 crop of a real file with its header (origin kept, so its WCS still holds)."""
+    with fits.open(src) as hdul:
+        data = np.asarray(hdul[0].data, dtype=np.float32)[rows, cols]
+        header = hdul[0].header.copy()
+    for key in ("BSCALE", "BZERO", "BLANK"):
+        header.remove(key, ignore_missing=True)
+    fits.writeto(dst, data, header)
+    return dst
+
+
+def _data_bits(path, ext):
+    """The data's bytes in native order (a compressed HDU decodes native, a plain one big-endian)."""
+    data = fits.getdata(path, ext)
+    return np.ascontiguousarray(data.astype(data.dtype.newbyteorder("="))).view(np.uint8)
+
+
+def _model_units_limits(image):
+    lo, hi = np.percentile(image[np.isfinite(image)], [0.5, 99.9])
+    return lo, hi
+
+
+# --- seams ---------------------------------------------------------------------
+
+
+def test_identity_model_returns_the_input_everywhere_including_tile_borders(data_dir):
+    image = fits.getdata(data_dir / "gc_2mass_j.fits").astype(np.float64)[:600, :650]
+    restored = deblur_image(image, ResVAE(), consistency=False, overlap=32)
+    lo, hi = _model_units_limits(image)
+    # in the model's units (what the network sees), every pixel within 1e-5
+    assert np.abs(restored.sr - image).max() / (hi - lo) < 1e-5
+    assert restored.blu_lo == pytest.approx(lo) and restored.blu_hi == pytest.approx(hi)
+
+
+def test_output_does_not_depend_on_the_tile_grid(data_dir, models):
+    image = fits.getdata(data_dir / "gc_2mass_j.fits").astype(np.float64)[:520, :600]
+    model = ResVAE()
+    model.load_state_dict(torch.load(models["trained"], weights_only=True)["state_dict"])
+    a = deblur_image(image, model, consistency=False, overlap=32).sr
+    b = deblur_image(image, model, consistency=False, overlap=96).sr  # other tile origins everywhere
+    change = np.abs(a - image).max()
+    assert change > 0.05 * (image.max() - image.min())  # not the identity
+    assert np.abs(a - b).max() < 0.02 * change
+
+
+# --- one file: header, WCS, HISTORY, fitsverify, NaN, compression -----------------
+
+
+def test_wcs_and_every_input_card_are_kept_and_history_added(data_dir, models, tmp_path):
+    src = data_dir / "gc_2mass_j.fits"
+    result = deblur_file(src, tmp_path, model_path=models["identity"], consistency=False, device="cpu")
+    assert result.status == "done" and result.output == str(tmp_path / "gc_2mass_j_deblur.fits")
+    header_in = fits.getheader(src)
+    with fits.open(result.output) as hdul:
+        header = hdul[0].header
+        data = hdul[0].data
+    assert data.dtype == np.dtype(">f4") and data.shape == (720, 721)
+    for card in header_in.cards:
+        if card.keyword in STRUCTURAL or card.keyword in ("COMMENT", "HISTORY"):
+            continue
+        assert header[card.keyword] == card.value, card.keyword
+    assert set(header_in["COMMENT"]) <= set(header["COMMENT"])
+    ys, xs = np.mgrid[0:720:37, 0:721:41]
+    sky_in = WCS(header_in).pixel_to_world(xs, ys)
+    sky_out = WCS(header).pixel_to_world(xs, ys)
+    assert np.abs(sky_in.separation(sky_out).arcsec).max() < 1e-6
+    history = [str(h) for h in header["HISTORY"]]
+    assert sha256_file(models["identity"]) in history
+    assert any(h.startswith(f"astrosr {__version__} deblur") for h in history)
+    assert "PSF: Moffat FWHM=4px beta=3 41x41" in history
+    assert any("data-consistency step off; overlap 32 px" in h for h in history)
+    assert header["ASRMSHA"] == sha256_file(models["identity"])
+    assert header["ASRTRAIN"].startswith("Moffat FWHM=4px") and header["ASRCONS"] is False
+    lo, hi = _model_units_limits(fits.getdata(src).astype(np.float64))
+    assert header["ASRLO"] == pytest.approx(lo) and header["ASRHI"] == pytest.approx(hi)
+
+
+@pytest.mark.parametrize("name", ["gc_bolocam_gps.fits", "gc_2mass_j.fits"])
+def test_scale_two_rescales_the_wcs(data_dir, tmp_path, name):
+    src = _crop(data_dir / name, tmp_path / name, slice(0, 90), slice(0, 100))
+    model = tmp_path / "x2.pt"
+    _save_model(model, scale=2)
+    out = deblur_file(src, tmp_path / "out", model_path=model, consistency=False, device="cpu").output
+    header_in, header_out = fits.getheader(src), fits.getheader(out)
+    assert fits.getdata(out).shape == (180, 200)
+    ys, xs = np.mgrid[0:90:11, 0:100:13].astype(float)
+    sky_in = WCS(header_in).pixel_to_world(xs, ys)
+    # input pixel centre p (0-based) is output position 2 (p + 1/2) - 1/2
+    sky_out = WCS(header_out).pixel_to_world(2 * (xs + 0.5) - 0.5, 2 * (ys + 0.5) - 0.5)
+    assert np.abs(sky_in.separation(sky_out).arcsec).max() < 1e-6
+
+
+@pytest.fixture(scope="module")
+def bolocam_outputs(data_dir, models, tmp_path_factory):
+    """A corner of gc_bolocam_gps (2,305 NaN pixels) deblurred with UNCERT and MASK, plain and .fz."""
+    root = tmp_path_factory.mktemp("bolocam")
+    src = _crop(data_dir / "gc_bolocam_gps.fits", root / "bolocam.fits", slice(0, 160), slice(0, 200))
+    kwargs = {"model_path": models["trained"], "samples": 2, "device": "cpu"}
+    plain = deblur_file(src, root / "plain", **kwargs).output
+    packed = deblur_file(src, root / "fz", compress=True, **kwargs).output
+    return plain, packed
+
+
+def test_fitsverify_finds_nothing_in_plain_and_compressed_outputs(bolocam_outputs):
+    if shutil.which("fitsverify") is None:
+        pytest.skip("fitsverify not installed (CI installs it with apt)")
+    for path in bolocam_outputs:
+        with fits.open(path) as hdul:
+            assert [h.name for h in hdul][-2:] == ["MASK", "UNCERT"]
+        run = subprocess.run(["fitsverify", "-e", path], capture_output=True, text=True)
+        assert "0 warning(s) and 0 error(s)" in run.stdout, run.stdout[-2000:]
+        assert run.returncode == 0
+
+
+def test_nan_pixels_stay_nan_and_are_masked(data_dir, models, tmp_path, bolocam_outputs):
+    src = data_dir / "gc_bolocam_gps.fits"
+    bad = ~np.isfinite(fits.getdata(src))
+    assert bad.sum() == 20399
+    out = deblur_file(src, tmp_path, model_path=models["identity"], device="cpu").output
+    with fits.open(out) as hdul:
+        assert np.array_equal(np.isnan(hdul[0].data), bad)
+        assert np.array_equal(hdul["MASK"].data, bad.astype(np.uint8))
+    with fits.open(bolocam_outputs[0]) as hdul:
+        uncert, corner = hdul["UNCERT"].data, bad[:160, :200]
+        assert np.array_equal(np.isnan(hdul[0].data), corner) and np.array_equal(np.isnan(uncert), corner)
+        assert np.nanmax(uncert) > 0 and hdul["UNCERT"].header["BUNIT"] == hdul[0].header["BUNIT"]
+
+
+def test_compressed_output_reads_back_bit_identical(bolocam_outputs):
+    plain, packed = bolocam_outputs
+    assert packed.endswith("bolocam_deblur.fits.fz")
+    with fits.open(packed) as hdul:
+        assert isinstance(hdul[1], fits.CompImageHDU) and hdul[1].header["ASRSAMP"] == 2
+    for plain_ext, packed_ext in ((0, 1), ("MASK", "MASK"), ("UNCERT", "UNCERT")):
+        assert np.array_equal(_data_bits(plain, plain_ext), _data_bits(packed, packed_ext))
+
+
+def test_deblur_image_rejects_bad_arrays_and_kernels():
+    with pytest.raises(InputError, match="expected a 2-D image"):
+        deblur_image(np.zeros((4, 8, 8)), ResVAE())
+    with pytest.raises(InputError, match="every pixel is NaN"):
+        deblur_image(np.full((16, 16), np.nan), ResVAE())
+    with pytest.raises(ConfigError, match="odd sides"):
+        deblur_image(np.ones((16, 16)), ResVAE(), psf=np.ones((4, 4)))
+
+
+def test_bad_model_file_is_a_checkpoint_error(data_dir, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        deblur_file(data_dir / "irac_ch1_flight.fits", tmp_path, model_path=bad, device="cpu")
+
+
+# --- batches -------------------------------------------------------------------
+
+
+@pytest.fixture
+def batch_dir(data_dir, tmp_path):
+    """Two good small images, a truncated FITS, a text file named .fits and a README."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _crop(data_dir / "M51.fits", folder / "m51.fits", slice(100, 196), slice(120, 220))
+    shutil.copy(data_dir / "irac_ch1_flight.fits", folder / "irac.fits")
+    (folder / "broken.fits").write_bytes((data_dir / "gc_msx_e.fits").read_bytes()[:5000])
+    (folder / "download.fits").write_text("<html>503 Service Unavailable</html>\n")
+    (folder / "README.txt").write_text("not an image\n")
+    return folder
+
+
+def test_batch_reports_bad_files_exits_1_leaves_no_partial_files_and_resumes(batch_dir, models, tmp_path):
+    out = tmp_path / "out"
+    args = ["deblur", str(batch_dir), "-o", str(out), "--model", str(models["identity"]), "--device", "cpu"]
+    runner = CliRunner(env={"COLUMNS": "200"})
+    first = runner.invoke(cli, args)
+    assert first.exit_code == 1, first.output
+    assert sorted(p.name for p in out.iterdir()) == ["irac_deblur.fits", "m51_deblur.fits"]
+    text = " ".join(first.output.split())
+    assert "2 done, 0 skipped, 2 failed" in text
+    assert "broken.fits" in text and "download.fits" in text and "not a readable FITS file" in text
+    assert "README" not in text
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    second = runner.invoke(cli, args)
+    assert second.exit_code == 1
+    assert "0 done, 2 skipped, 2 failed" in " ".join(second.output.split())
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+
+
+def test_existing_output_from_another_psf_is_an_error_unless_overwrite(data_dir, models, tmp_path):
+    src = data_dir / "irac_ch1_flight.fits"
+    deblur_file(src, tmp_path, model_path=models["identity"], device="cpu")
+    with pytest.raises(InputError, match="not made with this model and PSF"):
+        deblur_file(src, tmp_path, model_path=models["identity"], psf=PSF(fwhm=3.0), device="cpu")
+    again = deblur_file(src, tmp_path, model_path=models["identity"], psf=PSF(fwhm=3.0), overwrite=True, device="cpu")
+    assert again.status == "done" and fits.getheader(again.output)["ASRPSF"].startswith("Moffat FWHM=3px")
+
+
+def test_two_inputs_with_one_output_name_fail_before_any_work(data_dir, models, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for sub in ("a", "b"):
+        shutil.copy(data_dir / "irac_ch1_flight.fits", tmp_path / sub / "img.fits")
+    with pytest.raises(InputError, match="all map to the output"):
+        deblur_batch([tmp_path / "a", tmp_path / "b"], tmp_path / "out", model_path=models["identity"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_equal_to_an_input_is_an_error(data_dir, models, tmp_path):
+    shutil.copy(data_dir / "irac_ch1_flight.fits", tmp_path / "img.fits")
+    shutil.copy(data_dir / "irac_ch2_flight.fits", tmp_path / "img_deblur.fits")
+    with pytest.raises(InputError, match="is one of the inputs"):
+        deblur_batch([tmp_path], tmp_path, model_path=models["identity"])
+
+
+def test_missing_input_or_psf_file_is_one_red_line_exit_2(models, tmp_path):
+    runner = CliRunner(env={"COLUMNS": "200"})
+    run = runner.invoke(cli, ["deblur", str(tmp_path / "nope.fits"), "-o", str(tmp_path), "--model", str(models["identity"])])
+    assert run.exit_code == 2 and "nope.fits: file not found" in run.output
+    with pytest.raises(InputError, match="kernel.fits: PSF file not found"):
+        deblur_batch([models["identity"]], tmp_path, model_path=models["identity"], psf=PSF(shape="file", path="kernel.fits"))
+
+
+def test_inputs_expand_from_dirs_and_globs_and_missing_ones_are_errors(batch_dir, tmp_path):
+    names = [p.name for p in expand_inputs([batch_dir, str(batch_dir / "m*.fits"), batch_dir / "irac.fits"])]
+    assert names == ["broken.fits", "download.fits", "irac.fits", "m51.fits"]
+    assert output_path("x/m51.fits.gz", "o", compress=True).as_posix() == "o/m51_deblur.fits.fz"
+    assert output_path("x/m51.fz", "o").as_posix() == "o/m51_deblur.fits"
+    with pytest.raises(InputError, match="file not found"):
+        expand_inputs([tmp_path / "nope.fits"])
+    with pytest.raises(InputError, match="no file matches"):
+        expand_inputs([str(tmp_path / "*.fz")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no .fits"):
+        expand_inputs([tmp_path / "empty"])
+
+
+def test_parallel_options_are_checked(batch_dir, models, tmp_path, monkeypatch):
+    common = {"model_path": models["identity"]}
+    with pytest.raises(ConfigError, match="exclude each other"):
+        deblur_batch([batch_dir], tmp_path, scheduler="tcp://127.0.0.1:1", dask_local=2, **common)
+    with pytest.raises(ConfigError, match="--workers is for local processes"):
+        deblur_batch([batch_dir], tmp_path, workers=2, dask_local=2, **common)
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)
+    with pytest.raises(ConfigError, match="pip install 'astrosr\\[distributed\\]'"):
+        deblur_batch([batch_dir / "irac.fits"], tmp_path, dask_local=1, **common)
+
+
+def test_local_processes_and_dask_give_the_serial_bytes(data_dir, models, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    inputs = [
+        _crop(data_dir / "gc_2mass_k.fits", tmp_path / "k.fits", slice(0, 200), slice(0, 260)),
+        _crop(data_dir / "gc_bolocam_gps.fits", tmp_path / "b.fits", slice(200, 400), slice(0, 300)),
+    ]
+    common = {"model_path": models["trained"], "samples": 2, "device": "cpu"}
+    serial = deblur_batch(inputs, tmp_path / "serial", **common)
+    pool = deblur_batch(inputs, tmp_path / "pool", workers=2, **common)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        dask = deblur_batch(inputs, tmp_path / "dask", scheduler=cluster.scheduler_address, **common)
+    assert [r.status for r in serial + pool + dask] == ["done"] * 6
+    for a, b, c in zip(serial, pool, dask):
+        for ext in (0, "MASK", "UNCERT"):
+            assert np.array_equal(_data_bits(a.output, ext), _data_bits(b.output, ext))
+            assert np.array_equal(_data_bits(a.output, ext), _data_bits(c.output, ext))

@@ -1,0 +1,216 @@
+"""``astrosr evaluate``: bench-v1 section 8 reproduced, the identity model, every output file, errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from rich.console import Console
+
+from astrosr.checkpoint import save_checkpoint
+from astrosr.cli import cli
+from astrosr.degrade import PSF
+from astrosr.evaluate import baseline_choice, evaluate
+from astrosr.manifest import load_manifest
+from astrosr.models import build_model
+
+MANIFEST = "data_manifests/bench_v1.yaml"
+
+# BENCHMARK.md section 8: (tiles, SSIM, MSE, PSNR, flux err, sources, spurious)
+SECTION_8 = {
+    ("val", "BLU"): (95, "0.2057", "2.027e-02", "18.64", "0.102", 153, 2),
+    ("val", "RL n=20"): (95, "0.2458", "1.802e-02", "19.21", "0.054", 153, 3),
+    ("val", "Wiener b=0.1"): (95, "0.2430", "1.502e-02", "19.52", "0.103", 153, 2),
+    ("other_sky", "BLU"): (91, "0.5673", "2.223e-03", "27.02", "0.076", 922, 2),
+    ("other_sky", "RL n=20"): (91, "0.6337", "1.895e-03", "27.73", "0.055", 922, 22),
+    ("other_sky", "Wiener b=0.1"): (91, "0.6482", "2.007e-03", "27.77", "0.079", 922, 4),
+    ("synth", "BLU"): (16, "0.9951", "5.645e-06", "54.07", "0.124", 1, 0),
+    ("synth", "RL n=20"): (16, "0.9950", "2.806e-06", "55.53", "0.007", 1, 0),
+    ("synth", "Wiener b=0.1"): (16, "0.9975", "1.767e-06", "58.46", "0.021", 1, 0),
+}
+
+
+@pytest.fixture(scope="module")
+def bench(data_dir, tmp_path_factory):
+    """One evaluate run over val, other_sky and simulated (no model), shared by the tests below."""
+    out = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASTROSR_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        summary = evaluate(out=out, fields=["val", "other_sky", "simulated"], manifest=MANIFEST, data_dir=data_dir,
+                           panels=1, console=Console(quiet=True), progress=False)
+    return out, summary
+
+
+@pytest.mark.parametrize("key", list(SECTION_8))
+def test_section_8_is_reproduced_to_its_printed_digits(bench, key):
+    _, summary = bench
+    where, method = key
+    row = summary["images"]["synth"]["methods"][method] if where == "synth" else summary["fields"][where][method]
+    tiles, ssim, mse, psnr, flux, sources, spurious = SECTION_8[key]
+    got = (row["n_tiles"], f"{row['ssim']:.4f}", f"{row['mse']:.3e}", f"{row['psnr']:.2f}", f"{row['flux_err']:.3f}",
+           row["n_sources"], row["n_spurious"])
+    assert got == (tiles, ssim, mse, psnr, flux, sources, spurious)
+    assert row["spurious_frac"] == pytest.approx(spurious / sources)
+
+
+def test_val_chooses_the_reference_parameters_and_caches_them(bench, data_dir):
+    out, summary = bench
+    choice = summary["baselines"]
+    assert (choice["rl_iters"], choice["wiener_balance"], choice["source"]) == (20, 0.1, "val")
+    assert set(choice["rl_ssim"]) == {"5", "10", "20", "30", "50"} and len(choice["wiener_ssim"]) == 7
+    psf = PSF()
+    again = baseline_choice(load_manifest(MANIFEST), data_dir, psf, psf.kernel(), out=out)
+    assert again["cached"] and again["rl_iters"] == 20
+
+
+def test_simulated_field_is_synth_plus_four_seed_1000_images(bench):
+    _, summary = bench
+    images = summary["fields"]["simulated"]["BLU"]["images"]
+    assert images[0] == "synth" and sorted(images[1:]) == [f"sim_s1000_{i:03d}" for i in range(4)]
+
+
+def test_metrics_csv_holds_every_tile_of_every_method(bench):
+    out, summary = bench
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n_tiles = sum(summary["fields"][fld]["BLU"]["n_tiles"] for fld in summary["fields"])
+    assert len(rows) == n_tiles * len(summary["methods"])
+    other = [float(r["ssim"]) for r in rows if r["field"] == "other_sky" and r["method"] == "BLU"]
+    assert np.mean(other) == pytest.approx(summary["fields"]["other_sky"]["BLU"]["ssim"], rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("resvae", {"width": 8, "levels": 2})
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, {"model": "resvae", "model_config": model.config, "state_dict": model.state_dict(),
+                           "psf": PSF().to_dict()})
+    return path
+
+
+def _cli(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_untrained_resvae_without_consistency_equals_blu(data_dir, tiny_model, tmp_path):
+    result = _cli("evaluate", "--images", data_dir / "synth.fits", data_dir / "M51.fits", "--model", tiny_model,
+                  "--no-consistency", "--panels", "0", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["methods"] == ["BLU", "SR tiny (no DC)", "RL n=20", "Wiener b=0.1"]
+    assert summary["baselines"]["source"] == "default"
+    assert "val images not part of the run" in summary["baselines"]["note"]
+    for group in [summary["fields"]["images"]] + [img["methods"] for img in summary["images"].values()]:
+        blu, sr = group["BLU"], group["SR tiny (no DC)"]
+        for key in ("ssim", "mse", "psnr", "flux_err"):
+            assert sr[key] == pytest.approx(blu[key], rel=1e-5), key
+        for key in ("n_tiles", "n_sources", "n_spurious"):
+            assert sr[key] == blu[key], key
+
+
+def test_cli_run_writes_every_output_with_provenance(data_dir, tiny_model, tmp_path):
+    result = _cli("evaluate", "--images", data_dir / "synth.fits", "--model", tiny_model, "--psf-fwhm", "3",
+                  "--threads", "1", "--panels", "2", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "bench-v1 per field" in result.output and "SR tiny" in result.output
+    for name in ["report.md", "metrics.csv", "summary.json", "ssim_by_field.png", "panels/synth.png"]:
+        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "panels/synth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) >= {"schema", "methods", "fields", "images", "baselines", "provenance", "files"}
+    assert summary["methods"] == ["BLU", "SR tiny", "SR tiny (no DC)", "RL n=20", "Wiener b=0.1"]
+    row_keys = {"n_images", "n_tiles", "ssim", "mse", "psnr", "flux_err", "n_sources", "n_spurious", "spurious_frac",
+                "s_per_mpix"}
+    for method in summary["methods"]:
+        assert set(summary["fields"]["images"][method]) >= row_keys
+        assert set(summary["images"]["synth"]["methods"][method]) >= row_keys
+        assert (summary["fields"]["images"][method]["s_per_mpix"] is None) == (method == "BLU")
+    image = summary["images"]["synth"]
+    assert set(image) >= {"field", "path", "sha256", "shape", "lo", "hi", "bg_median", "bg_std", "n_sources"}
+    prov = summary["provenance"]
+    assert set(prov) >= {"date", "versions", "hardware", "manifest", "models", "psf", "degradation", "options"}
+    assert set(prov["versions"]) >= {"astrosr", "torch", "astropy", "photutils", "skimage"}
+    assert set(prov["hardware"]) >= {"cpu", "gpu", "threads", "device"} and prov["hardware"]["threads"] == 1
+    model = prov["models"][0]
+    assert len(model["sha256"]) == 64 and model["model"] == "resvae" and model["model_config"]["width"] == 8
+    assert prov["psf"]["fwhm"] == 3.0
+    # the with-step row is exactly what restore_image(consistency=True) (= deblur) outputs
+    from astrosr import metrics
+    from astrosr.checkpoint import load_model
+    from astrosr.degrade import degrade
+    from astrosr.fits_io import read_image
+    from astrosr.restore import restore_image
+
+    ori = read_image(data_dir / "synth.fits").data
+    ref = metrics.reference(ori)
+    kernel = PSF(fwhm=3.0).kernel()
+    blu = degrade(ori, kernel, noise_std=ref.std, rng=np.random.default_rng(0))
+    sr = restore_image(blu, load_model(tiny_model)[0], psf_kernel=kernel, psf_fwhm=3.0, consistency=True).sr
+    direct = metrics.score(ref, sr).summary()
+    got = summary["images"]["synth"]["methods"]["SR tiny"]
+    assert got["ssim"] == pytest.approx(direct.ssim, rel=1e-12)
+    assert got["mse"] == pytest.approx(direct.mse, rel=1e-12)
+    assert got["flux_err"] == pytest.approx(direct.flux_err, rel=1e-12)
+    report = (tmp_path / "report.md").read_text()
+    assert "| synth | images | SR tiny |" in report and "Moffat FWHM=3px" in report
+    assert "n = 20, Wiener b = 0.1" in report
+
+
+def test_psf_option_sets_the_degradation(data_dir, tmp_path):
+    from astrosr import metrics
+    from astrosr.degrade import degrade, moffat_psf
+    from astrosr.fits_io import read_image
+
+    summary = evaluate(out=tmp_path, images=[data_dir / "M51.fits"], psf=PSF(fwhm=5.0), panels=0,
+                       console=Console(quiet=True), progress=False)
+    ori = read_image(data_dir / "M51.fits").data
+    ref = metrics.reference(ori)
+    blu = degrade(ori, moffat_psf(5.0), noise_std=ref.std, rng=np.random.default_rng(0))
+    expected = metrics.score(ref, blu).summary()
+    assert summary["fields"]["images"]["BLU"]["ssim"] == expected.ssim
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--images", "nope.fits"], "nope.fits: image file not found"),
+        (["--images", "{synth}", "--model", "missing.pt"], "missing.pt: model file not found"),
+        (["--field", "val", "--manifest", "{bad}"], "bad.yaml: bogus: unknown key"),
+        (["--field", "val", "--manifest", "absent.yaml"], "absent.yaml"),
+        (["--field", "val", "--images", "{synth}"], "exactly one of them"),
+        ([], "exactly one of them"),
+        (["--images", "{synth}", "--psf", "nopsf.fits"], "nopsf.fits: PSF file not found, nor a PSF named in"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(data_dir, tmp_path, args, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbogus: 1\n")
+    args = [a.format(synth=data_dir / "synth.fits", bad=bad) for a in args]
+    result = CliRunner().invoke(cli, ["evaluate", *args, "--data-dir", str(data_dir), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_exact_match_row_reads_inf_in_markdown_and_null_in_json(data_dir):
+    from astrosr import metrics
+    from astrosr.evaluate_report import format_row
+    from astrosr.fits_io import read_image
+
+    ori = read_image(data_dir / "synth.fits").data
+    row = metrics.score(metrics.reference(ori), ori).summary().to_dict()
+    assert row["psnr"] is None and json.loads(json.dumps(row))["psnr"] is None
+    cells = format_row(dict(row, s_per_mpix=None))
+    assert cells[:4] == ["16", "1.0000", "0.000e+00", "inf"] and cells[-1] == "-"
+
+
+def test_psf_named_in_the_manifest_is_found_in_the_data_dir(data_dir, tmp_path):
+    result = _cli("evaluate", "--images", data_dir / "synth.fits", "--psf", "irac_ch1_flight.fits", "--data-dir",
+                  data_dir, "--panels", "0", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    prov = json.loads((tmp_path / "summary.json").read_text())["provenance"]
+    assert prov["psf"]["path"] == str(data_dir / "irac_ch1_flight.fits") and prov["psf"]["fwhm_px"] > 4
+    assert prov["manifest"]["name"] == "bench-v1"

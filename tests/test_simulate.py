@@ -1,0 +1,107 @@
+"""Simulated fields: reproducible, realistic statistics, a TAN WCS, every parameter recorded."""
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.stats import sigma_clipped_stats
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from astrosr.errors import ConfigError, InputError
+from astrosr.fits_io import read_image
+from astrosr.simulate import sim_name, simulate_fields, simulate_image, write_simulated
+
+
+@pytest.fixture(scope="module")
+def sims(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    return simulate_fields(out, n=2, seed=3, size=256, progress=False)
+
+
+def _params(header):
+    history = "".join(str(c) for c in header["HISTORY"])
+    return json.loads(history[history.index("params ") + len("params "):])
+
+
+def test_names_and_files(sims):
+    assert [p.name for p in sims] == ["sim_s3_000.fits", "sim_s3_001.fits"]
+    assert sim_name(1000, 12) == "sim_s1000_012.fits"
+    assert sorted(p.name for p in sims[0].parent.iterdir()) == [p.name for p in sims]  # no temporaries left
+
+
+def test_reproducible_and_seed_dependent(sims, tmp_path):
+    again = write_simulated(tmp_path / "again.fits", seed=3, index=1, size=256)
+    np.testing.assert_array_equal(fits.getdata(tmp_path / "again.fits"), fits.getdata(sims[1]))
+    assert again["sky"] == fits.getheader(sims[1])["SKY"]
+    write_simulated(tmp_path / "other.fits", seed=4, index=1, size=256)
+    assert not np.array_equal(fits.getdata(tmp_path / "other.fits"), fits.getdata(sims[1]))
+    assert not np.array_equal(fits.getdata(sims[0]), fits.getdata(sims[1]))
+
+
+def test_header_records_parameters_and_tan_wcs(sims):
+    header = fits.getheader(sims[0])
+    params = _params(header)
+    assert header["SIMSEED"] == 3 and header["SIMINDEX"] == 0
+    assert params["sky"] == header["SKY"] and params["noise_std"] == header["NOISESTD"]
+    assert 30 <= params["n_stars"] <= 200 and len(params["galaxies"]) == header["NGALAXY"] >= 3
+    main = params["galaxies"][0]
+    assert 0.7 <= main["n"] <= 4 and 8 <= main["r_eff"] <= 60 and 0 <= main["ellip"] <= 0.6
+    wcs = WCS(header)
+    assert wcs.wcs.ctype[0] == "RA---TAN" and wcs.wcs.ctype[1] == "DEC--TAN"
+    np.testing.assert_allclose(proj_plane_pixel_scales(wcs) * 3600, [0.4, 0.4], rtol=1e-9)
+
+
+def test_sky_and_noise_statistics(sims):
+    for path in sims:
+        data = fits.getdata(path).astype(np.float64)
+        header = fits.getheader(path)
+        _, median, _ = sigma_clipped_stats(data, sigma=3, maxiters=5)
+        # sources lift the clipped median a little above the flat sky
+        assert header["SKY"] <= median < header["SKY"] + 0.5 * header["NOISESTD"]
+        # neighbour differences cancel the smooth light: their clipped std is sqrt(2) x the pixel noise
+        std = sigma_clipped_stats(np.diff(data, axis=1), sigma=3, maxiters=5)[2] / np.sqrt(2)
+        assert std == pytest.approx(header["NOISESTD"], rel=0.03)
+        assert data.max() > header["SKY"] + 50 * header["NOISESTD"]  # bright stars / galaxy core
+
+
+def test_galaxy_light_where_the_parameters_say(sims):
+    data = fits.getdata(sims[0]).astype(np.float64)
+    header = fits.getheader(sims[0])
+    g = _params(header)["galaxies"][0]
+    y, x = int(round(g["y_0"] - 0.5)), int(round(g["x_0"] - 0.5))
+    core = np.median(data[y - 1 : y + 2, x - 1 : x + 2]) - header["SKY"]
+    assert core > 3 * g["amplitude"] * 0.5  # a Sersic core exceeds its r_eff level
+
+
+def test_star_fluxes_follow_a_power_law():
+    rng = np.random.default_rng(0)
+    _, params = simulate_image(rng, size=128)
+    assert params["star_flux_max"] > 10 * params["star_flux_min"] or params["n_stars"] < 60
+
+
+def test_read_by_astrosr(sims):
+    image = read_image(sims[0])
+    assert image.data.shape == (256, 256) and np.isfinite(image.data).all()
+
+
+def test_existing_output_is_an_error_unless_overwrite(sims):
+    with pytest.raises(InputError, match=r"sim_s3_000\.fits: output exists \(use --overwrite"):
+        simulate_fields(sims[0].parent, n=1, seed=3, size=256, progress=False)
+    before = fits.getdata(sims[0]).copy()
+    simulate_fields(sims[0].parent, n=1, seed=3, size=256, overwrite=True, progress=False)
+    np.testing.assert_array_equal(fits.getdata(sims[0]), before)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n=0), r"--n must be >= 1, got 0"),
+        (dict(seed=-1), r"--seed must be >= 0, got -1"),
+        (dict(size=100), r"simulate size must be an integer >= 128, got 100"),
+    ],
+)
+def test_bad_options(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        simulate_fields(tmp_path, progress=False, **kwargs)
