@@ -80,7 +80,7 @@ def simulate(out_dir, n, seed, size, overwrite):
 
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the files go.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the files go [$ASTROSR_DATA_DIR].")
 @click.option("--fields", default=None, help="Comma list of fields (default all; PSFs always).")
 def fetch(manifest, data_dir, fields):
     """Download a manifest's missing files into DATA_DIR and verify every sha256."""
@@ -90,7 +90,7 @@ def fetch(manifest, data_dir, fields):
 
     console = Console(highlight=False, soft_wrap=True)
     report = fetch_files(manifest, data_dir, fields=fields.split(",") if fields else None, progress=console.is_terminal)
-    table = Table(title=f"{manifest} -> {data_dir}")
+    table = Table(title=f"{manifest} -> {report[0][0].parent if report else data_dir}")
     table.add_column("file")
     table.add_column("status")
     for path, status in report:

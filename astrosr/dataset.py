@@ -45,7 +45,8 @@ def read_pairs_meta(path):
                 raise InputError(f"{path}: not an astrosr pairs file (no '{missing[0]}' dataset)")
             version = f.attrs.get("schema_version")
             if version != 1:
-                raise InputError(f"{path}: pairs schema_version {version!r} is not supported (expected 1)")
+                shown = version.item() if hasattr(version, "item") else version
+                raise InputError(f"{path}: pairs schema_version {shown!r} is not supported (expected 1)")
             meta = (f["tiles"][()], f["images"][()], f["psfs"][()].astype(np.float32), dict(f.attrs))
             if f["blu"].shape[0] != len(meta[0]) or f["ori"].shape[0] != len(meta[0]):
                 raise InputError(f"{path}: 'blu'/'ori' and 'tiles' disagree on the number of tiles")

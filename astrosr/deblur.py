@@ -10,6 +10,7 @@ interrupted batch resumes by skipping what is done. The pixels themselves
 come from :func:`astrosr.restore.restore_image`, the path evaluate scores.
 """
 
+import dataclasses
 import glob
 import os
 import re
@@ -99,6 +100,13 @@ def _psf_kernel_and_fwhm(psf):
         raise ConfigError("psf: kernel has no positive sum")
     kernel = kernel / kernel.sum()
     return kernel, measure_fwhm(kernel)
+
+
+def _absolute_psf(psf):
+    """A file PSF names its file by absolute path: the same identity from any directory."""
+    if isinstance(psf, PSF) and psf.shape == "file":
+        return dataclasses.replace(psf, path=str(Path(psf.path).resolve()))
+    return psf
 
 
 def psf_identity(psf):
@@ -359,6 +367,7 @@ def _provenance(header, *, image, info, psf_id, trained_for, consistency, overla
     for key, value, comment in cards:
         # a value too long for its comment keeps the card whole and drops the comment
         room = 80 - len(fits.Card(key, value).image.rstrip()) - 3
+        header.remove(key, ignore_missing=True, remove_all=True)  # an input deblurred before
         header.append(fits.Card(key, value, comment if len(comment) <= room else ""), end=True)
     if image.plane is not None:
         header["ASRPLANE"] = (image.plane, "plane of the input cube")
@@ -468,6 +477,7 @@ def deblur_file(
         raise InputError(f"{path}: output would overwrite the input; choose another -o directory")
     device = resolve_device(device)
     model, info = _load_model(str(model_path), device)
+    psf = _absolute_psf(psf)
     psf_id = psf_identity(psf)
     if out.exists() and not overwrite:
         if _existing_matches(out, info["sha256"], psf_id):
@@ -648,14 +658,17 @@ def deblur_batch(
         raise ConfigError(f"--dask-local must be >= 1, got {dask_local}")
     pairs = _plan(expand_inputs(inputs), out_dir, compress)
     parallel = workers > 1 or scheduler or dask_local
+    # absolute paths: a Dask worker may run in another directory (on a shared file system)
+    model_path = str(Path(model_path).resolve()) if Path(model_path).is_file() else str(model_path)
+    psf = _absolute_psf(psf)
     # load the model here first: a bad model file is one error, not a failed row per image
-    _load_model(str(model_path), "cpu" if parallel else resolve_device(device))
+    _load_model(model_path, "cpu" if parallel else resolve_device(device))
     psf_identity(psf)  # a missing PSF file fails here too
     if parallel:
         _MODEL_CACHE.clear()
     common = {
-        "out_dir": str(out_dir),
-        "model_path": str(model_path),
+        "out_dir": str(Path(out_dir).resolve()),
+        "model_path": model_path,
         "psf": psf,
         "consistency": consistency,
         "overlap": overlap,
@@ -664,10 +677,11 @@ def deblur_batch(
         "overwrite": overwrite,
         "device": device,
     }
-    jobs = [{"path": str(src), **common} for src, _ in pairs]
+    jobs = [{"path": str(src.resolve()), **common} for src, _ in pairs]
     results = [None] * len(jobs)
 
     def report(i, result):
+        result.input = str(pairs[i][0])
         results[i] = result
         if progress is not None:
             progress(result, len(jobs))

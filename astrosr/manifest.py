@@ -19,6 +19,7 @@ into a cache directory (``ASTROSR_CACHE_DIR``, default ``~/.cache/astrosr``).
 """
 
 import bz2
+import contextlib
 import dataclasses
 import os
 import re
@@ -316,8 +317,8 @@ def fetch(manifest, data_dir, *, fields=None, progress=True):
     Parameters
     ----------
     manifest : Manifest or str or Path
-    data_dir : str or Path
-        Created if missing.
+    data_dir : str or Path or None
+        Created if missing; None means ``$ASTROSR_DATA_DIR``.
     fields : list of str, optional
         Only the images of these fields (PSFs are always fetched).
     progress : bool
@@ -339,8 +340,13 @@ def fetch(manifest, data_dir, *, fields=None, progress=True):
 
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
+    if data_dir is None:
+        data_dir = os.environ.get("ASTROSR_DATA_DIR") or None
+        if data_dir is None:
+            raise ConfigError("no data directory: pass --data-dir DIR or set ASTROSR_DATA_DIR")
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    with _writable(data_dir):
+        data_dir.mkdir(parents=True, exist_ok=True)
     wanted = set(manifest.fields if fields is None else fields)
     unknown = sorted(wanted - set(manifest.fields))
     if unknown:
@@ -358,7 +364,8 @@ def fetch(manifest, data_dir, *, fields=None, progress=True):
                 _verify(target, entry)
                 report.append((target, "present"))
             else:
-                _download(entry, target)
+                with _writable(target):
+                    _download(entry, target)
                 report.append((target, "downloaded"))
             bar.advance(task)
         for spec, index, name in sims:
@@ -366,7 +373,17 @@ def fetch(manifest, data_dir, *, fields=None, progress=True):
             if target.is_file():
                 report.append((target, "present"))
             else:
-                write_simulated(target, seed=spec.seed, index=index, size=spec.size)
+                with _writable(target):
+                    write_simulated(target, seed=spec.seed, index=index, size=spec.size)
                 report.append((target, "simulated"))
             bar.advance(task)
     return report
+
+
+@contextlib.contextmanager
+def _writable(target):
+    """A read-only or full data directory is the user's to fix: one line, no traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(f"{target}: cannot write ({exc.strerror or exc})") from None

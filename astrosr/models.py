@@ -17,6 +17,7 @@ averaged over the batch, so with a pixel-mean reconstruction loss ``beta = 1``
 weighs the two exactly as the seed's summed loss did.
 """
 
+import inspect
 import math
 
 import torch
@@ -460,7 +461,8 @@ def build_model(name, config=None):
     if name not in MODELS:
         raise ConfigError(f"model: unknown model {name!r} (known: {', '.join(MODELS)})")
     config = dict(config or {})
-    try:
-        return MODELS[name](**config)
-    except TypeError as exc:
-        raise ConfigError(f"model_options: {exc}".replace("__init__()", name)) from None
+    known = [p for p in inspect.signature(MODELS[name]).parameters]
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ConfigError(f"model_options.{unknown[0]}: not an option of {name} (known: {', '.join(known)})")
+    return MODELS[name](**config)

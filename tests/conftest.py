@@ -34,3 +34,14 @@ def tiny_pairs(data_dir, tmp_path_factory):
     from _pairs import make_pairs
 
     return make_pairs(tmp_path_factory.mktemp("pairs") / "tiny.h5", data_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Generated data (the simulated field of a manifest) goes to a session temp dir, not ~/.cache."""
+    if os.environ.get("ASTROSR_CACHE_DIR"):
+        yield
+        return
+    os.environ["ASTROSR_CACHE_DIR"] = str(tmp_path_factory.mktemp("astrosr_cache"))
+    yield
+    os.environ.pop("ASTROSR_CACHE_DIR", None)

@@ -205,3 +205,15 @@ def test_fetch_existing_corrupt_file_is_reported(tmp_path, remote):
     (target / "a.fits").write_bytes(b"corrupt")
     with pytest.raises(DataError, match=r"a\.fits: sha256 [0-9a-f]{64} does not match"):
         fetch(manifest, target, progress=False)
+
+
+def test_fetch_into_read_only_directory(tmp_path, remote, monkeypatch):
+    import astrosr.manifest as manifest_module
+
+    def denied(entry, target):
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(manifest_module, "_download", denied)  # tests run as root: chmod would not stop them
+    manifest = _mini(tmp_path, remote, images=[_entry(remote / "a.fits")])
+    with pytest.raises(DataError, match=r"ro/a\.fits: cannot write \(Permission denied\)"):
+        fetch(manifest, tmp_path / "ro", progress=False)

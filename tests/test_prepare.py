@@ -225,6 +225,14 @@ def test_randomised_per_tile_matches_whole_image_convolution(tmp_path, data_dir)
         kernel = _moffat(float(tiles["psf_fwhm"][n]))
         whole = convolve_extend(ori, kernel)[y : y + 128, x : x + 128]
         np.testing.assert_allclose(blu[n], (whole - lo) / (hi - lo), atol=2e-6)
+    # the Poisson term adds shot noise where there is signal above ORI's background, and none on the sky
+    shot = tmp_path / "shot.h5"
+    prepare_pairs([data_dir / "M51.fits"], shot, config=PrepareConfig(**{**config.__dict__, "poisson_gain": 1.0}),
+                  progress=False)
+    with h5py.File(shot) as h5:
+        extra = (h5["blu"][:] - blu) * (hi - lo)
+    bright = (blu * (hi - lo) + lo) > np.median(ori) + 200
+    assert np.abs(extra[~bright]).mean() < 0.5 * np.abs(extra[bright]).mean()
 
 
 def test_poisson_only_on_train(tmp_path, data_dir):
