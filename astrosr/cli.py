@@ -348,9 +348,9 @@ def evaluate(fields, images, more_images, models, manifest, data_dir, out, no_co
 @psf_options
 def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, dask_local, compress, overwrite, device, no_consistency, **psf):
     """Deblur FITS images (files, directories, globs) into OUT/<name>_deblur.fits."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from pathlib import Path
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
     from .deblur import deblur_batch
@@ -358,10 +358,12 @@ def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, da
     console = Console(highlight=False)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("deblurring", total=None)
+        task = bar.add_task("images", total=None)
+        tiles = bar.add_task("tiles of this image", total=None, visible=workers == 1 and not (scheduler or dask_local))
 
         def progress(result, total):
-            bar.update(task, total=total, advance=1, description=f"deblurring ({Path(result.input).name} {result.status})")
+            bar.update(task, total=total, advance=1, description=f"images (last: {Path(result.input).name} {result.status})")
+            bar.reset(tiles)
 
         results = deblur_batch(
             inputs,
@@ -378,6 +380,7 @@ def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, da
             scheduler=scheduler,
             dask_local=dask_local,
             progress=progress,
+            tile_progress=lambda n: bar.advance(tiles, n),
         )
     table = Table(title=f"astrosr deblur -> {out_dir}")
     for name in ("input", "status", "output / reason", "s", "Mpix"):
@@ -394,6 +397,22 @@ def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, da
 
 
 # --- pipelines: run ----------------------------------------------------------
+
+
+@cli.command("run")
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory [the YAML's run_dir].")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Override every model's training steps.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Data directory of the data stage [$ASTROSR_DATA_DIR].")
+@click.option("--force", is_flag=True, help="Rerun every stage, even those finished before.")
+def run_command(pipeline, run_dir, max_steps, data_dir, force):
+    """Run a pipeline YAML (simulate, data, prepare, train, evaluate, deblur), resuming finished stages."""
+    from .pipeline import run_pipeline
+
+    run_pipeline(pipeline, run_dir=run_dir, max_steps=max_steps, force=force, data_dir=data_dir,
+                 console=Console(highlight=False, soft_wrap=True))
 
 
 def main():

@@ -613,6 +613,7 @@ def deblur_batch(
     scheduler=None,
     dask_local=None,
     progress=None,
+    tile_progress=None,
 ):
     """Deblur many FITS files: serially, in ``workers`` local processes, or one Dask task each.
 
@@ -631,6 +632,9 @@ def deblur_batch(
         Start a ``distributed.LocalCluster`` with this many worker processes.
     progress : callable, optional
         ``progress(result, total)`` after each file.
+    tile_progress : callable, optional
+        Serial runs only: called with the number of tiles done after each
+        network batch (a large image shows progress within the file).
 
     Returns
     -------
@@ -692,5 +696,5 @@ def deblur_batch(
         _run_local(jobs, workers, report)
     else:
         for i, job in enumerate(jobs):
-            report(i, _task(job))
+            report(i, _task({**job, "progress": tile_progress}))
     return results

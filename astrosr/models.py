@@ -27,7 +27,7 @@ from torch import nn
 from .degrade import moffat_psf
 from .errors import ConfigError
 
-__all__ = ["VAE", "ResVAE", "MODELS", "build_model", "wiener_filter", "noise_level"]
+__all__ = ["VAE", "ResVAE", "MODELS", "build_model", "wiener_filter", "blur", "noise_level"]
 
 
 def _kl_per_pixel(mu, logvar, n_pixels):
@@ -83,6 +83,17 @@ def wiener_filter(x, psf, *, balance=0.1):
     filt = otf.conj() / (otf.abs().pow(2) + balance * reg.abs().pow(2))
     out = torch.fft.irfft2(filt * torch.fft.rfft2(xp), s=shape)
     return out[:, None, pad : pad + h, pad : pad + w]
+
+
+def blur(x, psf, *, scale=1):
+    """``PSF * x`` per sample (edges extended, by FFT), block-averaged by ``scale``: the forward model."""
+    k = psf.shape[-1]
+    pad = k // 2
+    h, w = x.shape[-2:]
+    xp = F.pad(x[:, 0], (pad, pad, pad, pad), mode="replicate")
+    out = torch.fft.irfft2(torch.fft.rfft2(xp) * _otf(psf.to(x.dtype), xp.shape[-2:]), s=xp.shape[-2:])
+    out = out[:, None, pad : pad + h, pad : pad + w]
+    return F.avg_pool2d(out, scale) if scale > 1 else out
 
 
 class VAE(nn.Module):
@@ -381,7 +392,8 @@ class ResVAE(nn.Module):
         return x, net_in, film
 
     def _encode(self, net_in, films):
-        h = self.head(F.pixel_unshuffle(net_in, 2))
+        # channels-last convolutions run ~25% faster on CPU (oneDNN's native layout)
+        h = self.head(F.pixel_unshuffle(net_in, 2).contiguous(memory_format=torch.channels_last))
         skips = []
         for level, layers in enumerate(self.enc):
             for layer in layers:

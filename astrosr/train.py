@@ -19,7 +19,6 @@ writes every file.
 """
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -41,10 +40,10 @@ from .config import from_dict, load_yaml, to_dict
 from .dataset import PairsDataset, TileSampler
 from .errors import ConfigError, InputError
 from .files import atomic_path
-from .models import MODELS, _otf, build_model
+from .models import MODELS, blur, build_model
 from .validation import describe, image_validation, is_better, load_val_images, tile_validation
 
-__all__ = ["TrainConfig", "load_config", "train", "ssim_loss", "blur"]
+__all__ = ["TrainConfig", "load_config", "train", "ssim_loss"]
 
 # Options that only say how to run, not what is trained: they may change on --resume.
 RUNTIME_KEYS = ("max_steps", "device", "threads", "num_workers", "val_every", "log_every", "in_memory",
@@ -80,7 +79,8 @@ class TrainConfig:
     augment : bool
         Random flips / rot90 (the 8 symmetries).
     train_field, val_field : str
-        Fields of the pairs file to train and validate on.
+        Fields of the pairs file to train and validate on (``val_field: ''``:
+        no validation, best.pt is the latest).
     val_every, log_every : int
         Validation / logging period in steps.
     val_images : bool
@@ -191,17 +191,6 @@ def ssim_loss(x, y):
     vx, vy, vxy = cov * (mean(x * x) - mx * mx), cov * (mean(y * y) - my * my), cov * (mean(x * y) - mx * my)
     s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return s.mean()
-
-
-def blur(x, psf, *, scale=1):
-    """``PSF * x`` per sample (edges extended, by FFT), block-averaged by ``scale``: the forward model."""
-    k = psf.shape[-1]
-    pad = k // 2
-    h, w = x.shape[-2:]
-    xp = F.pad(x[:, 0], (pad, pad, pad, pad), mode="replicate")
-    out = torch.fft.irfft2(torch.fft.rfft2(xp) * _otf(psf.to(x.dtype), xp.shape[-2:]), s=xp.shape[-2:])
-    out = out[:, None, pad : pad + h, pad : pad + w]
-    return F.avg_pool2d(out, scale) if scale > 1 else out
 
 
 def _losses(model, raw, batch, cfg, step):
@@ -346,7 +335,8 @@ class _Log:
             if xs:
                 twin.plot(xs, ys, style, color="C3" if key == "val_mse" else "C2", ms=3, label=key.replace("_", " "))
         twin.set_ylabel("val MSE (bench-v1, clipped)")
-        fig.legend(loc="upper right", fontsize=8)
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="upper right", fontsize=8)
         fig.tight_layout()
         with atomic_path(self.png, overwrite=True) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
@@ -397,7 +387,7 @@ def train(pairs, config, out, *, resume=False, stop_at=None):
         backend = "nccl" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "gloo"
         torch.distributed.init_process_group(backend)
     device = _device(cfg, local_rank, world)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     main = rank == 0
 
@@ -408,12 +398,12 @@ def train(pairs, config, out, *, resume=False, stop_at=None):
             raise InputError(f"{last_path}: nothing to resume (no last.pt in {out})")
         saved = load_checkpoint(last_path)
         _check_resume(cfg, saved.get("train_config", {}))
-    elif main and (last_path.exists() or (out / "best.pt").exists()):
+    elif last_path.exists() or (out / "best.pt").exists():
         raise InputError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
 
     train_set = PairsDataset(pairs, field=cfg.train_field, in_memory=cfg.in_memory, augment=cfg.augment,
                              crop=cfg.crop or None)
-    val_set = PairsDataset(pairs, field=cfg.val_field, in_memory=True) if main else None
+    val_set = PairsDataset(pairs, field=cfg.val_field, in_memory=True) if main and cfg.val_field else None
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -444,10 +434,13 @@ def train(pairs, config, out, *, resume=False, stop_at=None):
     val_images, val_note = None, "disabled (val_images: false)"
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        if cfg.val_images:
+        if val_set is None:
+            val_note = "no validation (val_field is empty): best.pt is the latest"
+        elif cfg.val_images:
             val_images, val_note = load_val_images(val_set, field=cfg.val_field)
         with atomic_path(out / "config.yaml", overwrite=True) as tmp:
-            tmp.write_text(yaml.safe_dump({"pairs": str(Path(pairs).resolve()), **to_dict(cfg)}, sort_keys=False))
+            tmp.write_text(f"# astrosr {__version__} train config; pairs: {Path(pairs).resolve()}\n"
+                           + yaml.safe_dump(to_dict(cfg), sort_keys=False))
         log = _Log(out, resume_step=step if resume else None)
     tile = raw.native_tile or 256
     psf_record = _trained_psf(train_set)
@@ -465,6 +458,8 @@ def train(pairs, config, out, *, resume=False, stop_at=None):
         })
 
     def validate():
+        if val_set is None:
+            return {"step": step}
         record = {"step": step, **tile_validation(raw, val_set, device=device)}
         if val_images:
             record.update(image_validation(raw, val_images, device=device, tile=tile))
@@ -519,6 +514,7 @@ def train(pairs, config, out, *, resume=False, stop_at=None):
                             checkpoint(out / "best.pt")
                         checkpoint(last_path)
                         bar.console.log(f"step {step}: val {describe(last_val)}")
+                        window_time = time.perf_counter()  # throughput counts training only
                     log.add(row)
                     bar.update(task, completed=step, loss=f"{terms['loss']:.4g}", speed=f"{speed:.1f}")
                 if distributed and validating:
@@ -531,7 +527,7 @@ def train(pairs, config, out, *, resume=False, stop_at=None):
         raise
     elapsed = time.perf_counter() - start_time
     summary = {
-        "steps": step, "max_steps": cfg.max_steps, "best": best, "last_val": last_val,
+        "pairs": str(Path(pairs).resolve()), "steps": step, "max_steps": cfg.max_steps, "best": best, "last_val": last_val,
         "val_images": val_note or "whole val images scored with evaluate's path",
         "seconds": elapsed, "world_size": world, "device": str(device), "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in raw.parameters()), "model": cfg.model, "model_config": raw.config,

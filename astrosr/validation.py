@@ -23,7 +23,7 @@ from skimage.metrics import structural_similarity
 
 from .files import sha256_file
 
-__all__ = ["tile_validation", "ValImage", "load_val_images", "image_validation", "is_better"]
+__all__ = ["tile_validation", "ValImage", "load_val_images", "image_validation", "is_better", "describe"]
 
 
 def tile_validation(model, dataset, *, device, batch=16):
@@ -111,9 +111,13 @@ def is_better(record, best, *, flux_threshold):
     """CONTRACTS.md 3: lowest MSE among validations with flux error <= threshold, else lowest flux error.
 
     ``record`` and ``best`` are validation dicts; whole-image ``mse`` /
-    ``flux_err`` are used when present, else the tile MSE.
+    ``flux_err`` are used when present, else the tile MSE; without any
+    metric (no validation) the newer record wins.
     """
-    if best is None:
+    def scored(r):
+        return r.get("mse") is not None or r.get("tile_mse") is not None
+
+    if best is None or not (scored(record) or scored(best)):
         return True
 
     def key(r):

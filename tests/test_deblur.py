@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,6 +241,21 @@ def test_existing_output_from_another_psf_is_an_error_unless_overwrite(data_dir,
     assert again.status == "done" and fits.getheader(again.output)["ASRPSF"].startswith("Moffat FWHM=3px")
 
 
+def test_a_file_psf_is_recorded_by_content_and_a_changed_kernel_is_not_skipped(data_dir, models, tmp_path, monkeypatch):
+    kernel = tmp_path / "kernel.fits"
+    fits.writeto(kernel, PSF(fwhm=3.0).kernel())
+    monkeypatch.chdir(tmp_path)
+    psf = PSF(shape="file", path="kernel.fits")
+    src, common = data_dir / "irac_ch1_flight.fits", {"model_path": models["identity"], "psf": psf}
+    first = deblur_batch([src], "out", **common)
+    assert first[0].status == "done"
+    assert fits.getheader(first[0].output)["ASRPSF"] == f"PSF file {kernel} sha256 {sha256_file(kernel)[:16]}"
+    assert deblur_batch([src], "out", **common)[0].status == "skipped"
+    fits.writeto(kernel, PSF(fwhm=3.5).kernel(), overwrite=True)
+    changed = deblur_batch([src], "out", **common)[0]
+    assert changed.status == "failed" and "not made with this model and PSF" in changed.reason
+
+
 def test_two_inputs_with_one_output_name_fail_before_any_work(data_dir, models, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -301,8 +317,12 @@ def test_local_processes_and_dask_give_the_serial_bytes(data_dir, models, tmp_pa
     pool = deblur_batch(inputs, tmp_path / "pool", workers=2, **common)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         dask = deblur_batch(inputs, tmp_path / "dask", scheduler=cluster.scheduler_address, **common)
+    cli_args = ["deblur", *map(str, inputs), "-o", str(tmp_path / "cli"), "--dask-local", "2", "--samples", "2"]
+    run = CliRunner().invoke(cli, cli_args + ["--model", str(models["trained"]), "--device", "cpu"])
+    assert run.exit_code == 0, run.output
     assert [r.status for r in serial + pool + dask] == ["done"] * 6
     for a, b, c in zip(serial, pool, dask):
+        d = tmp_path / "cli" / Path(a.output).name
         for ext in (0, "MASK", "UNCERT"):
-            assert np.array_equal(_data_bits(a.output, ext), _data_bits(b.output, ext))
-            assert np.array_equal(_data_bits(a.output, ext), _data_bits(c.output, ext))
+            for other in (b.output, c.output, d):
+                assert np.array_equal(_data_bits(a.output, ext), _data_bits(other, ext))

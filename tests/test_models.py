@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from skimage.restoration import wiener
 
 from astrosr.dataset import PairsDataset
 from astrosr.degrade import moffat_psf
 from astrosr.errors import ConfigError
-from astrosr.models import MODELS, VAE, ResVAE, build_model, noise_level, wiener_filter
+from astrosr.models import MODELS, VAE, ResVAE, blur, build_model, noise_level, wiener_filter
 from astrosr.train import TrainConfig, _losses
 
 
@@ -104,6 +105,16 @@ def test_wiener_channel_equals_skimage_on_the_reflect_padded_tile(rng):
     ours = wiener_filter(torch.tensor(x)[None, None], torch.tensor(kernel)[None], balance=0.1)[0, 0].numpy()
     expected = wiener(np.pad(x, 20, mode="reflect"), kernel, balance=0.1, clip=False)[20:-20, 20:-20]
     np.testing.assert_allclose(ours, expected, atol=1e-10)
+
+
+def test_blur_is_the_edge_extended_convolution_then_block_average(rng):
+    x = rng.random((64, 80))
+    k = moffat_psf(3.0, size=21)
+    expected = ndimage.convolve(x, k, mode="nearest")
+    ours = blur(torch.tensor(x)[None, None], torch.tensor(k)[None])[0, 0].numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-12)
+    two = blur(torch.tensor(x)[None, None], torch.tensor(k)[None], scale=2)[0, 0].numpy()
+    np.testing.assert_allclose(two, expected.reshape(32, 2, 40, 2).mean(axis=(1, 3)), atol=1e-12)
 
 
 def test_noise_level_estimates_gaussian_std(rng):

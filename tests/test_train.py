@@ -1,0 +1,223 @@
+"""train: exact resume, run outputs, DDP on CPU, losses against independent maths, CLI errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from skimage.metrics import structural_similarity
+
+from astrosr.checkpoint import load_checkpoint, load_model
+from astrosr.cli import cli
+from astrosr.config import from_dict
+from astrosr.dataset import PairsDataset
+from astrosr.errors import ConfigError, InputError
+from astrosr.train import TrainConfig, _lr_factor, load_config, ssim_loss, train
+from astrosr.validation import image_validation, is_better, load_val_images
+
+TINY = {"width": 8, "levels": 2, "mid_blocks": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(**overrides):
+    base = dict(model_options=TINY, batch=4, crop=64, max_steps=4, warmup=2, kl_warmup=2, val_every=2, log_every=1,
+                progress=False, val_images=False, threads=1, consistency_weight=0.1, ssim_weight=0.1)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_resume_continues_exactly(tiny_pairs, tmp_path):
+    straight = train(tiny_pairs, _config(), tmp_path / "straight")
+    train(tiny_pairs, _config(), tmp_path / "split", stop_at=2)
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 2
+    resumed = train(tiny_pairs, _config(), tmp_path / "split", resume=True)
+    a, b = straight["module"].state_dict(), resumed["module"].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    last = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert last["step"] == 4 and last["scheduler"]["last_epoch"] == 4
+    with open(tmp_path / "split" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "straight" / "metrics.csv") as f:
+        rows_straight = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in rows_straight]
+
+
+def test_a_run_writes_every_promised_file(tiny_pairs, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_pairs, _config(model_options={**TINY, "wiener": False}), out)
+    for name in ("metrics.csv", "loss_curve.png", "config.yaml", "best.pt", "last.pt", "summary.json"):
+        assert (out / name).is_file(), name
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"step", "lr", "loss", "recon", "kl", "consistency", "ssim", "val_tile_ssim", "val_tile_mse"} <= set(rows[0])
+    assert rows[1]["val_tile_mse"] != "" and float(rows[1]["val_tile_mse"]) > 0
+    reloaded = from_dict(TrainConfig, yaml.safe_load((out / "config.yaml").read_text()))
+    assert reloaded == _config(model_options={**TINY, "wiener": False})
+    model, info = load_model(out / "best.pt")
+    assert info["model"] == "resvae" and info["psf"]["fwhm"] == 4.0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+    assert summary["best"]["step"] in (2, 4)
+
+
+def test_vae_trains_through_the_same_loop(tiny_pairs, tmp_path):
+    summary = train(tiny_pairs, _config(model="vae", model_options={"latent": 8}, crop=0, loss="mse", beta=1.0),
+                    tmp_path / "vae")
+    assert summary["steps"] == 4 and summary["best"]["tile_mse"] > 0
+
+
+def test_ddp_two_processes_on_cpu_end_with_identical_weights(tiny_pairs, tmp_path):
+    # the real CLI under torch.distributed.run; each rank dumps the weights train() returned
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, torch
+        import astrosr.train
+        from astrosr.cli import cli
+        real_train = astrosr.train.train
+        def dumping_train(*args, **kwargs):
+            summary = real_train(*args, **kwargs)
+            torch.save(summary["module"].state_dict(), os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
+            return summary
+        astrosr.train.train = dumping_train
+        cli.main(sys.argv[2:], standalone_mode=True)
+    """))
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(out), "train", str(tiny_pairs), "-o", str(out / "run"), "--max-steps", "3",
+           "--batch", "2", "--threads", "1", "--no-progress", "--set", "crop=64", "--set", "val_every=3",
+           "--set", "val_images=false", "--set", f"model_options={json.dumps(TINY)}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert torch.count_nonzero(r0["tail.weight"]) > 0  # it did train
+    assert json.loads((out / "run" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_lr_schedule_is_linear_warmup_then_cosine():
+    cfg = TrainConfig(lr=1e-3, warmup=10, max_steps=110, min_lr_ratio=0.1)
+    assert _lr_factor(0, cfg) == pytest.approx(0.1)
+    assert _lr_factor(9, cfg) == pytest.approx(1.0)
+    assert _lr_factor(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert _lr_factor(110, cfg) == pytest.approx(0.1)
+
+
+def test_ssim_loss_equals_skimage(rng):
+    x, y = rng.random((64, 64)), rng.random((64, 64)) * 0.5 + 0.2
+    ours = ssim_loss(torch.tensor(x)[None, None], torch.tensor(y)[None, None]).item()
+    assert ours == pytest.approx(structural_similarity(x, y, data_range=1.0), abs=1e-9)
+
+
+def test_checkpoint_selection_follows_contracts():
+    good_flux = {"mse": 0.02, "flux_err": 0.05}
+    better_mse_bad_flux = {"mse": 0.01, "flux_err": 0.09}
+    assert is_better(good_flux, None, flux_threshold=0.054)
+    assert not is_better(better_mse_bad_flux, good_flux, flux_threshold=0.054)
+    assert is_better({"mse": 0.019, "flux_err": 0.054}, good_flux, flux_threshold=0.054)
+    assert is_better({"mse": 0.03, "flux_err": 0.07}, better_mse_bad_flux, flux_threshold=0.054)
+    assert is_better({"tile_mse": 0.1}, {"tile_mse": 0.2}, flux_threshold=0.054)
+
+
+def test_whole_image_validation_regenerates_prepares_val_blu(data_dir, tmp_path):
+    prepare = pytest.importorskip("astrosr.prepare")
+    pairs = tmp_path / "val.h5"
+    prepare.prepare_pairs([(data_dir / "synth.fits", "val")], pairs, progress=False)
+    val = PairsDataset(pairs, field="val")
+    images, reason = load_val_images(val)
+    assert reason is None and len(images) == 1
+    img = images[0]
+    lo, hi = val.images[0]["lo"], val.images[0]["hi"]
+    for i in (0, 7):
+        y, x = int(val.tiles["y"][i]), int(val.tiles["x"][i])
+        stored = val.arrays(i)[0]
+        np.testing.assert_allclose((img.blu[y : y + 128, x : x + 128] - lo) / (hi - lo), stored, atol=1e-6)
+    from astrosr.models import ResVAE
+
+    scores = image_validation(ResVAE(width=8), images, device="cpu", tile=256)
+    assert scores["flux_err"] is not None and 0.99 < scores["ssim"] <= 1.0
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli, args)
+
+
+def test_cli_bad_config_and_bad_checkpoint_exit_2(tiny_pairs, tmp_path):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model: resvae\nlearning_rate: 0.1\n")
+    result = _invoke(["train", str(tiny_pairs), "--config", str(unknown), "-o", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "learning_rate: unknown key" in result.output
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("batch: many\n")
+    result = _invoke(["train", str(tiny_pairs), "--config", str(wrong), "-o", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "batch: expected int, got 'many'" in result.output
+    result = _invoke(["train", str(tiny_pairs), "-o", str(tmp_path / "a"), "--set", "model_options.depth=3"])
+    assert result.exit_code == 2 and "model_options.depth: not an option of resvae" in result.output
+    result = _invoke(["train", str(tiny_pairs), "-o", str(tmp_path / "a"), "--set", "oops"])
+    assert result.exit_code == 2 and "--set 'oops': expected KEY=VALUE" in result.output
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    result = _invoke(["train", str(tiny_pairs), "-o", str(run), "--resume"])
+    assert result.exit_code == 2 and "last.pt: not a readable checkpoint" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = _invoke(["train", str(tmp_path / "nope.h5"), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "nope.h5: pairs file not found" in result.output
+
+
+def test_an_existing_run_needs_resume_and_fixed_options(tiny_pairs, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_pairs, _config(max_steps=2), out)
+    with pytest.raises(InputError, match="already holds a run"):
+        train(tiny_pairs, _config(max_steps=2), out)
+    with pytest.raises(ConfigError, match="lr: .* cannot change on --resume"):
+        train(tiny_pairs, _config(max_steps=2, lr=1.0), out, resume=True)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(tiny_pairs, _config(), tmp_path / "empty", resume=True)
+
+
+def test_load_config_reads_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  model: vae\n  batch: 8\n  model_options: {latent: 32}\n")
+    cfg = load_config(path, {"lr": 1e-4, "model_options.latent": 16, "seed": None})
+    assert (cfg.model, cfg.batch, cfg.lr, cfg.model_options) == ("vae", 8, 1e-4, {"latent": 16})
+    with pytest.raises(ConfigError, match="loss: expected 'l1' or 'mse'"):
+        load_config(None, {"loss": "huber"})
+
+
+@pytest.mark.parametrize("name, model", [("train_resvae.yaml", "resvae"), ("train_vae.yaml", "vae")])
+def test_shipped_configs_load_and_build(name, model):
+    from pathlib import Path
+
+    from astrosr.models import build_model
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "pipelines" / name)
+    assert cfg.model == model
+    params = sum(p.numel() for p in build_model(cfg.model, cfg.model_options).parameters())
+    assert params == 3_189_645 if model == "vae" else 300_000 < params < 2_000_000
+
+
+def test_training_without_a_val_field_keeps_the_latest(tiny_pairs, tmp_path):
+    summary = train(tiny_pairs, _config(max_steps=2, val_field=""), tmp_path / "noval")
+    assert summary["best"] == {"step": 2} and "no validation" in summary["val_images"]
+
+
+def test_max_minutes_stops_and_saves_a_resumable_run(tiny_pairs, tmp_path):
+    summary = train(tiny_pairs, _config(max_steps=50, max_minutes=1e-9), tmp_path / "timed")
+    assert summary["steps"] == 1 and load_checkpoint(tmp_path / "timed" / "last.pt")["step"] == 1
