@@ -1,33 +1,16 @@
 """``astrosr run PIPELINE.yaml``: simulate, data, prepare, train, evaluate and deblur in one run directory.
 
-A pipeline YAML has ``name``, ``description``, ``run_dir`` and one section per
-stage; stages run in the fixed order of :data:`STAGES` and an absent section
-is not run::
+The file format is :mod:`astrosr.pipeline_config`. Outputs go under the run
+directory: ``simulate/<set>/``, ``data.json``, ``prepare/pairs.h5``,
+``train/<model>/``, ``evaluate/`` (``evaluate_fwhm<F>/`` for ``extra_fwhm``),
+``deblur/``, plus ``pipeline.yaml`` (the validated config), ``stages.json``
+(each stage's status, hash, seconds and outputs) and ``summary.md`` /
+``summary.json``.
 
-    run_dir: runs/quickstart
-    simulate:                       # set name -> SimulateSet
-      train: {n: 4, seed: 0, size: 256, field: train}
-      test:  {n: 2, seed: 1000, size: 256}        # no field: not prepared
-    data: {manifest: data_manifests/bench_v1.yaml, prepare_fields: [train, val]}
-    prepare: {psf_fwhm: "2.5:5.5"}  # PrepareConfig keys (as ``astrosr prepare --config``)
-    train:                          # model name -> train config (inline, a YAML path,
-      resvae: {model: resvae, max_steps: 300}    #  or {config: PATH, ...overrides})
-    evaluate: {models: [resvae], images: [test]}
-    deblur: {model: resvae, inputs: [test]}
-
-Every section is validated on load by :func:`astrosr.config.from_dict`
-(errors name ``section.key``). ``models`` name train-stage models (their
-``best.pt``) or weight files; ``images`` / ``inputs`` name simulate sets or
-files. Relative paths are taken from the current directory, else from the
-pipeline file's directory or its parent.
-
-Outputs go under the run directory: ``simulate/<set>/``,
-``prepare/pairs.h5``, ``train/<model>/``, ``evaluate/`` (``evaluate_fwhm<F>/``
-for ``extra_fwhm``), ``deblur/``, plus ``pipeline.yaml`` (the validated
-config), ``stages.json`` (finished stages with the hash of their config and of
-everything upstream) and ``summary.md`` / ``summary.json``. A rerun skips a
-stage whose hash is unchanged and whose outputs exist; a changed stage reruns,
-and so does everything after it.
+Resume: a stage's hash covers its own config and the hashes of the stages it
+reads. A rerun skips a stage whose hash is unchanged, whose outputs exist and
+whose inputs were not remade since; anything else runs again (an interrupted
+training of the same hash continues from its ``last.pt``).
 """
 
 import dataclasses
@@ -39,302 +22,17 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from . import __version__
-from .config import from_dict, load_yaml, to_dict
+from .config import to_dict
 from .errors import ConfigError, DataError
 from .files import atomic_path, sha256_file
-from .prepare import PrepareConfig
+from .pipeline_config import Pipeline, find_path, load_pipeline, path_exists
 
-__all__ = ["STAGES", "SimulateSet", "DataStage", "EvaluateStage", "DeblurStage", "Pipeline", "load_pipeline",
-           "run_pipeline"]
-
-STAGES = ("simulate", "data", "prepare", "train", "evaluate", "deblur")
-TOP_KEYS = ("name", "description", "run_dir")
-
-
-@dataclass
-class SimulateSet:
-    """``n`` simulated images of ``seed`` (:func:`astrosr.simulate.simulate_fields`).
-
-    Parameters
-    ----------
-    n, seed, size : int
-    field : str or None
-        Field these images enter the pairs file with (``train``, ``val``...);
-        None keeps them out of prepare (test images for evaluate / deblur).
-        Seeds >= 1000 are the simulated test field and never train.
-    """
-
-    n: int = 4
-    seed: int = 0
-    size: int = 512
-    field: str | None = None
-
-    def __post_init__(self):
-        if self.n < 1 or self.seed < 0 or self.size < 128:
-            raise ConfigError(f"need n >= 1, seed >= 0 and size >= 128, got {self.n}, {self.seed}, {self.size}")
-        if self.field == "train" and self.seed >= 1000:
-            raise ConfigError(f"seed {self.seed} >= 1000 is the simulated test field; it never trains")
-
-
-@dataclass
-class DataStage:
-    """Check (or fetch) a manifest's files in the data directory.
-
-    Parameters
-    ----------
-    manifest : str
-    fields : list of str or None
-        Fields to check / fetch (None: all of the manifest's).
-    prepare_fields : list of str
-        Manifest fields that go into the pairs file.
-    fetch : bool
-        Download missing files (``astrosr fetch``) instead of failing.
-    data_dir : str or None
-        Default ``$ASTROSR_DATA_DIR`` (``astrosr run --data-dir`` overrides).
-    """
-
-    manifest: str = "data_manifests/bench_v1.yaml"
-    fields: list[str] | None = None
-    prepare_fields: list[str] = field(default_factory=lambda: ["train", "val"])
-    fetch: bool = False
-    data_dir: str | None = None
-
-
-@dataclass
-class EvaluateStage:
-    """Options of :func:`astrosr.evaluate.evaluate` (one run per PSF).
-
-    Parameters
-    ----------
-    models : list of str
-        Train-stage model names, weight files or ``'default'``.
-    fields : list of str
-        Manifest fields (needs a ``data`` section); exclusive with ``images``.
-    images : list of str
-        Simulate set names or FITS files.
-    psf_shape, psf_fwhm, psf_beta, psf_file
-        The true PSF (CONTRACTS.md 1); default bench-v1's.
-    extra_fwhm : list of float
-        Further runs with a Moffat/Gaussian of these FWHMs (robustness),
-        written to ``evaluate_fwhm<F>/``.
-    consistency : bool
-    panels : int
-    threads : int or None
-    device : str
-    """
-
-    models: list[str] = field(default_factory=list)
-    fields: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)
-    psf_shape: str = "moffat"
-    psf_fwhm: float = 4.0
-    psf_beta: float = 3.0
-    psf_file: str | None = None
-    extra_fwhm: list[float] = field(default_factory=list)
-    consistency: bool = True
-    panels: int = 3
-    threads: int | None = None
-    device: str = "cpu"
-
-    def __post_init__(self):
-        if bool(self.fields) == bool(self.images):
-            raise ConfigError("give exactly one of fields and images")
-
-
-@dataclass
-class DeblurStage:
-    """Options of :func:`astrosr.deblur.deblur_batch`.
-
-    Parameters
-    ----------
-    inputs : list of str
-        Simulate set names, files, directories or globs.
-    model : str or None
-        Train-stage model name, weight file or ``'default'`` (None: the first
-        train-stage model, else ``'default'``).
-    psf_shape, psf_fwhm, psf_beta, psf_file
-        PSF of the inputs.
-    consistency, overlap, samples, compress, device
-    degrade : bool
-        Blur the (sharp, e.g. simulated) inputs first with this PSF and
-        bench-v1 noise, into ``deblur/blurred/``, and draw an ORI / BLU / SR
-        panel per image: a demonstration with the truth at hand.
-    """
-
-    inputs: list[str] = field(default_factory=list)
-    model: str | None = None
-    psf_shape: str = "moffat"
-    psf_fwhm: float = 4.0
-    psf_beta: float = 3.0
-    psf_file: str | None = None
-    consistency: bool = True
-    overlap: int = 32
-    samples: int = 0
-    compress: bool = False
-    device: str = "auto"
-    degrade: bool = False
-
-    def __post_init__(self):
-        if not self.inputs:
-            raise ConfigError("inputs: at least one input (a simulate set or a file)")
-
-
-@dataclass
-class Pipeline:
-    """A validated pipeline file; stage attributes are None (or empty) when absent."""
-
-    path: Path
-    name: str
-    description: str | None
-    run_dir: str | None
-    simulate: dict = field(default_factory=dict)
-    data: DataStage | None = None
-    prepare: PrepareConfig | None = None
-    train: dict = field(default_factory=dict)
-    evaluate: EvaluateStage | None = None
-    deblur: DeblurStage | None = None
-
-    def to_dict(self):
-        """The validated configuration as plain data (written to ``RUN/pipeline.yaml``)."""
-        out = {"name": self.name, "description": self.description, "run_dir": self.run_dir}
-        if self.simulate:
-            out["simulate"] = {k: to_dict(v) for k, v in self.simulate.items()}
-        for stage in ("data", "prepare", "evaluate", "deblur"):
-            if getattr(self, stage) is not None:
-                out[stage] = to_dict(getattr(self, stage))
-        if self.train:
-            out["train"] = {k: to_dict(v) for k, v in self.train.items()}
-        return {k: v for k, v in out.items() if v is not None}
-
-
-# --- loading --------------------------------------------------------------------
-
-
-def _find(value, base, key):
-    """A relative path: from the current directory, else the pipeline's directory or its parent."""
-    path = Path(value)
-    if path.is_absolute() or path.exists():
-        return path
-    for root in (base, base.parent):
-        if (root / path).exists():
-            return root / path
-    raise ConfigError(f"{key}: {value} not found (relative paths: from the current directory or {base})")
-
-
-def _train_config(name, value, base):
-    from .train import load_config
-
-    key = f"train.{name}"
-    if isinstance(value, str):
-        return load_config(_find(value, base, key))
-    if isinstance(value, dict) and "config" in value:
-        if not isinstance(value["config"], str):
-            raise ConfigError(f"{key}.config: expected a path, got {value['config']!r}")
-        rest = {k: v for k, v in value.items() if k != "config"}
-        return load_config(_find(value["config"], base, f"{key}.config"), rest)
-    from .train import TrainConfig
-
-    return from_dict(TrainConfig, value, where=key)
-
-
-def _mapping(data, key):
-    value = data.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"{key}: expected a mapping of names, got {value!r}")
-    return value
-
-
-def _exists(value, base):
-    """True when ``value`` is an existing path (see :func:`_find`) or a glob that matches."""
-    try:
-        _find(value, base, value)
-        return True
-    except ConfigError:
-        return bool(glob.glob(value))
-
-
-def _check_refs(pipeline, base):
-    """Model and image names must be train models / simulate sets, or existing files."""
-
-    def check(key, values, names, kind):
-        # 'default' is the shipped model, a name only a model reference may take
-        allowed = set(names) | ({"default"} if kind == "train model" else set())
-        for i, v in enumerate(values):
-            if v not in allowed and not _exists(v, base):
-                where = key if key == "deblur.model" else f"{key}[{i}]"
-                raise ConfigError(f"{where}: {v!r} is neither a {kind} ({', '.join(names) or 'none'}) "
-                                  "nor an existing file")
-
-    ev, db = pipeline.evaluate, pipeline.deblur
-    if ev is not None:
-        check("evaluate.models", ev.models, list(pipeline.train), "train model")
-        check("evaluate.images", ev.images, list(pipeline.simulate), "simulate set")
-        if ev.fields and pipeline.data is None:
-            raise ConfigError("evaluate.fields: needs a data section (its manifest and data directory)")
-    if db is not None:
-        check("deblur.model", [db.model] if db.model else [], list(pipeline.train), "train model")
-        check("deblur.inputs", db.inputs, list(pipeline.simulate), "simulate set")
-    if pipeline.train and pipeline.prepare is None:
-        raise ConfigError("train: needs a prepare section (the pairs file it trains on)")
-    if pipeline.prepare is not None and pipeline.data is None and not any(s.field for s in pipeline.simulate.values()):
-        raise ConfigError("prepare: no inputs (a data section, or simulate sets with a field)")
-
-
-def load_pipeline(path):
-    """Read and validate a pipeline YAML.
-
-    Parameters
-    ----------
-    path : str or Path
-
-    Returns
-    -------
-    Pipeline
-
-    Raises
-    ------
-    ConfigError
-        An unknown stage, unknown key or wrong type (named ``file: section.key``),
-        or a reference to a model / simulate set / file that does not exist.
-    """
-    path = Path(path)
-    data = load_yaml(path)
-    base = path.resolve().parent
-    unknown = [k for k in data if k not in STAGES + TOP_KEYS]
-    try:
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown stage (stages: {', '.join(STAGES)}; also {', '.join(TOP_KEYS)})")
-        for key in TOP_KEYS:
-            if data.get(key) is not None and not isinstance(data[key], str):
-                raise ConfigError(f"{key}: expected str, got {data[key]!r}")
-        pipeline = Pipeline(path=path, name=data.get("name") or path.stem, description=data.get("description"),
-                            run_dir=data.get("run_dir"))
-        pipeline.simulate = {k: from_dict(SimulateSet, v, where=f"simulate.{k}")
-                             for k, v in _mapping(data, "simulate").items()}
-        if "data" in data:
-            pipeline.data = from_dict(DataStage, data["data"], where="data")
-            from .manifest import load_manifest
-
-            load_manifest(_find(pipeline.data.manifest, base, "data.manifest"))
-        if "prepare" in data:
-            pipeline.prepare = from_dict(PrepareConfig, data["prepare"], where="prepare")
-        pipeline.train = {k: _train_config(k, v, base) for k, v in _mapping(data, "train").items()}
-        if "evaluate" in data:
-            pipeline.evaluate = from_dict(EvaluateStage, data["evaluate"], where="evaluate")
-        if "deblur" in data:
-            pipeline.deblur = from_dict(DeblurStage, data["deblur"], where="deblur")
-        _check_refs(pipeline, base)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return pipeline
+__all__ = ["run_pipeline", "load_pipeline"]
 
 
 # --- running --------------------------------------------------------------------
@@ -346,24 +44,33 @@ def _hash(*parts):
 
 
 class _Records:
-    """``RUN/stages.json``: finished stages, their hash, seconds and outputs."""
+    """``RUN/stages.json``: per stage its status (started / done), hash, seconds, outputs and end time."""
 
     def __init__(self, run_dir, force):
         self.path = run_dir / "stages.json"
         self.stages = {}
         if self.path.is_file() and not force:
             try:
-                self.stages = json.loads(self.path.read_text()).get("stages", {})
-            except (json.JSONDecodeError, AttributeError):
+                self.stages = dict(json.loads(self.path.read_text())["stages"])
+            except (ValueError, KeyError, TypeError):
                 self.stages = {}  # a damaged record only costs a rerun
 
-    def done(self, stage, digest):
-        rec = self.stages.get(stage)
-        return bool(rec and rec.get("hash") == digest and all(Path(p).exists() for p in rec.get("outputs", [])))
+    def done(self, stage, digest, deps):
+        """Finished with this hash, outputs present, and no input stage remade after it."""
+        rec = self.stages.get(stage) or {}
+        if rec.get("status") != "done" or rec.get("hash") != digest:
+            return False
+        if not all(Path(p).exists() for p in rec.get("outputs", [])):
+            return False
+        return all(self.stages.get(d, {}).get("ended", 0) <= rec["ended"] for d in deps)
 
-    def record(self, stage, digest, seconds, outputs):
-        self.stages[stage] = {"hash": digest, "seconds": round(seconds, 3), "outputs": [str(p) for p in outputs],
-                              "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    def interrupted(self, stage, digest):
+        """Started with this hash but never finished (a training that may continue)."""
+        rec = self.stages.get(stage) or {}
+        return rec.get("status") == "started" and rec.get("hash") == digest
+
+    def set(self, stage, **record):
+        self.stages[stage] = record
         with atomic_path(self.path, overwrite=True) as tmp:
             tmp.write_text(json.dumps({"astrosr_version": __version__, "stages": self.stages}, indent=2) + "\n")
 
@@ -383,12 +90,19 @@ def _fresh(path):
 
 
 class _Runner:
-    def __init__(self, pipeline, run_dir, *, max_steps, force, data_dir, console):
+    """Runs the stages of one pipeline in one run directory, recording each."""
+
+    def __init__(self, pipeline, run_dir, *, force, data_dir, console):
         self.p, self.run, self.console = pipeline, run_dir, console
         self.base = pipeline.path.resolve().parent
-        self.max_steps, self.data_dir = max_steps, data_dir
+        self.data_dir = data_dir
         self.records = _Records(run_dir, force)
+        self.digests = {}
         self.rows = []
+        self.resume = False
+        self.total = (len(pipeline.simulate) + len(pipeline.train) + (pipeline.data is not None)
+                      + (pipeline.prepare is not None) + (pipeline.deblur is not None)
+                      + (1 + len(pipeline.evaluate.extra_fwhm) if pipeline.evaluate is not None else 0))
 
     # references -----------------------------------------------------------
     def sim_files(self, name):
@@ -402,8 +116,8 @@ class _Runner:
         for ref in refs:
             if ref in self.p.simulate:
                 out += self.sim_files(ref)
-            elif _exists(ref, self.base) and not glob.glob(ref):
-                out.append(_find(ref, self.base, ref))
+            elif path_exists(ref, self.base) and not glob.glob(ref):
+                out.append(find_path(ref, self.base, ref))
             else:
                 out += sorted(glob.glob(ref))
         return [str(p) for p in out]
@@ -411,28 +125,48 @@ class _Runner:
     def model(self, ref):
         if ref in self.p.train:
             return self.run / "train" / ref / "best.pt"
-        return ref if ref == "default" else _find(ref, self.base, ref)
+        return ref if ref == "default" else find_path(ref, self.base, ref)
+
+    def inputs(self, models, images):
+        """The stages whose outputs these model and image references read."""
+        return ([f"train.{m}" for m in models if m in self.p.train]
+                + [f"simulate.{i}" for i in images if i in self.p.simulate])
+
+    def identities(self, models):
+        """sha256 of the weight files given by path: a replaced file makes its stages rerun."""
+        return [sha256_file(self.model(m)) if m not in self.p.train and m != "default" else m for m in models]
+
+    def deblur_model(self):
+        d = self.p.deblur
+        return d.model or (next(iter(self.p.train)) if self.p.train else "default")
 
     def manifest(self):
-        return _find(self.p.data.manifest, self.base, "data.manifest")
+        return find_path(self.p.data.manifest, self.base, "data.manifest")
 
     def data_directory(self):
         return self.data_dir or self.p.data.data_dir
 
     # stage driver ------------------------------------------------------------
-    def stage(self, name, digest, fn):
-        self.console.rule(f"[bold]{name}", align="left")
-        if self.records.done(name, digest):
+    def stage(self, name, config, deps, fn):
+        """Run ``fn`` (returning its output paths) unless stage ``name`` is done with this config and inputs."""
+        digest = _hash(config, [self.digests[d] for d in deps])
+        self.digests[name] = digest
+        self.console.rule(f"[bold]{len(self.rows) + 1}/{self.total} {name}", align="left")
+        if self.records.done(name, digest, deps):
             rec = self.records.stages[name]
             self.console.print(f"[yellow]skipped[/]: done before with the same config ({rec['seconds']:.1f} s)")
             self.rows.append({"stage": name, "status": "skipped", "seconds": 0.0,
                               "output": rec["outputs"][0] if rec["outputs"] else ""})
             return
+        self.resume = self.records.interrupted(name, digest)
+        self.records.set(name, status="started", hash=digest)
         t0 = time.perf_counter()
-        outputs = [Path(p) for p in fn()]
+        outputs = [str(p) for p in fn()]
         seconds = time.perf_counter() - t0
-        self.records.record(name, digest, seconds, outputs)
-        main = str(outputs[0]) if outputs else ""
+        self.records.set(name, status="done", hash=digest, seconds=round(seconds, 3), outputs=outputs,
+                         ended=time.time(),
+                         finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        main = outputs[0] if outputs else ""
         self.console.print(f"[green]done[/] in {seconds:.1f} s -> {main}")
         self.rows.append({"stage": name, "status": "done", "seconds": seconds, "output": main})
 
@@ -444,15 +178,16 @@ class _Runner:
         return simulate_fields(out, n=s.n, seed=s.seed, size=s.size, overwrite=True, progress=self.console.is_terminal)
 
     def check_data(self):
-        from .manifest import fetch, resolve
+        from .manifest import data_dir_from, fetch, resolve
 
         d = self.p.data
         if d.fetch:
             fetch(self.manifest(), self.data_directory(), fields=d.fields, progress=self.console.is_terminal)
         sources = resolve(self.manifest(), self.data_directory(), d.fields)
+        record = {"manifest": str(self.manifest()), "data_dir": str(data_dir_from(self.data_directory())),
+                  "files": [[str(p), f] for p, f in sources]}
         with atomic_path(self.run / "data.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps({"manifest": str(self.manifest()), "data_dir": str(Path(sources[0].path).parent)
-                                       if sources else None, "files": [[str(p), f] for p, f in sources]}, indent=2))
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
         self.console.print(f"{len(sources)} files checked (sha256) for fields "
                            f"{', '.join(d.fields or sorted({f for _, f in sources}))}")
         return [self.run / "data.json"]
@@ -479,7 +214,7 @@ class _Runner:
         out = self.run / "train" / name
         cfg = dataclasses.replace(cfg, progress=cfg.progress and self.console.is_terminal)
         pairs = self.run / "prepare" / "pairs.h5"
-        resume = (out / "last.pt").is_file() and _same_run(out, pairs, cfg)
+        resume = self.resume and (out / "last.pt").is_file()
         if not resume:
             _fresh(out)
         summary = train(pairs, cfg, out, resume=resume)
@@ -507,7 +242,7 @@ class _Runner:
 
         d = self.p.deblur
         out = _fresh(self.run / "deblur")
-        model = d.model or (next(iter(self.p.train)) if self.p.train else "default")
+        model = self.deblur_model()
         psf = _psf(d.psf_shape, d.psf_fwhm, d.psf_beta, d.psf_file)
         inputs = self.files(d.inputs)
         if d.degrade:
@@ -573,18 +308,6 @@ def _panel(truth, blu, sr):
     return str(target)
 
 
-def _same_run(out, pairs, cfg):
-    """An interrupted training of the same config on the same pairs file resumes."""
-    try:
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    from .train import RUNTIME_KEYS
-
-    mine = {"pairs": str(pairs.resolve()), **to_dict(cfg)}
-    return all(saved.get(k) == v for k, v in mine.items() if k not in RUNTIME_KEYS)
-
-
 def _hardware():
     import torch
 
@@ -628,35 +351,31 @@ def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_di
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "pipeline.yaml", overwrite=True) as tmp:
         tmp.write_text(f"# validated from {p.path}\n" + yaml.safe_dump(p.to_dict(), sort_keys=False))
-    r = _Runner(p, run_dir, max_steps=max_steps, force=force, data_dir=data_dir, console=console)
+    r = _Runner(p, run_dir, force=force, data_dir=data_dir, console=console)
     console.print(f"[bold]astrosr run[/] {p.path} -> {run_dir}")
     start = time.perf_counter()
 
-    up = _hash("start")
-    for name, s in p.simulate.items():
-        digest = _hash(to_dict(s))
-        r.stage(f"simulate.{name}", digest, lambda name=name, s=s: r.simulate(name, s))
-        up = _hash(up, digest)
+    for name, sim in p.simulate.items():
+        r.stage(f"simulate.{name}", to_dict(sim), [], lambda name=name, sim=sim: r.simulate(name, sim))
     if p.data is not None:
-        up = _hash(up, to_dict(p.data) | {"data_dir": None}, sha256_file(r.manifest()))
-        r.stage("data", up, r.check_data)
+        r.stage("data", [to_dict(p.data) | {"data_dir": None}, sha256_file(r.manifest())], [], r.check_data)
     if p.prepare is not None:
-        up = _hash(up, to_dict(p.prepare))
-        r.stage("prepare", up, r.prepare)
-    trained = []
+        deps = [f"simulate.{n}" for n, sim in p.simulate.items() if sim.field] + (["data"] if p.data else [])
+        r.stage("prepare", to_dict(p.prepare), deps, r.prepare)
     for name, cfg in p.train.items():
-        digest = _hash(up, to_dict(cfg))
-        r.stage(f"train.{name}", digest, lambda name=name, cfg=cfg: r.train(name, cfg))
-        trained.append(digest)
-    up = _hash(up, trained)
+        r.stage(f"train.{name}", to_dict(cfg), ["prepare"], lambda name=name, cfg=cfg: r.train(name, cfg))
     if p.evaluate is not None:
         e = p.evaluate
+        deps = r.inputs(e.models, e.images) + (["data"] if e.fields else [])
         runs = [("evaluate", _psf(e.psf_shape, e.psf_fwhm, e.psf_beta, e.psf_file))]
         runs += [(f"evaluate_fwhm{f:g}", _psf(e.psf_shape, f, e.psf_beta, None)) for f in e.extra_fwhm]
         for name, psf in runs:
-            r.stage(name, _hash(up, to_dict(e), psf.to_dict()), lambda name=name, psf=psf: r.evaluate(run_dir / name, psf))
+            r.stage(name, [to_dict(e), psf.to_dict(), r.identities(e.models)], deps,
+                    lambda name=name, psf=psf: r.evaluate(run_dir / name, psf))
     if p.deblur is not None:
-        r.stage("deblur", _hash(up, to_dict(p.deblur)), r.deblur)
+        d = p.deblur
+        r.stage("deblur", [to_dict(d), r.identities([r.deblur_model()])], r.inputs([r.deblur_model()], d.inputs),
+                r.deblur)
 
     total = time.perf_counter() - start
     return _summarise(r, run_dir, total, console)

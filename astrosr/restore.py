@@ -16,7 +16,7 @@ import torch
 from scipy import fft
 
 from .degrade import background_stats, block_average, convolve_extend, percentile_limits
-from .tiling import map_tiles
+from .tiling import fit_tile, map_tiles
 
 __all__ = ["Restored", "restore_image", "consistency_step"]
 
@@ -81,13 +81,15 @@ def consistency_step(x0, blu, kernel, *, k=2, scale=1):
         return x
     residual = np.nan_to_num(blu - convolve_extend(x0, kernel))
     pad = max(kernel.shape)
-    padded = np.pad(residual, pad, mode="reflect")
+    # reflect-pad by a kernel on each side, then up to an FFT-friendly size
+    after = [fft.next_fast_len(n + 2 * pad, real=True) - n - pad for n in residual.shape]
+    padded = np.pad(residual, ((pad, after[0]), (pad, after[1])), mode="reflect")
     h = _transfer(kernel, padded.shape)
     power = np.abs(h) ** 2
     # sum_{j<k} (1-|H|^2)^j: the closed form of k unit-step Landweber iterations, no division
     gain = sum((1.0 - power) ** j for j in range(k))
     correction = fft.irfft2(np.conj(h) * gain * fft.rfft2(padded, workers=-1), s=padded.shape, workers=-1)
-    return x0 + correction[pad:-pad, pad:-pad]
+    return x0 + correction[pad : pad + x0.shape[0], pad : pad + x0.shape[1]]
 
 
 def _pad_to(image, tile):
@@ -104,9 +106,9 @@ def restore_image(
     psf_kernel,
     psf_fwhm=4.0,
     consistency=True,
-    tile=256,
+    tile=512,
     overlap=32,
-    batch=8,
+    batch=None,
     samples=0,
     device="cpu",
     progress=None,
@@ -126,8 +128,15 @@ def restore_image(
         PSF FWHM in pixels, for models conditioned on the degradation.
     consistency : bool
         Apply the data-consistency step (default True).
-    tile, overlap, batch : int
-        Tiling of the network pass (input pixels).
+    tile : int
+        Largest tile side of the network pass (input pixels); each axis gets
+        the smallest side that covers it with as few tiles
+        (:func:`astrosr.tiling.fit_tile`). A model with a ``native_tile``
+        (the seed VAE: 128) always gets that.
+    overlap : int
+        Overlap of neighbouring tiles (input pixels), blended smoothly.
+    batch : int, optional
+        Tiles per network call (default: about one megapixel per call).
     samples : int
         If > 0, also compute the per-pixel std over that many posterior draws.
     device : str or torch.device
@@ -146,8 +155,11 @@ def restore_image(
     scale = int(getattr(model, "scale", 1))
     x = (np.where(bad, median, blu) - lo) / span
     ny, nx = x.shape
-    x = _pad_to(x, tile)
-    tile = min(tile, *x.shape)
+    native = getattr(model, "native_tile", None)
+    x = _pad_to(x, native or 1)
+    tile = (native, native) if native else tuple(fit_tile(n, tile, overlap) for n in x.shape)
+    overlap = min(overlap, min(tile) // 2)
+    batch = batch or max(1, (1 << 20) // (tile[0] * tile[1]))
 
     device = torch.device(device)
     psf = torch.as_tensor(psf_kernel, dtype=torch.float32, device=device)
@@ -168,7 +180,7 @@ def restore_image(
         return network(tiles, lambda b, **kw: model.sample(b, samples, **kw).std(dim=0))[:, 0]
 
     model.eval()
-    common = {"tile": tile, "overlap": min(overlap, tile // 2), "batch": batch, "scale": scale}
+    common = {"tile": tile, "overlap": overlap, "batch": batch, "scale": scale}
     sr = map_tiles(x, mean_pass, progress=progress, **common)[: ny * scale, : nx * scale] * span + lo
     uncert = None
     if samples > 0:

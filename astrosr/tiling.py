@@ -10,7 +10,12 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["grid_origins", "nan_free", "extract_tiles", "cover_origins", "blend_weights", "map_tiles"]
+__all__ = ["grid_origins", "nan_free", "extract_tiles", "cover_origins", "blend_weights", "fit_tile", "map_tiles"]
+
+
+def _pair(tile):
+    """``128`` -> ``(128, 128)``; a ``(ty, tx)`` pair passes through."""
+    return (int(tile), int(tile)) if np.isscalar(tile) else (int(tile[0]), int(tile[1]))
 
 
 def grid_origins(shape, tile=128, stride=None):
@@ -30,10 +35,11 @@ def nan_free(image, origins, tile=128):
 
 
 def extract_tiles(image, origins, tile=128):
-    """Stack of tiles ``(N, tile, tile)`` cut at ``origins`` (same dtype as ``image``)."""
-    out = np.empty((len(origins), tile, tile), dtype=image.dtype)
+    """Stack of tiles ``(N, ty, tx)`` cut at ``origins`` (same dtype as ``image``); ``tile`` is a side or ``(ty, tx)``."""
+    ty, tx = _pair(tile)
+    out = np.empty((len(origins), ty, tx), dtype=image.dtype)
     for i, (y, x) in enumerate(origins):
-        out[i] = image[y : y + tile, x : x + tile]
+        out[i] = image[y : y + ty, x : x + tx]
     return out
 
 
@@ -47,24 +53,44 @@ def _axis_starts(n, tile, step):
 def cover_origins(shape, tile=128, overlap=32):
     """Origins of overlapping tiles covering every pixel; the last row/column is flush with the edge.
 
-    The image must be at least ``tile`` on each side (pad smaller images first).
+    ``tile`` is a side or ``(ty, tx)``. The image must be at least that big
+    (pad smaller images first).
     """
-    if not 0 <= overlap < tile:
-        raise ConfigError(f"overlap must be in [0, tile={tile}), got {overlap}")
-    if shape[0] < tile or shape[1] < tile:
+    ty, tx = _pair(tile)
+    if not 0 <= overlap < min(ty, tx):
+        raise ConfigError(f"overlap must be in [0, tile={min(ty, tx)}), got {overlap}")
+    if shape[0] < ty or shape[1] < tx:
         raise ConfigError(f"image {shape} is smaller than the tile {tile}; pad it first")
-    step = tile - overlap
-    return [(y, x) for y in _axis_starts(shape[0], tile, step) for x in _axis_starts(shape[1], tile, step)]
+    return [(y, x) for y in _axis_starts(shape[0], ty, ty - overlap) for x in _axis_starts(shape[1], tx, tx - overlap)]
 
 
-def blend_weights(tile=128, overlap=32):
-    """Separable weights: 1 in the middle, a sin^2 ramp over ``overlap`` px at each side, never 0."""
-    ramp = np.ones(tile)
+def fit_tile(n, max_tile, overlap, *, multiple=16):
+    """Tile side for an axis of ``n`` px: as few tiles as ``max_tile`` allows, each as small as covers ``n``.
+
+    A fixed tile wastes work when the last tile is flush with the edge (a
+    720 px axis needs four 256 px tiles, 1024 px of work); spreading the same
+    number of tiles evenly needs only ``n + (count - 1) * overlap`` px.
+    """
+    if n <= max_tile:
+        return n
+    count = int(np.ceil((n - overlap) / (max_tile - overlap)))
+    side = int(np.ceil((n - overlap) / count)) + overlap
+    return min(n, max_tile, -(-side // multiple) * multiple)
+
+
+def _ramp(n, overlap):
+    ramp = np.ones(n)
     if overlap > 0:
         rise = np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
         ramp[:overlap] = rise
         ramp[-overlap:] = np.minimum(ramp[-overlap:], rise[::-1])
-    return np.outer(ramp, ramp)
+    return ramp
+
+
+def blend_weights(tile=128, overlap=32):
+    """Separable weights: 1 in the middle, a sin^2 ramp over ``overlap`` px at each side, never 0."""
+    ty, tx = _pair(tile)
+    return np.outer(_ramp(ty, overlap), _ramp(tx, overlap))
 
 
 def map_tiles(image, fn, *, tile=128, overlap=32, batch=16, scale=1, progress=None):
@@ -75,10 +101,12 @@ def map_tiles(image, fn, *, tile=128, overlap=32, batch=16, scale=1, progress=No
     image : ndarray (H, W)
         At least ``tile`` on each side; no NaN (fill them first).
     fn : callable
-        ``fn(tiles)`` with ``tiles`` of shape ``(n, tile, tile)`` returns
-        ``(n, tile*scale, tile*scale)``.
-    tile, overlap : int
-        Tile side and overlap in input pixels.
+        ``fn(tiles)`` with ``tiles`` of shape ``(n, ty, tx)`` returns
+        ``(n, ty*scale, tx*scale)``.
+    tile : int or (int, int)
+        Tile side, or ``(ty, tx)``, in input pixels.
+    overlap : int
+        Overlap in input pixels.
     batch : int
         Tiles per call of ``fn``: memory stays bounded for any image size.
     scale : int
@@ -91,17 +119,17 @@ def map_tiles(image, fn, *, tile=128, overlap=32, batch=16, scale=1, progress=No
     ndarray (H*scale, W*scale), float64
     """
     origins = cover_origins(image.shape, tile, overlap)
-    weights = blend_weights(tile * scale, overlap * scale)
+    ty, tx = _pair(tile)
+    weights = blend_weights((ty * scale, tx * scale), overlap * scale)
     total = np.zeros((image.shape[0] * scale, image.shape[1] * scale))
     norm = np.zeros_like(total)
-    side = tile * scale
     for start in range(0, len(origins), batch):
         chunk = origins[start : start + batch]
-        restored = fn(extract_tiles(image, chunk, tile))
+        restored = fn(extract_tiles(image, chunk, (ty, tx)))
         for (y, x), out in zip(chunk, restored):
-            ys, xs = y * scale, x * scale
-            total[ys : ys + side, xs : xs + side] += weights * out
-            norm[ys : ys + side, xs : xs + side] += weights
+            window = (slice(y * scale, (y + ty) * scale), slice(x * scale, (x + tx) * scale))
+            total[window] += weights * out
+            norm[window] += weights
         if progress is not None:
             progress(len(chunk))
     return total / norm

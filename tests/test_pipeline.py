@@ -103,6 +103,21 @@ def test_rerun_skips_finished_stages_and_reruns_changed_ones(quick_run, tmp_path
         assert hdul[0].header["ASRCONS"] is False
 
 
+def test_interrupted_training_continues_and_remakes_what_reads_it(quick_run):
+    path, data, out, _ = quick_run
+    records = json.loads((out / "stages.json").read_text())
+    records["stages"]["train.resvae"]["status"] = "started"  # as a Ctrl-C during training leaves it
+    (out / "stages.json").write_text(json.dumps(records))
+    best = out / "train" / "resvae" / "best.pt"
+    stamp = best.stat().st_mtime_ns
+    result = run(path, "-o", out, "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    statuses = {s["stage"]: s["status"] for s in json.loads((out / "summary.json").read_text())["stages"]}
+    assert [statuses.pop(k) for k in ("train.resvae", "evaluate", "deblur")] == ["done"] * 3
+    assert set(statuses.values()) == {"skipped"}
+    assert best.stat().st_mtime_ns == stamp  # continued from last.pt (already at step 2), not retrained
+
+
 def _bad(tmp_path, mutate):
     data = yaml.safe_load(QUICKSTART.read_text())
     mutate(data)
@@ -121,6 +136,8 @@ BAD = {
     "unknown-model": (lambda d: d["evaluate"].update(models=["resvea"]), "evaluate.models[0]: 'resvea' is neither"),
     "unknown-deblur-model": (lambda d: d["deblur"].update(model="resvea"), "deblur.model: 'resvea' is neither"),
     "test-seed-trains": (lambda d: d["simulate"]["test"].update(field="train"), "simulate.test: seed 1000"),
+    "bad-psf": (lambda d: d["evaluate"].update(psf_shape="airy"), "evaluate: psf_shape: expected moffat or gaussian"),
+    "not-a-mapping": (lambda d: d.update(train=["resvae"]), "train: expected a mapping of names"),
 }
 
 

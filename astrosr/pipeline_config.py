@@ -1,0 +1,342 @@
+"""Pipeline files for ``astrosr run``: one validated dataclass section per stage.
+
+A pipeline YAML has ``name``, ``description``, ``run_dir`` and one section per
+stage; stages run in the fixed order of :data:`STAGES` and an absent section
+is not run::
+
+    run_dir: runs/quickstart
+    simulate:                       # set name -> SimulateSet
+      train: {n: 4, seed: 0, size: 256, field: train}
+      test:  {n: 2, seed: 1000, size: 256}        # no field: not prepared
+    data: {manifest: data_manifests/bench_v1.yaml, prepare_fields: [train, val]}
+    prepare: {psf_fwhm: "2.5:5.5"}  # PrepareConfig keys (as ``astrosr prepare --config``)
+    train:                          # model name -> train config (inline, a YAML path,
+      resvae: {model: resvae, max_steps: 300}    #  or {config: PATH, ...overrides})
+    evaluate: {models: [resvae], images: [test]}
+    deblur: {model: resvae, inputs: [test]}
+
+Every section is validated on load by :func:`astrosr.config.from_dict`
+(errors name ``file: section.key``). ``models`` name train-stage models
+(their ``best.pt``), weight files or ``default``; ``images`` / ``inputs`` name
+simulate sets or files. Relative paths are taken from the current directory,
+else from the pipeline file's directory or its parent.
+"""
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import from_dict, load_yaml, to_dict
+from .errors import ConfigError
+from .prepare import PrepareConfig
+
+__all__ = ["STAGES", "SimulateSet", "DataStage", "EvaluateStage", "DeblurStage", "Pipeline", "load_pipeline",
+           "find_path", "path_exists"]
+
+STAGES = ("simulate", "data", "prepare", "train", "evaluate", "deblur")
+TOP_KEYS = ("name", "description", "run_dir")
+
+
+@dataclass
+class SimulateSet:
+    """``n`` simulated images of ``seed`` (:func:`astrosr.simulate.simulate_fields`).
+
+    Parameters
+    ----------
+    n, seed, size : int
+    field : str or None
+        Field these images enter the pairs file with (``train``, ``val``...);
+        None keeps them out of prepare (test images for evaluate / deblur).
+        Seeds >= 1000 are the simulated test field and never train.
+    """
+
+    n: int = 4
+    seed: int = 0
+    size: int = 512
+    field: str | None = None
+
+    def __post_init__(self):
+        if self.n < 1 or self.seed < 0 or self.size < 128:
+            raise ConfigError(f"need n >= 1, seed >= 0 and size >= 128, got {self.n}, {self.seed}, {self.size}")
+        if self.field == "train" and self.seed >= 1000:
+            raise ConfigError(f"seed {self.seed} >= 1000 is the simulated test field; it never trains")
+
+
+@dataclass
+class DataStage:
+    """Check (or fetch) a manifest's files in the data directory.
+
+    Parameters
+    ----------
+    manifest : str
+    fields : list of str or None
+        Fields to check / fetch (None: all of the manifest's).
+    prepare_fields : list of str
+        Manifest fields that go into the pairs file.
+    fetch : bool
+        Download missing files (``astrosr fetch``) instead of failing.
+    data_dir : str or None
+        Default ``$ASTROSR_DATA_DIR`` (``astrosr run --data-dir`` overrides).
+    """
+
+    manifest: str = "data_manifests/bench_v1.yaml"
+    fields: list[str] | None = None
+    prepare_fields: list[str] = field(default_factory=lambda: ["train", "val"])
+    fetch: bool = False
+    data_dir: str | None = None
+
+
+def _check_psf(shape, fwhms, beta):
+    if shape not in ("moffat", "gaussian"):
+        raise ConfigError(f"psf_shape: expected moffat or gaussian (or a psf_file), got {shape!r}")
+    if not all(f > 0 for f in fwhms) or not beta > 1:
+        raise ConfigError(f"psf_fwhm / extra_fwhm must be > 0 and psf_beta > 1, got {fwhms} and {beta}")
+
+
+@dataclass
+class EvaluateStage:
+    """Options of :func:`astrosr.evaluate.evaluate` (one run per PSF).
+
+    Parameters
+    ----------
+    models : list of str
+        Train-stage model names, weight files or ``'default'``.
+    fields : list of str
+        Manifest fields (needs a ``data`` section); exclusive with ``images``.
+    images : list of str
+        Simulate set names or FITS files.
+    psf_shape, psf_fwhm, psf_beta, psf_file
+        The true PSF (CONTRACTS.md 1); default bench-v1's.
+    extra_fwhm : list of float
+        Further runs with a Moffat/Gaussian of these FWHMs (robustness),
+        written to ``evaluate_fwhm<F>/``.
+    consistency : bool
+    panels : int
+    threads : int or None
+    device : str
+    """
+
+    models: list[str] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    psf_shape: str = "moffat"
+    psf_fwhm: float = 4.0
+    psf_beta: float = 3.0
+    psf_file: str | None = None
+    extra_fwhm: list[float] = field(default_factory=list)
+    consistency: bool = True
+    panels: int = 3
+    threads: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if bool(self.fields) == bool(self.images):
+            raise ConfigError("give exactly one of fields and images")
+        _check_psf(self.psf_shape, [self.psf_fwhm, *self.extra_fwhm], self.psf_beta)
+
+
+@dataclass
+class DeblurStage:
+    """Options of :func:`astrosr.deblur.deblur_batch`.
+
+    Parameters
+    ----------
+    inputs : list of str
+        Simulate set names, files, directories or globs.
+    model : str or None
+        Train-stage model name, weight file or ``'default'`` (None: the first
+        train-stage model, else ``'default'``).
+    psf_shape, psf_fwhm, psf_beta, psf_file
+        PSF of the inputs.
+    consistency, overlap, samples, compress, device
+    degrade : bool
+        Blur the (sharp, e.g. simulated) inputs first with this PSF and
+        bench-v1 noise, into ``deblur/blurred/``, and draw an ORI / BLU / SR
+        panel per image: a demonstration with the truth at hand.
+    """
+
+    inputs: list[str] = field(default_factory=list)
+    model: str | None = None
+    psf_shape: str = "moffat"
+    psf_fwhm: float = 4.0
+    psf_beta: float = 3.0
+    psf_file: str | None = None
+    consistency: bool = True
+    overlap: int = 32
+    samples: int = 0
+    compress: bool = False
+    device: str = "auto"
+    degrade: bool = False
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ConfigError("inputs: at least one input (a simulate set or a file)")
+        _check_psf(self.psf_shape, [self.psf_fwhm], self.psf_beta)
+
+
+@dataclass
+class Pipeline:
+    """A validated pipeline file; stage attributes are None (or empty) when absent."""
+
+    path: Path
+    name: str
+    description: str | None
+    run_dir: str | None
+    simulate: dict = field(default_factory=dict)
+    data: DataStage | None = None
+    prepare: PrepareConfig | None = None
+    train: dict = field(default_factory=dict)
+    evaluate: EvaluateStage | None = None
+    deblur: DeblurStage | None = None
+
+    def to_dict(self):
+        """The validated configuration as plain data (written to ``RUN/pipeline.yaml``)."""
+        out = {"name": self.name, "description": self.description, "run_dir": self.run_dir}
+        for stage in STAGES:
+            value = getattr(self, stage)
+            if isinstance(value, dict):
+                value = {k: to_dict(v) for k, v in value.items()} or None
+            elif value is not None:
+                value = to_dict(value)
+            out[stage] = value
+        return {k: v for k, v in out.items() if v is not None}
+
+
+# --- loading --------------------------------------------------------------------
+
+
+def find_path(value, base, key):
+    """An existing path named in a pipeline file.
+
+    Parameters
+    ----------
+    value : str
+        Absolute, or relative to the current directory, else to ``base`` (the
+        pipeline file's directory) or its parent (the repository root for
+        ``pipelines/*.yaml``).
+    base : Path
+    key : str
+        The config key, for the error message.
+
+    Raises
+    ------
+    ConfigError
+        Found nowhere.
+    """
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    for root in (base, base.parent):
+        if (root / path).exists():
+            return root / path
+    raise ConfigError(f"{key}: {value} not found (relative paths: from the current directory or {base})")
+
+
+def _train_config(name, value, base):
+    from .train import load_config
+
+    key = f"train.{name}"
+    if isinstance(value, str):
+        return load_config(find_path(value, base, key))
+    if isinstance(value, dict) and "config" in value:
+        if not isinstance(value["config"], str):
+            raise ConfigError(f"{key}.config: expected a path, got {value['config']!r}")
+        rest = {k: v for k, v in value.items() if k != "config"}
+        return load_config(find_path(value["config"], base, f"{key}.config"), rest)
+    from .train import TrainConfig
+
+    return from_dict(TrainConfig, value, where=key)
+
+
+def _mapping(data, key):
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{key}: expected a mapping of names, got {value!r}")
+    return value
+
+
+def path_exists(value, base):
+    """Whether ``value`` is an existing path (as :func:`find_path` looks) or a glob that matches files."""
+    try:
+        find_path(value, base, value)
+        return True
+    except ConfigError:
+        return bool(glob.glob(value))
+
+
+def _check_refs(pipeline, base):
+    """Model and image names must be train models / simulate sets, or existing files."""
+
+    def check(key, values, names, kind):
+        # 'default' is the shipped model, a name only a model reference may take
+        allowed = set(names) | ({"default"} if kind == "train model" else set())
+        for i, v in enumerate(values):
+            if v not in allowed and not path_exists(v, base):
+                where = key if key == "deblur.model" else f"{key}[{i}]"
+                raise ConfigError(f"{where}: {v!r} is neither a {kind} ({', '.join(names) or 'none'}) "
+                                  "nor an existing file")
+
+    ev, db = pipeline.evaluate, pipeline.deblur
+    if ev is not None:
+        check("evaluate.models", ev.models, list(pipeline.train), "train model")
+        check("evaluate.images", ev.images, list(pipeline.simulate), "simulate set")
+        if ev.fields and pipeline.data is None:
+            raise ConfigError("evaluate.fields: needs a data section (its manifest and data directory)")
+    if db is not None:
+        check("deblur.model", [db.model] if db.model else [], list(pipeline.train), "train model")
+        check("deblur.inputs", db.inputs, list(pipeline.simulate), "simulate set")
+    if pipeline.train and pipeline.prepare is None:
+        raise ConfigError("train: needs a prepare section (the pairs file it trains on)")
+    if pipeline.prepare is not None and pipeline.data is None and not any(s.field for s in pipeline.simulate.values()):
+        raise ConfigError("prepare: no inputs (a data section, or simulate sets with a field)")
+
+
+def load_pipeline(path):
+    """Read and validate a pipeline YAML.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    Pipeline
+
+    Raises
+    ------
+    ConfigError
+        An unknown stage, unknown key or wrong type (named ``file: section.key``),
+        or a reference to a model / simulate set / file that does not exist.
+    """
+    path = Path(path)
+    data = load_yaml(path)
+    base = path.resolve().parent
+    unknown = [k for k in data if k not in STAGES + TOP_KEYS]
+    try:
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown stage (stages: {', '.join(STAGES)}; also {', '.join(TOP_KEYS)})")
+        for key in TOP_KEYS:
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ConfigError(f"{key}: expected str, got {data[key]!r}")
+        pipeline = Pipeline(path=path, name=data.get("name") or path.stem, description=data.get("description"),
+                            run_dir=data.get("run_dir"))
+        pipeline.simulate = {k: from_dict(SimulateSet, v, where=f"simulate.{k}")
+                             for k, v in _mapping(data, "simulate").items()}
+        if "data" in data:
+            pipeline.data = from_dict(DataStage, data["data"], where="data")
+            from .manifest import load_manifest
+
+            load_manifest(find_path(pipeline.data.manifest, base, "data.manifest"))
+        if "prepare" in data:
+            pipeline.prepare = from_dict(PrepareConfig, data["prepare"], where="prepare")
+        pipeline.train = {k: _train_config(k, v, base) for k, v in _mapping(data, "train").items()}
+        if "evaluate" in data:
+            pipeline.evaluate = from_dict(EvaluateStage, data["evaluate"], where="evaluate")
+        if "deblur" in data:
+            pipeline.deblur = from_dict(DeblurStage, data["deblur"], where="deblur")
+        _check_refs(pipeline, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return pipeline
