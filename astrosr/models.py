@@ -292,7 +292,7 @@ class ResVAE(nn.Module):
         self,
         *,
         scale=1,
-        width=24,
+        width=16,
         levels=3,
         blocks=1,
         mid_blocks=2,
@@ -361,7 +361,9 @@ class ResVAE(nn.Module):
 
     def from_intensity(self, y):
         """Intensity space -> model units: ``a sinh(y)``; never clamped."""
-        return self.config["asinh_scale"] * torch.sinh(y)
+        # in float64: float32 sinh differs between torch's vector loop and its scalar tail, so
+        # its last bit moved with the thread count; rounded from float64 the result does not
+        return self.config["asinh_scale"] * torch.sinh(y.double()).to(y.dtype)
 
     # -- network ------------------------------------------------------------
     def _inputs(self, blu, psf, cond):
