@@ -200,8 +200,14 @@ def _big(model_path, size, threads, tmp):
 
 
 def _report(rows, gpu, big, note, threads, out, *, load, repeat):
+    import inspect
+
     import torch
 
+    from astrosr.restore import restore_image
+
+    defaults = inspect.signature(restore_image).parameters
+    tiling = {k: defaults[k].default for k in ("tile", "overlap")}
     total = sum(r["mpix"] for r in rows)
     per = {k: sum(r[k] for r in rows) / total for k in ("deblur", "network", "deblur_1thread", "rl20")}
     ratio = per["deblur"] / per["rl20"]
@@ -216,7 +222,8 @@ def _report(rows, gpu, big, note, threads, out, *, load, repeat):
         "skimage's RL runs its FFTs on one thread whatever the setting; the 1-thread deblur column shows deblur's cost per core.",
         "",
         "Images: bench-v1 BLU of the other_sky field (Moffat FWHM 4 beta 3, noise from default_rng(0)).",
-        "deblur = the default path (network over 256 px tiles with 32 px overlap, then the data-consistency",
+        f"deblur = the default path (network over tiles of up to {tiling['tile']} px, evenly spread, "
+        f"{tiling['overlap']} px overlap, then the data-consistency",
         "step; no posterior samples); RL20 = `richardson_lucy(BLU - min, PSF, num_iter=20, clip=False) + min`.",
         "",
         "| image | Mpix | deblur s | network only s | deblur, torch 1 thread s | RL20 s |",
