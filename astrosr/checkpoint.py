@@ -46,6 +46,21 @@ def _check_payload(path, payload):
         raise CheckpointError(f"{path}: model_config is not a mapping")
 
 
+def _load_failure(path, exc):
+    """A short reason for a failed ``torch.load``; torch's own text advises weights_only=False, never safe here."""
+    import pickle
+    import zipfile
+
+    with open(path, "rb") as f:
+        pickled = f.read(1) == b"\x80"  # torch's legacy format and bare pickles start with PROTO
+    if not (zipfile.is_zipfile(path) or pickled):
+        return "truncated, corrupt or not a PyTorch file"
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+        return "it holds Python objects other than tensors and plain data; refused without running them"
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return reason[:120]
+
+
 def load_checkpoint(path):
     """The checkpoint dict at ``path`` (tensors on CPU); any bad file is a one-line CheckpointError."""
     path = Path(path)
@@ -54,8 +69,7 @@ def load_checkpoint(path):
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, truncated file, a pickle with code: all the same to a user
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_failure(path, exc)})") from None
     _check_payload(path, payload)
     return payload
 
@@ -160,6 +174,10 @@ def export_model(checkpoint, out_dir, *, name="model", overwrite=False):
     state = {k: v.detach().contiguous() for k, v in payload["state_dict"].items()}
     with atomic_path(weights, overwrite=overwrite) as tmp:
         save_file(state, os.fspath(tmp), metadata={"model": payload["model"], "format": "astrosr"})
+        # safetensors creates its file 0600; give it the permissions every other output gets (umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with atomic_path(sidecar, overwrite=overwrite) as tmp_json:
             tmp_json.write_text(json.dumps(config, indent=2, default=str) + "\n")
     return weights

@@ -295,9 +295,11 @@ def export_command(checkpoint, out, name, overwrite):
 @click.option("--images", "images", multiple=True, type=click.Path(dir_okay=False),
               help="Score these FITS images instead (repeatable; also: --images a.fits b.fits).")
 @click.argument("more_images", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--model", "models", multiple=True, help="Checkpoint / model file, or 'default' (repeatable).")
-@click.option("--manifest", type=click.Path(dir_okay=False), default="data_manifests/bench_v1.yaml",
-              show_default=True, help="Data manifest of the fields.")
+@click.option("--model", "models", multiple=True, default=["default"], show_default=True,
+              help="Checkpoint / model file, or 'default' (repeatable).")
+@click.option("--baselines-only", is_flag=True, help="Score BLU, Richardson-Lucy and Wiener only (no model).")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Data manifest of the fields [data_manifests/bench_v1.yaml, here or in the astrosr checkout].")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Directory of the manifest's files [$ASTROSR_DATA_DIR].")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
@@ -306,11 +308,13 @@ def export_command(checkpoint, out, name, overwrite):
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads [torch default].")
 @click.option("--device", default="cpu", show_default=True, help="torch device of the models.")
 @click.option("--panels", type=click.IntRange(0), default=3, show_default=True, help="Figure tiles per image.")
-def evaluate(fields, images, more_images, models, manifest, data_dir, out, no_consistency, threads, device, panels,
-             psf_file, **psf):
+def evaluate(fields, images, more_images, models, baselines_only, manifest, data_dir, out, no_consistency, threads,
+             device, panels, psf_file, **psf):
     """Score models, BLU, Richardson-Lucy and Wiener on bench-v1 fields or images (report in OUT)."""
     from .evaluate import evaluate as run_evaluate
+    from .manifest import default_manifest
 
+    manifest = manifest or default_manifest()
     images = list(images) + list(more_images)
     if more_images and len(images) == len(more_images):
         raise click.UsageError("extra arguments are only accepted after --images")
@@ -318,7 +322,7 @@ def evaluate(fields, images, more_images, models, manifest, data_dir, out, no_co
         out=out,
         fields=list(fields) or None,
         images=images or None,
-        models=list(models),
+        models=[] if baselines_only else list(models),
         manifest=manifest,
         data_dir=data_dir,
         psf=psf_from_options(psf_file, **psf),
@@ -353,7 +357,7 @@ def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, da
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from .deblur import deblur_batch
+    from .batch import deblur_batch
 
     console = Console(highlight=False)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]

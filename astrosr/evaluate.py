@@ -10,6 +10,7 @@ once per image and shared by every method. The files it writes are listed in
 """
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from . import baselines, metrics
 from .degrade import BENCH_V1_PSF, degrade, measure_fwhm
 from .errors import AstrosrError, ConfigError, InputError
+from .files import make_dir
 from .fits_io import read_image, strip_fits_suffix
 from .tiling import extract_tiles
 
@@ -344,7 +346,8 @@ def evaluate(
 
     from .evaluate_report import write_outputs
 
-    console = console or Console()
+    # a log file or pipe gets rich's 80 columns, too narrow for the method table: every cell ends in '…'
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     psf = psf or BENCH_V1_PSF
     if threads is not None:
         if int(threads) < 1:
@@ -358,37 +361,44 @@ def evaluate(
     kernel = psf.kernel()
     psf_fwhm = _psf_fwhm(psf, kernel)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    results = []
-    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("choosing RL/Wiener on val", total=None)
-        choice = baseline_choice(loaded if fields else None, data_dir, psf, kernel, out=out)
-        _warm_up([(m["label"], m["model"]) for m in loaded_models], kernel, psf_fwhm, device)
-        bar.update(task, total=len(sources), completed=0)
-        for path, field in sources:
-            bar.update(task, description=f"{field}: {Path(path).name}")
-            results.append(
-                _score_image(path, field, kernel, [(m["label"], m["model"]) for m in loaded_models],
-                             psf_fwhm, choice, consistency, device, panels)
-            )
-            bar.advance(task)
-    _dedupe_names(results)
-    return write_outputs(
-        out,
-        results,
-        methods=method_names([m["label"] for m in loaded_models], choice, consistency=consistency),
-        choice=choice,
-        models=loaded_models,
-        manifest=loaded,
-        psf=psf,
-        psf_fwhm=psf_fwhm,
-        device=device,
-        console=console,
-        options={"fields": fields, "images": [str(p) for p in images or []], "consistency": consistency,
-                 "data_dir": str(data_dir) if data_dir else None},
-    )
+    created = not out.exists()
+    make_dir(out)
+    try:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        results = []
+        with Progress(*columns, console=console, disable=not (progress and console.is_terminal),
+                      transient=True) as bar:
+            task = bar.add_task("choosing RL/Wiener on val", total=None)
+            choice = baseline_choice(loaded if fields else None, data_dir, psf, kernel, out=out)
+            _warm_up([(m["label"], m["model"]) for m in loaded_models], kernel, psf_fwhm, device)
+            bar.update(task, total=len(sources), completed=0)
+            for path, field in sources:
+                bar.update(task, description=f"{field}: {Path(path).name}")
+                results.append(
+                    _score_image(path, field, kernel, [(m["label"], m["model"]) for m in loaded_models],
+                                 psf_fwhm, choice, consistency, device, panels)
+                )
+                bar.advance(task)
+        _dedupe_names(results)
+        return write_outputs(
+            out,
+            results,
+            methods=method_names([m["label"] for m in loaded_models], choice, consistency=consistency),
+            choice=choice,
+            models=loaded_models,
+            manifest=loaded,
+            psf=psf,
+            psf_fwhm=psf_fwhm,
+            device=device,
+            console=console,
+            options={"fields": fields, "images": [str(p) for p in images or []], "consistency": consistency,
+                     "data_dir": str(data_dir) if data_dir else None},
+        )
+    except BaseException:
+        # a failed run must not leave an empty report directory behind
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def _dedupe_names(results):

@@ -266,13 +266,14 @@ def _bar_chart(path, fields):
     names = list(fields)
     methods = list(next(iter(fields.values())))
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names) * len(methods) ** 0.5), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names) * len(methods) ** 0.5) + 2, 3.5))
     for k, m in enumerate(methods):
         values = [fields[f][m]["ssim"] if fields[f][m]["ssim"] is not None else 0 for f in names]
         ax.bar(np.arange(len(names)) + (k - (len(methods) - 1) / 2) * width, values, width, label=m)
     ax.set_xticks(np.arange(len(names)), names)
     ax.set_ylabel("mean SSIM (bench-v1)")
-    ax.legend(fontsize=7)
+    # beside the axes: inside, it hid the tallest bars (SSIMs of all methods are close)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -314,5 +315,5 @@ def write_outputs(out, results, *, methods, choice, models, manifest, psf, psf_f
     _print_table(console, {n: img["methods"] for n, img in images.items()}, "bench-v1 per image", "image")
     _print_table(console, fields, f"bench-v1 per field (s/Mpix: wall clock, {threads} torch threads)", "field")
     console.print(f"RL n={choice['rl_iters']}, Wiener b={choice['wiener_balance']:g}: {choice['note']}")
-    console.print(f"wrote {out}/report.md, metrics.csv, summary.json and {len(figures)} figures")
+    console.print(f"wrote {out}/report.md, metrics.csv, summary.json and {len(figures)} figure{'s' if len(figures) != 1 else ''}")
     return summary

@@ -7,7 +7,36 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["atomic_path", "sha256_file"]
+__all__ = ["atomic_path", "make_dir", "check_not_input", "sha256_file"]
+
+
+def make_dir(path):
+    """Create directory ``path`` (and its parents) or raise a one-line InputError naming it.
+
+    A path under a regular file, a read-only file system or a directory
+    without write permission is the user's to fix, not a traceback.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a file, not a directory; choose another output directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the output directory ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: output directory is not writable")
+    return path
+
+
+def check_not_input(out, inputs):
+    """Raise InputError if output ``out`` is one of the ``inputs`` (so --overwrite cannot destroy an input)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for path in inputs:
+        path = Path(path)
+        if path.exists() and os.path.samefile(out, path):
+            raise InputError(f"{out}: output is also an input ({path}); choose another output name")
 
 
 @contextlib.contextmanager
@@ -27,7 +56,7 @@ def atomic_path(path, *, overwrite=False):
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path}: output exists (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp

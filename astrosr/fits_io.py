@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 
 from .errors import InputError
 
@@ -99,6 +100,9 @@ def read_image(path, *, hdu=None, plane=None, min_size=128):
         raise InputError(f"{path}: file not found")
     try:
         with warnings.catch_warnings():
+            # a damaged file ends in one InputError below; astropy's multi-line notes on it would
+            # only bury that line (and a readable file's header quirks are not the user's concern)
+            warnings.simplefilter("ignore", VerifyWarning)
             # astropy only warns about a short file, then fails later or reads zeros
             warnings.filterwarnings("error", message="File may have been truncated")
             with fits.open(path, memmap=False) as hdul:
@@ -116,7 +120,9 @@ def read_image(path, *, hdu=None, plane=None, min_size=128):
     except InputError:
         raise
     except Exception as exc:  # astropy raises many types for a damaged file
-        raise InputError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from None
+        # astropy's first sentence is the diagnosis; the rest is advice on its Python API
+        reason = str(exc).strip().splitlines()[0].split(". ")[0].split(", this file")[0] if str(exc).strip() else ""
+        raise InputError(f"{path}: not a readable FITS file ({type(exc).__name__}: {reason or 'no detail'})") from None
 
     if data.ndim > 2:
         squeezed = data.reshape((-1,) + data.shape[-2:]) if plane is not None else np.squeeze(data)

@@ -38,6 +38,7 @@ __all__ = [
     "Manifest",
     "Source",
     "load_manifest",
+    "default_manifest",
     "data_dir_from",
     "cache_dir",
     "resolve",
@@ -163,6 +164,8 @@ def load_manifest(path):
         malformed sha256, or a file listed twice.
     """
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: manifest not found (give --manifest PATH)")
     data = load_yaml(path)
     known = {"name", "description", "images", "psfs", "simulate"}
     unknown = sorted(set(data) - known)
@@ -179,6 +182,17 @@ def load_manifest(path):
         raise ConfigError(f"{path}: {duplicates[0]}: listed more than once")
     return Manifest(path=path, name=data["name"], images=images, psfs=psfs, simulate=simulate,
                     description=data.get("description"))
+
+
+def default_manifest():
+    """``data_manifests/bench_v1.yaml`` of the current directory, else of the astrosr checkout.
+
+    So ``astrosr evaluate --field val`` works from any directory of a source
+    install; the returned path may not exist (then loading it names it).
+    """
+    local = Path("data_manifests") / "bench_v1.yaml"
+    shipped = Path(__file__).resolve().parents[1] / local
+    return local if local.is_file() or not shipped.is_file() else shipped
 
 
 def data_dir_from(data_dir=None):

@@ -56,6 +56,36 @@ def _otf(kernel, shape):
     return torch.fft.rfft2(padded)
 
 
+#: Wiener filters of recent (kernel, grid) pairs: a whole image's tiles share one PSF and size
+_FILTER_CACHE = {}
+
+
+def _single_kernel(psf):
+    """True when every row of ``psf`` (B, k, k) is the same kernel (one row, or expanded from one)."""
+    return psf.shape[0] == 1 or psf.stride(0) == 0
+
+
+def _wiener_transfer(psf, shape, balance):
+    """``conj(H) / (|H|^2 + balance |L|^2)`` on an rFFT grid of ``shape``, one plane per kernel row."""
+    otf = _otf(psf, shape)
+    lap = psf.new_tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
+    reg = _otf(lap[None], shape)
+    return otf.conj() / (otf.abs().pow(2) + balance * reg.abs().pow(2))
+
+
+def _shared_transfer(psf, shape, balance):
+    """The Wiener filter of one kernel broadcast over a batch, cached by kernel values and grid."""
+    one = psf[:1]
+    if one.requires_grad:
+        return _wiener_transfer(one, shape, balance)
+    key = (one.detach().cpu().numpy().tobytes(), tuple(one.shape), tuple(shape), float(balance), one.dtype, str(one.device))
+    if key not in _FILTER_CACHE:
+        if len(_FILTER_CACHE) >= 8:  # a handful of tile shapes per image: keep the cache small
+            _FILTER_CACHE.pop(next(iter(_FILTER_CACHE)))
+        _FILTER_CACHE[key] = _wiener_transfer(one, shape, balance)
+    return _FILTER_CACHE[key]
+
+
 def wiener_filter(x, psf, *, balance=0.1):
     """Wiener/Tikhonov deconvolution with a Laplacian regulariser, as ``skimage.restoration.wiener``.
 
@@ -77,10 +107,9 @@ def wiener_filter(x, psf, *, balance=0.1):
     mode = "reflect" if min(h, w) > pad else "replicate"
     xp = F.pad(x[:, 0], (pad, pad, pad, pad), mode=mode) if pad else x[:, 0]
     shape = xp.shape[-2:]
-    otf = _otf(psf.to(x.dtype), shape)
-    lap = x.new_tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
-    reg = _otf(lap[None], shape)
-    filt = otf.conj() / (otf.abs().pow(2) + balance * reg.abs().pow(2))
+    psf = psf.to(x.dtype)
+    # one PSF for the whole batch (restoring an image): its filter once, not once per tile
+    filt = _shared_transfer(psf, shape, balance) if _single_kernel(psf) else _wiener_transfer(psf, shape, balance)
     out = torch.fft.irfft2(filt * torch.fft.rfft2(xp), s=shape)
     return out[:, None, pad : pad + h, pad : pad + w]
 
@@ -242,11 +271,32 @@ class _ResBlock(nn.Module):
             self.conv2.weight.mul_(0.1)
 
     def forward(self, x, film=None):
+        if not torch.is_grad_enabled():
+            return self._infer(x, film)
         h = self.conv1(x)
         if film is not None:
             gamma, beta = film
             h = h * (1.0 + gamma) + beta
         return x + self.conv2(F.relu(h))
+
+    def _infer(self, x, film):
+        """The same block without autograd: FiLM folded into conv1, no full-size temporaries.
+
+        With one FiLM row for the batch, ``conv(x, W) (1 + g) + b`` is
+        ``conv(x, W (1 + g))`` with bias ``bias (1 + g) + b``: two passes over
+        the feature map fewer (these elementwise passes are memory-bound on a
+        CPU); the result differs from the training form by float32 rounding.
+        """
+        if film is not None and film[0].shape[0] == 1:
+            g = 1.0 + film[0][0, :, 0, 0]
+            weight = self.conv1.weight * g[:, None, None, None]
+            h = F.conv2d(x, weight, self.conv1.bias * g + film[1][0, :, 0, 0], padding=1)
+        else:
+            h = self.conv1(x)
+            if film is not None:
+                h = h * (1.0 + film[0]) + film[1]
+        out = self.conv2(F.relu_(h))
+        return out.add_(x)
 
 
 class ResVAE(nn.Module):
@@ -367,10 +417,11 @@ class ResVAE(nn.Module):
 
     # -- network ------------------------------------------------------------
     def _inputs(self, blu, psf, cond):
-        """Upsampled input in model units, network input tensor (padded), cond and FiLM params."""
+        """Upsampled input in intensity space, network input tensor (padded), FiLM params."""
         b, _, h, w = blu.shape
         x = F.interpolate(blu, scale_factor=self.scale, mode="nearest") if self.scale > 1 else blu
-        channels = [self.to_intensity(x)]
+        base = self.to_intensity(x)
+        channels = [base]
         if self.config["wiener"]:
             if psf is None:
                 psf = self.default_psf.expand(b, *self.default_psf.shape)
@@ -390,8 +441,11 @@ class ResVAE(nn.Module):
             if cond is None:
                 fwhm = blu.new_full((b,), self.config["psf_fwhm"])
                 cond = torch.stack([fwhm, noise_level(blu)], dim=1)
-            film = self.film(cond.to(blu.dtype))
-        return x, net_in, film
+            cond = cond.to(blu.dtype)
+            if not torch.is_grad_enabled() and (cond.shape[0] == 1 or cond.stride(0) == 0 or bool((cond == cond[:1]).all())):
+                cond = cond[:1]  # one row for the batch (restoring one image): lets the blocks fold FiLM
+            film = self.film(cond)
+        return base, net_in, film
 
     def _encode(self, net_in, films):
         # channels-last convolutions run ~25% faster on CPU (oneDNN's native layout)
@@ -422,11 +476,10 @@ class ResVAE(nn.Module):
 
     def _run(self, blu, psf, cond, choices):
         """Outputs in intensity space, one per latent choice (a callable of (mu, logvar))."""
-        x, net_in, film = self._inputs(blu, psf, cond)
+        base, net_in, film = self._inputs(blu, psf, cond)
         film = film or []
         n_enc = sum(len(layers) for layers in self.enc) + len(self.mid_in)
         h, skips, mu, logvar = self._encode(net_in, iter(film[:n_enc]))
-        base = self.to_intensity(x)
         hh, ww = base.shape[-2:]
         outs = []
         for choose in choices:
@@ -445,7 +498,7 @@ class ResVAE(nn.Module):
 
     def restore(self, blu, *, psf=None, cond=None):
         """Posterior-mean restoration ``(B, 1, h*S, w*S)`` in model units, unclamped."""
-        y, _ = self(blu, psf=psf, cond=cond, sample=False)
+        (y,), _, _ = self._run(blu, psf, cond, [lambda mu, logvar: mu])  # no KL: not needed here
         return self.from_intensity(y)
 
     def sample(self, blu, n, *, psf=None, cond=None):

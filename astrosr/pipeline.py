@@ -29,7 +29,7 @@ import yaml
 from . import __version__
 from .config import to_dict
 from .errors import ConfigError, DataError
-from .files import atomic_path, sha256_file
+from .files import atomic_path, make_dir, sha256_file
 from .pipeline_config import Pipeline, find_path, load_pipeline, path_exists
 
 __all__ = ["run_pipeline", "load_pipeline"]
@@ -348,7 +348,7 @@ def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_di
         p = dataclasses.replace(p, train={k: dataclasses.replace(v, max_steps=max_steps) for k, v in p.train.items()})
     console = console or Console(highlight=False, soft_wrap=True)
     run_dir = Path(run_dir or p.run_dir or Path("runs") / p.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     with atomic_path(run_dir / "pipeline.yaml", overwrite=True) as tmp:
         tmp.write_text(f"# validated from {p.path}\n" + yaml.safe_dump(p.to_dict(), sort_keys=False))
     r = _Runner(p, run_dir, force=force, data_dir=data_dir, console=console)

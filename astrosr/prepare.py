@@ -43,7 +43,7 @@ from . import __version__
 from .config import to_dict
 from .degrade import PSF, background_stats, block_average, degrade, measure_fwhm, percentile_limits
 from .errors import ConfigError, InputError
-from .files import atomic_path, sha256_file
+from .files import atomic_path, check_not_input, sha256_file
 from .fits_io import read_image
 from .tiling import extract_tiles, grid_origins, nan_free
 
@@ -407,6 +407,7 @@ def prepare_pairs(sources, out, *, config=None, overwrite=False, progress=True):
 
     config = config or PrepareConfig()
     sources = _normalise_sources(sources)
+    check_not_input(out, [path for path, _, _ in sources] + ([config.psf_file] if config.psf_file else []))
     psfs = _Psfs(config)
     t, b = config.tile, config.tile // config.scale
     storage = dict(_COMPRESSION[config.compression])

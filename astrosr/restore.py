@@ -27,9 +27,9 @@ class Restored:
 
     Attributes
     ----------
-    sr : ndarray
+    sr : ndarray (float32)
         Restored image, physical units, NaN where the input was NaN.
-    uncert : ndarray or None
+    uncert : ndarray (float32) or None
         Per-pixel std over posterior draws (physical units), when asked for.
     blu_lo, blu_hi : float
         The input's 0.5/99.9 percentiles used to normalise it for the model.
@@ -41,13 +41,42 @@ class Restored:
     blu_hi: float
 
 
-def _transfer(kernel, shape):
-    """Transfer function H of a centred odd kernel on an FFT grid of ``shape``."""
-    padded = np.zeros(shape)
+#: pixels of the regular subsample the background statistics come from (an image's noise
+#: level and median need far fewer than a survey image holds; sigma clipping all is slow)
+STATS_PIXELS = 1 << 18
+
+#: (H, Landweber gain) per (kernel, steps, grid): images of one survey share shape and PSF
+_TRANSFER_CACHE = {}
+#: grids up to this many pixels are cached (a 10k x 10k grid's pair would hold 800 MB)
+_CACHE_PIXELS = 1 << 22
+
+
+def _transfers(kernel, shape, k):
+    """``H`` and ``conj(H) sum_{j<k} (1 - |H|^2)^j`` (complex64) of a centred odd kernel on ``shape``."""
+    kernel = np.asarray(kernel, dtype=np.float32)
+    key = (kernel.tobytes(), kernel.shape, tuple(shape), int(k))
+    if key in _TRANSFER_CACHE:
+        return _TRANSFER_CACHE[key]
+    padded = np.zeros(shape, dtype=np.float32)
     ky, kx = kernel.shape
     padded[:ky, :kx] = kernel
     padded = np.roll(padded, (-(ky // 2), -(kx // 2)), axis=(0, 1))
-    return fft.rfft2(padded, workers=-1)
+    h = fft.rfft2(padded, workers=-1)
+    del padded
+    # sum_{j<k} (1-|H|^2)^j: the closed form of k unit-step Landweber iterations, no division
+    loss = 1.0 - (h.real**2 + h.imag**2)
+    term, total = np.ones_like(loss), np.ones_like(loss)
+    for _ in range(k - 1):
+        term *= loss
+        total += term
+    del loss, term
+    gain = np.conj(h)
+    gain *= total
+    if h.size <= _CACHE_PIXELS:
+        if len(_TRANSFER_CACHE) >= 4:  # one entry per image shape: keep a few
+            _TRANSFER_CACHE.pop(next(iter(_TRANSFER_CACHE)))
+        _TRANSFER_CACHE[key] = (h, gain)
+    return h, gain
 
 
 def consistency_step(x0, blu, kernel, *, k=2, scale=1):
@@ -62,7 +91,7 @@ def consistency_step(x0, blu, kernel, *, k=2, scale=1):
     x0 : ndarray
         Restoration, physical units, no NaN.
     blu : ndarray
-        Observed image; NaN pixels carry no constraint.
+        Observed image; NaN (and infinite) pixels carry no constraint.
     kernel : ndarray
         The PSF, unit sum, odd sides.
     k : int
@@ -74,22 +103,54 @@ def consistency_step(x0, blu, kernel, *, k=2, scale=1):
     if scale > 1:
         x = x0.copy()
         for _ in range(k):
-            residual = np.nan_to_num(blu - block_average(convolve_extend(x, kernel), scale))
+            residual = blu - block_average(convolve_extend(x, kernel), scale)
+            residual[~np.isfinite(residual)] = 0.0
             up = np.repeat(np.repeat(residual, scale, axis=0), scale, axis=1)
             up = np.pad(up, ((0, x.shape[0] - up.shape[0]), (0, x.shape[1] - up.shape[1])))
             x = x + convolve_extend(up, kernel[::-1, ::-1])
         return x
-    residual = np.nan_to_num(blu - convolve_extend(x0, kernel))
+    # pad by a kernel on each side, then up to an FFT-friendly size; both FFT passes share
+    # this grid and its transfer function, in float32 (the correction is a small residual)
     pad = max(kernel.shape)
-    # reflect-pad by a kernel on each side, then up to an FFT-friendly size
-    after = [fft.next_fast_len(n + 2 * pad, real=True) - n - pad for n in residual.shape]
-    padded = np.pad(residual, ((pad, after[0]), (pad, after[1])), mode="reflect")
-    h = _transfer(kernel, padded.shape)
-    power = np.abs(h) ** 2
-    # sum_{j<k} (1-|H|^2)^j: the closed form of k unit-step Landweber iterations, no division
-    gain = sum((1.0 - power) ** j for j in range(k))
-    correction = fft.irfft2(np.conj(h) * gain * fft.rfft2(padded, workers=-1), s=padded.shape, workers=-1)
-    return x0 + correction[pad : pad + x0.shape[0], pad : pad + x0.shape[1]]
+    ny, nx = x0.shape
+    shape = [fft.next_fast_len(n + 2 * pad, real=True) for n in (ny, nx)]
+    widths = ((pad, shape[0] - ny - pad), (pad, shape[1] - nx - pad))
+    h, gain = _transfers(kernel, shape, k)
+    inside = (slice(pad, pad + ny), slice(pad, pad + nx))
+    # K x0 with edges extended (convolve_extend): the wrap-around stays in the padding
+    spectrum = fft.rfft2(np.pad(np.asarray(x0, dtype=np.float32), widths, mode="edge"), workers=-1)
+    spectrum *= h
+    residual = fft.irfft2(spectrum, s=shape, workers=-1)[inside]
+    del spectrum
+    np.subtract(blu, residual, out=residual, casting="same_kind")
+    residual[~np.isfinite(residual)] = 0.0  # NaN (and inf) pixels of the data constrain nothing
+    spectrum = fft.rfft2(np.pad(residual, widths, mode="reflect"), workers=-1)
+    del residual
+    spectrum *= gain
+    correction = fft.irfft2(spectrum, s=shape, workers=-1)[inside]
+    del spectrum
+    correction = correction.astype(np.result_type(x0, np.float32), copy=False)
+    correction += x0
+    return correction
+
+
+def _stats_sample(blu):
+    """A regular subsample of about :data:`STATS_PIXELS` pixels (the whole image when smaller).
+
+    Deterministic, so the same image gets the same conditioning every run;
+    BLU's noise is white, so every other pixel estimates its level as well.
+    """
+    step = int(np.ceil(np.sqrt(blu.size / STATS_PIXELS)))
+    return blu[::step, ::step] if step > 1 else blu
+
+
+def _model_input(blu, bad, median, lo, span, rows=1024):
+    """``(blu - lo) / span`` as float32, NaN filled with the median; computed in float64 by strips."""
+    x = np.empty(blu.shape, dtype=np.float32)
+    for start in range(0, blu.shape[0], rows):
+        part = slice(start, start + rows)
+        x[part] = (np.where(bad[part], median, blu[part]) - lo) / span
+    return x
 
 
 def _pad_to(image, tile):
@@ -151,9 +212,9 @@ def restore_image(
     bad = ~np.isfinite(blu)
     lo, hi = percentile_limits(blu)
     span = hi - lo
-    _, median, bg_std = background_stats(blu)
+    _, median, bg_std = background_stats(_stats_sample(blu))
     scale = int(getattr(model, "scale", 1))
-    x = (np.where(bad, median, blu) - lo) / span
+    x = _model_input(blu, bad, median, lo, span)
     ny, nx = x.shape
     native = getattr(model, "native_tile", None)
     x = _pad_to(x, native or 1)
@@ -181,14 +242,19 @@ def restore_image(
 
     model.eval()
     common = {"tile": tile, "overlap": overlap, "batch": batch, "scale": scale}
-    sr = map_tiles(x, mean_pass, progress=progress, **common)[: ny * scale, : nx * scale] * span + lo
+    # float32 from here on, updated in place: a 10k x 10k image is 400 MB per copy
+    sr = map_tiles(x, mean_pass, progress=progress, **common)[: ny * scale, : nx * scale]
+    sr *= span
+    sr += lo
     uncert = None
     if samples > 0:
-        uncert = map_tiles(x, std_pass, **common)[: ny * scale, : nx * scale] * span
+        uncert = map_tiles(x, std_pass, **common)[: ny * scale, : nx * scale]
+        uncert *= span
+    del x
     if consistency:
-        sr = consistency_step(sr, np.where(bad, np.nan, blu), psf_kernel, scale=scale)
+        sr = consistency_step(sr, blu, psf_kernel, scale=scale)
     if bad.any():
-        mask = np.repeat(np.repeat(bad, scale, axis=0), scale, axis=1)
+        mask = np.repeat(np.repeat(bad, scale, axis=0), scale, axis=1) if scale > 1 else bad
         sr[mask] = np.nan
         if uncert is not None:
             uncert[mask] = np.nan

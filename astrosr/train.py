@@ -39,7 +39,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import from_dict, load_yaml, to_dict
 from .dataset import PairsDataset, TileSampler
 from .errors import ConfigError, InputError
-from .files import atomic_path
+from .files import atomic_path, make_dir
 from .models import MODELS, blur, build_model
 from .validation import describe, image_validation, is_better, load_val_images, tile_validation
 
@@ -172,7 +172,15 @@ def load_config(path=None, overrides=None):
             data["model_options"] = options
         else:
             data[key] = value
-    return from_dict(TrainConfig, data, where=str(path) if path else "train")
+    try:
+        return from_dict(TrainConfig, data)
+    except ConfigError as exc:
+        # name where the bad key came from: the YAML file, or an option / --set on the command line
+        message = str(exc).removeprefix(f"{TrainConfig.__name__}: ")
+        key = message.replace(":", " ").split(" ", 1)[0]
+        given = {k for k, v in (overrides or {}).items() if v is not None}
+        source = "command line" if key in given else (str(path) if path else "train config")
+        raise ConfigError(f"{source}: {message}") from None
 
 
 # --- losses ------------------------------------------------------------------
@@ -433,7 +441,7 @@ def train(pairs, config, out, *, resume=False, stop_at=None):
 
     val_images, val_note = None, "disabled (val_images: false)"
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         if val_set is None:
             val_note = "no validation (val_field is empty): best.pt is the latest"
         elif cfg.val_images:

@@ -12,9 +12,10 @@ from astropy.wcs import WCS
 from click.testing import CliRunner
 
 from astrosr import __version__
+from astrosr.batch import deblur_batch, expand_inputs
 from astrosr.checkpoint import save_checkpoint
 from astrosr.cli import cli
-from astrosr.deblur import deblur_batch, deblur_file, deblur_image, expand_inputs, output_path
+from astrosr.deblur import deblur_file, deblur_image, output_path
 from astrosr.degrade import PSF
 from astrosr.errors import CheckpointError, ConfigError, InputError
 from astrosr.files import sha256_file
@@ -293,6 +294,14 @@ def test_inputs_expand_from_dirs_and_globs_and_missing_ones_are_errors(batch_dir
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no .fits"):
         expand_inputs([tmp_path / "empty"])
+
+
+def test_batch_api_is_importable_from_deblur():
+    import astrosr.deblur
+
+    assert astrosr.deblur.deblur_batch is deblur_batch and astrosr.deblur.expand_inputs is expand_inputs
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        astrosr.deblur.nope  # noqa: B018
 
 
 def test_parallel_options_are_checked(batch_dir, models, tmp_path, monkeypatch):
