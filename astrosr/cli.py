@@ -39,19 +39,28 @@ def psf_options(func):
         click.option("--psf-fwhm", type=float, default=None, help="Moffat/Gaussian FWHM in pixels [4]."),
         click.option("--psf-beta", type=float, default=None, help="Moffat beta [3]."),
         click.option("--psf-shape", type=click.Choice(["moffat", "gaussian", "airy"]), default=None, help="Analytic PSF shape [moffat]."),
+        click.option("--psf-radius", type=float, default=None, help="Airy first dark ring radius in pixels (--psf-shape airy)."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def psf_from_options(psf_file=None, psf_fwhm=None, psf_beta=None, psf_shape=None, **extra):
+def psf_from_options(psf_file=None, psf_fwhm=None, psf_beta=None, psf_shape=None, psf_radius=None, **extra):
     """Build a :class:`astrosr.degrade.PSF` from the shared options (bench-v1 defaults)."""
     from .degrade import PSF
+    from .errors import ConfigError
 
     if psf_file:
+        # silently ignoring them would score or deblur with another PSF than the user asked for
+        given = [name for name, value in (("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta), ("--psf-shape", psf_shape),
+                                          ("--psf-radius", psf_radius)) if value is not None]
+        if given:
+            raise ConfigError(f"{given[0]}: not used with --psf {psf_file} (a PSF file is its own shape); drop one of them")
         return PSF(shape="file", path=str(psf_file), **extra)
     kwargs = {"shape": psf_shape or "moffat"}
+    if psf_radius is not None:
+        kwargs["radius"] = psf_radius
     if psf_fwhm is not None:
         kwargs["fwhm"] = psf_fwhm
     if psf_beta is not None:
@@ -161,8 +170,14 @@ def prepare(images, out, manifest, data_dir, fields, image_field, config_file, o
             psf_file = psf_path(loaded, psf_file, data_dir)
         elif not Path(psf_file).is_file():
             raise InputError(f"{psf_file}: PSF file not found")
+        unused = [k for k in ("psf_fwhm", "psf_beta", "psf_radius") if k in options]
+        if unused:  # a file PSF ignores them: say so rather than degrade with another PSF than asked
+            raise ConfigError(f"--{unused[0].replace('_', '-')}: not used with --psf {psf_file} (a PSF file is its own shape)")
         options.update(psf_file=str(psf_file), psf_shape=options.get("psf_shape", "file"))
-    config = replace(base, **options)
+    try:
+        config = replace(base, **options)
+    except ConfigError as exc:  # name the option, not the internal class
+        raise ConfigError(str(exc).removeprefix(f"{PrepareConfig.__name__}: ")) from None
     console = Console(highlight=False, soft_wrap=True)
     result = prepare_pairs(sources, out, config=config, overwrite=overwrite, progress=console.is_terminal)
     console.print(f"wrote {out}: {result['n_tiles']} tile pairs from {result['n_images']} images")
@@ -294,7 +309,7 @@ def export_command(checkpoint, out, name, overwrite):
               help="bench-v1 field to score (repeatable; 'all' = every field).")
 @click.option("--images", "images", multiple=True, type=click.Path(dir_okay=False),
               help="Score these FITS images instead (repeatable; also: --images a.fits b.fits).")
-@click.argument("more_images", nargs=-1, type=click.Path(dir_okay=False))
+@click.argument("more_images", nargs=-1, type=click.Path(dir_okay=False), metavar="[IMAGES]...")
 @click.option("--model", "models", multiple=True, default=["default"], show_default=True,
               help="Checkpoint / model file, or 'default' (repeatable).")
 @click.option("--baselines-only", is_flag=True, help="Score BLU, Richardson-Lucy and Wiener only (no model).")

@@ -41,9 +41,10 @@ class Restored:
     blu_hi: float
 
 
-#: pixels of the regular subsample the background statistics come from (an image's noise
-#: level and median need far fewer than a survey image holds; sigma clipping all is slow)
-STATS_PIXELS = 1 << 18
+#: images up to this many pixels get their background statistics from every pixel, exactly as
+#: the pairs file's ``blu_bg_std`` the model was conditioned on in training; larger ones from a
+#: regular subsample of about this many (sigma clipping 100 Mpix costs seconds and GBs)
+STATS_PIXELS = 1 << 20
 
 #: (H, Landweber gain) per (kernel, steps, grid): images of one survey share shape and PSF
 _TRANSFER_CACHE = {}
@@ -135,10 +136,10 @@ def consistency_step(x0, blu, kernel, *, k=2, scale=1):
 
 
 def _stats_sample(blu):
-    """A regular subsample of about :data:`STATS_PIXELS` pixels (the whole image when smaller).
+    """The image, or beyond :data:`STATS_PIXELS` a regular subsample of about that many pixels.
 
     Deterministic, so the same image gets the same conditioning every run;
-    BLU's noise is white, so every other pixel estimates its level as well.
+    BLU's noise is white, so a million pixels pin its level to ~0.1%.
     """
     step = int(np.ceil(np.sqrt(blu.size / STATS_PIXELS)))
     return blu[::step, ::step] if step > 1 else blu

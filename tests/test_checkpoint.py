@@ -142,3 +142,39 @@ def test_cli_export_of_a_bad_checkpoint_exits_2(tmp_path):
     assert result.exit_code == 2
     assert "bad.pt: not a readable checkpoint" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_load_failures_say_what_is_wrong_without_torchs_unsafe_advice(tmp_path):
+    _, payload = _payload()
+    good = ckpt.save_checkpoint(tmp_path / "good.pt", payload)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:3000])
+    text = tmp_path / "notes.pt"
+    text.write_text("garbage\n")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("never",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": "resvae", "x": Evil()}, evil)
+    cases = [(truncated, "truncated, corrupt or not a PyTorch file"), (text, "truncated, corrupt or not a PyTorch file"),
+             (evil, "it holds Python objects other than tensors and plain data; refused without running them")]
+    for path, reason in cases:
+        with pytest.raises(CheckpointError) as info:
+            ckpt.load_checkpoint(path)
+        # torch's own text told users to re-run with weights_only=False: arbitrary code from a downloaded file
+        assert str(info.value) == f"{path}: not a readable checkpoint ({reason})"
+
+
+def test_exported_weights_get_the_umask_permissions(tmp_path):
+    _, payload = _payload()
+    source = ckpt.save_checkpoint(tmp_path / "best.pt", payload)
+    old = os.umask(0o022)
+    try:
+        weights = ckpt.export_model(source, tmp_path / "export")
+    finally:
+        os.umask(old)
+    # safetensors writes 0600, which colleagues on a shared disk could not read
+    assert weights.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "export" / "model.json").stat().st_mode & 0o777 == 0o644

@@ -171,3 +171,38 @@ def test_usage_errors(tmp_path, data_dir):
     assert result.exit_code == 2 and "exists.h5: output exists" in result.stderr and existing.read_bytes() == b"x"
     result = run("simulate", "-o", tmp_path / "s", "--size", "64")
     assert result.exit_code == 2  # click's own range check
+
+
+def test_output_equal_to_an_input_is_refused_even_with_overwrite(tmp_path, data_dir):
+    # `prepare in.fits -o in.fits --overwrite` once replaced the user's FITS file with the pairs file
+    image = tmp_path / "in.fits"
+    image.write_bytes((data_dir / "gc_msx_e.fits").read_bytes())
+    before = image.read_bytes()
+    result = run("prepare", image, "-o", image, "--overwrite")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in.fits: output is also an input" in lines[0], result.stderr
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fits"]
+
+
+@pytest.mark.parametrize("command", [["prepare", "{image}", "-o", "{blocker}/x.h5"], ["simulate", "-o", "{blocker}/sims"]])
+def test_output_under_a_file_is_one_line_exit_2(tmp_path, data_dir, command):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    args = [a.format(image=data_dir / "gc_msx_e.fits", blocker=blocker) for a in command]
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "afile" in lines[0] and "directory" in lines[0], result.stderr
+    assert "Traceback" not in result.output and blocker.read_text() == "x"
+
+
+def test_psf_file_with_analytic_options_and_config_errors_name_the_option(tmp_path, data_dir):
+    image, out = data_dir / "M51.fits", tmp_path / "pairs.h5"
+    result = run("prepare", image, "--psf", data_dir / "irac_ch1_flight.fits", "--psf-fwhm", "3", "-o", out)
+    assert result.exit_code == 2 and "--psf-fwhm: not used with --psf" in result.stderr, result.output
+    result = run("prepare", image, "--psf-shape", "airy", "-o", out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "error: psf_radius: required for the airy shape"  # no internal class name
+    assert not out.exists()

@@ -193,3 +193,14 @@ def test_background_and_percentiles_are_bench_v1(data_dir):
     finite = ori[np.isfinite(ori)]
     assert background_stats(ori) == pytest.approx(sigma_clipped_stats(finite, sigma=3, maxiters=5), rel=1e-12)
     assert percentile_limits(ori) == pytest.approx(tuple(np.percentile(finite, [0.5, 99.9])), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 40_001])
+def test_background_stats_match_astropy_on_heavy_tails(rng, n):
+    image = rng.standard_t(2, size=n) * 3 + 10 + (rng.random(n) < 0.05) * rng.pareto(1.0, n) * 100
+    image[rng.random(n) < 0.1] = np.nan
+    finite = image[np.isfinite(image)]
+    if finite.size:
+        expected = sigma_clipped_stats(finite, sigma=3, maxiters=5)
+        assert background_stats(image.reshape(1, -1)) == pytest.approx(expected, rel=1e-12)
+    assert background_stats(np.full((4, 4), 5.0)) == (5.0, 5.0, 0.0)

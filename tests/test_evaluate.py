@@ -116,6 +116,8 @@ def test_cli_run_writes_every_output_with_provenance(data_dir, tiny_model, tmp_p
                   "--threads", "1", "--panels", "2", "-o", tmp_path)
     assert result.exit_code == 0, result.output
     assert "bench-v1 per field" in result.output and "SR tiny" in result.output
+    # a pipe or log file (not a terminal) gets the whole table, not 80 columns of '…' cells
+    assert "flux err (n)" in result.output and "SR tiny (no DC)" in result.output and "Wiener b=0.1" in result.output
     for name in ["report.md", "metrics.csv", "summary.json", "ssim_by_field.png", "panels/synth.png"]:
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "panels/synth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -183,12 +185,15 @@ def test_psf_option_sets_the_degradation(data_dir, tmp_path):
         (["--field", "val", "--images", "{synth}"], "exactly one of them"),
         ([], "exactly one of them"),
         (["--images", "{synth}", "--psf", "nopsf.fits"], "nopsf.fits: PSF file not found, nor a PSF named in"),
+        # a file PSF once silently ignored --psf-fwhm, scoring with another PSF than asked
+        (["--images", "{synth}", "--psf", "{psf}", "--psf-fwhm", "3"], "--psf-fwhm: not used with --psf"),
+        (["--images", "{synth}", "--psf-shape", "airy"], "psf shape 'airy' needs a radius (--psf-radius R)"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(data_dir, tmp_path, args, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nbogus: 1\n")
-    args = [a.format(synth=data_dir / "synth.fits", bad=bad) for a in args]
+    args = [a.format(synth=data_dir / "synth.fits", bad=bad, psf=data_dir / "irac_ch1_flight.fits") for a in args]
     result = CliRunner().invoke(cli, ["evaluate", *args, "--data-dir", str(data_dir), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -214,3 +219,34 @@ def test_psf_named_in_the_manifest_is_found_in_the_data_dir(data_dir, tmp_path):
     prov = json.loads((tmp_path / "summary.json").read_text())["provenance"]
     assert prov["psf"]["path"] == str(data_dir / "irac_ch1_flight.fits") and prov["psf"]["fwhm_px"] > 4
     assert prov["manifest"]["name"] == "bench-v1"
+
+
+def test_failed_run_leaves_no_empty_output_directory(tmp_path):
+    cube = tmp_path / "cube.fits"
+    from astropy.io import fits
+
+    fits.PrimaryHDU(np.zeros((3, 130, 130), "f4")).writeto(cube)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["evaluate", "--images", str(cube), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "cube.fits" in result.stderr and result.stdout == ""  # no blank progress line either
+    assert not out.exists()
+
+
+def test_output_under_a_file_is_one_line_exit_2(data_dir, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    result = CliRunner().invoke(cli, ["evaluate", "--images", str(data_dir / "gc_msx_e.fits"),
+                                      "-o", str(blocker / "report")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "afile" in lines[0] and "directory" in lines[0], result.output
+
+
+def test_airy_psf_radius_option_reaches_the_degradation(data_dir, tmp_path):
+    # the airy error asked for --psf-radius, which evaluate and deblur did not have
+    result = CliRunner().invoke(cli, ["evaluate", "--images", str(data_dir / "gc_msx_e.fits"), "--psf-shape", "airy",
+                                      "--psf-radius", "3", "--panels", "0", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    psf = json.loads((tmp_path / "summary.json").read_text())["provenance"]["psf"]
+    assert (psf["shape"], psf["radius"]) == ("airy", 3.0)

@@ -2,6 +2,7 @@
 
 import gzip
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -201,3 +202,19 @@ def test_mostly_zero_real_image_reads(data_dir):
 )
 def test_strip_fits_suffix(name, stem):
     assert strip_fits_suffix(name) == stem
+
+
+def test_damaged_file_is_one_message_without_astropy_notes(tmp_path, data_dir):
+    # `head -c 5000 M51.fits`: astropy printed a three-line VerifyWarning above the error line
+    cut = tmp_path / "head.fits"
+    cut.write_bytes((data_dir / "M51.fits").read_bytes()[:5000])
+    text = tmp_path / "notes.fits"
+    text.write_text("hello world\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=r"head\.fits: not a readable FITS file \(OSError: Empty or corrupt FITS file\)$"):
+            read_image(cut)
+        # astropy's advice on its Python API (ignore_missing_simple=True) means nothing on the command line
+        with pytest.raises(InputError, match=r"notes\.fits: not a readable FITS file \(OSError: No SIMPLE card found\)$"):
+            read_image(text)
+    assert not caught

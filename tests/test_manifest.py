@@ -11,7 +11,7 @@ import yaml
 from astropy.io import fits
 
 from astrosr.errors import ConfigError, DataError
-from astrosr.manifest import cache_dir, data_dir_from, fetch, load_manifest, psf_path, resolve
+from astrosr.manifest import cache_dir, data_dir_from, default_manifest, fetch, load_manifest, psf_path, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "data_manifests" / "bench_v1.yaml"
@@ -140,7 +140,7 @@ def test_bad_manifests_name_the_key(tmp_path, content, message):
 
 
 def test_missing_manifest_and_bad_yaml(tmp_path):
-    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: manifest not found \(give --manifest PATH\)"):
         load_manifest(tmp_path / "nope.yaml")
     (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
@@ -217,3 +217,14 @@ def test_fetch_into_read_only_directory(tmp_path, remote, monkeypatch):
     manifest = _mini(tmp_path, remote, images=[_entry(remote / "a.fits")])
     with pytest.raises(DataError, match=r"ro/a\.fits: cannot write \(Permission denied\)"):
         fetch(manifest, tmp_path / "ro", progress=False)
+
+
+def test_default_manifest_is_found_from_any_directory(tmp_path, monkeypatch):
+    # a new user runs `astrosr evaluate --field val` outside the checkout
+    monkeypatch.chdir(tmp_path)
+    found = default_manifest()
+    assert found.is_absolute() and found == Path(__file__).resolve().parents[1] / "data_manifests" / "bench_v1.yaml"
+    local = tmp_path / "data_manifests" / "bench_v1.yaml"
+    local.parent.mkdir()
+    local.write_text("name: mine\n")
+    assert default_manifest().resolve() == local  # the current directory's own manifest wins

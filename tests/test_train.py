@@ -201,6 +201,24 @@ def test_load_config_reads_yaml_and_overrides(tmp_path):
         load_config(None, {"loss": "huber"})
 
 
+def test_config_errors_name_the_file_or_the_command_line(tmp_path):
+    # errors read 'c.yaml.losss: ...' (a file name?) and blamed the YAML for a bad --set value
+    path = tmp_path / "c.yaml"
+    path.write_text("losss: l2\n")
+    with pytest.raises(ConfigError, match=r"^\S*c\.yaml: losss: unknown key \(known: "):
+        load_config(path)
+    path.write_text("batch: 8\n")
+    with pytest.raises(ConfigError, match=r"^command line: batch: expected int, got 'abc'$"):
+        load_config(path, {"batch": "abc"})
+    with pytest.raises(ConfigError, match=r"^command line: bach: unknown key"):
+        load_config(path, {"bach": 3})
+    with pytest.raises(ConfigError, match=r"^command line: lr must be > 0"):
+        load_config(path, {"lr": -1.0})
+    path.write_text("lr: -1.0\n")
+    with pytest.raises(ConfigError, match=r"^\S*c\.yaml: lr must be > 0"):
+        load_config(path, {"batch": 4})
+
+
 @pytest.mark.parametrize("name, model", [("train_resvae.yaml", "resvae"), ("train_vae.yaml", "vae")])
 def test_shipped_configs_load_and_build(name, model):
     from pathlib import Path
