@@ -283,17 +283,22 @@ def _device(cfg, local_rank, world):
 
 
 def _trained_psf(dataset):
-    """The PSF the model trains for: the most common PSF of the training tiles, as PSF.to_dict()."""
+    """The degradation the model trains for, as PSF.to_dict() keys.
+
+    One PSF: its parameters. Several (randomised training data): the shapes
+    and FWHM range of the pairs file's config, so HISTORY cards of deblurred
+    files name what the model saw, not one arbitrary draw.
+    """
     import h5py
 
     with h5py.File(dataset.path, "r") as f:
         params = json.loads(f["psfs"].attrs.get("params", "[]"))
-    counts = np.bincount(dataset.tiles["psf_index"], minlength=len(dataset.psfs))
-    main = int(np.argmax(counts))
-    psf = params[main] if main < len(params) else {"shape": "unknown", "fwhm": float(np.median(dataset.tiles["psf_fwhm"]))}
-    if len(counts) > 1:
-        psf = dict(psf, fwhm_range=[float(dataset.tiles["psf_fwhm"].min()), float(dataset.tiles["psf_fwhm"].max())])
-    return psf
+        config = json.loads(f.attrs.get("config", "{}"))
+    fwhm = dataset.tiles["psf_fwhm"]
+    if len(params) == 1:
+        return params[0]
+    return {"shape": str(config.get("psf_shape", "mixed")), "fwhm": float(np.median(fwhm)),
+            "beta": config.get("psf_beta"), "fwhm_range": [float(fwhm.min()), float(fwhm.max())]}
 
 
 class _Log:

@@ -107,6 +107,30 @@ def test_wiener_channel_equals_skimage_on_the_reflect_padded_tile(rng):
     np.testing.assert_allclose(ours, expected, atol=1e-10)
 
 
+def test_wiener_filter_of_one_broadcast_psf_equals_the_per_tile_filter(rng):
+    x = torch.tensor(rng.random((3, 1, 48, 56)), dtype=torch.float32)
+    kernel = torch.tensor(moffat_psf(4.0), dtype=torch.float32)
+    shared = wiener_filter(x, kernel.expand(3, *kernel.shape))  # one cached transfer function
+    per_tile = wiener_filter(x, torch.stack([kernel.clone() for _ in range(3)]))
+    np.testing.assert_allclose(shared.numpy(), per_tile.numpy(), atol=1e-6)
+
+
+def test_inference_path_equals_the_training_form():
+    torch.manual_seed(1)
+    model = ResVAE(width=8)
+    with torch.no_grad():
+        for p in model.parameters():  # non-zero tail and FiLM: every block and the condition matter
+            p.add_(0.05 * torch.randn_like(p))
+    blu = torch.rand(3, 1, 64, 72)
+    psf = torch.tensor(moffat_psf(4.0), dtype=torch.float32).expand(3, 41, 41)
+    cond = torch.tensor([4.0, 0.02]).expand(3, 2)
+    with torch.enable_grad():  # the training form: FiLM applied after conv1, per sample
+        expected = model.restore(blu, psf=psf, cond=cond).detach()
+    with torch.inference_mode():  # FiLM folded into conv1, in-place block updates
+        fast = model.restore(blu, psf=psf, cond=cond)
+    np.testing.assert_allclose(fast.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
 def test_blur_is_the_edge_extended_convolution_then_block_average(rng):
     x = rng.random((64, 80))
     k = moffat_psf(3.0, size=21)

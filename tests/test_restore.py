@@ -69,6 +69,18 @@ def test_consistency_step_equals_two_explicit_landweber_iterations():
     assert np.allclose(closed[inner], x[inner], rtol=0, atol=1e-6 * np.abs(x).max())
 
 
+def test_consistency_step_ignores_infinite_pixels_like_nan():
+    rng = np.random.default_rng(5)
+    blu = rng.normal(10.0, 1.0, (90, 110))
+    x0 = ndimage.gaussian_filter(blu, 1.0)
+    with_nan, with_inf = blu.copy(), blu.copy()
+    with_nan[40:45, 50:60] = np.nan
+    with_inf[40:45, 50:60] = np.inf
+    out = consistency_step(x0, with_inf, moffat_psf(3.0))
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, consistency_step(x0, with_nan, moffat_psf(3.0)))
+
+
 def test_consistency_step_with_block_averaging_reduces_the_data_residual():
     rng = np.random.default_rng(5)
     truth, _ = _star_field(rng)

@@ -72,6 +72,13 @@ def test_map_tiles_identity_and_scale(rng):
     np.testing.assert_allclose(up, np.kron(image, np.ones((2, 2))), rtol=0, atol=1e-12)
 
 
+def test_map_tiles_keeps_float32_outputs_float32(rng):
+    image = rng.normal(size=(300, 417))
+    out = map_tiles(image.astype(np.float32), lambda t: t * 2, tile=128, overlap=32)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, 2 * image, rtol=0, atol=1e-5)
+
+
 def test_map_tiles_blends_without_seams():
     image = np.zeros((256, 384))
     # a per-tile constant offset: blended, the jump between tiles becomes a smooth ramp
