@@ -44,7 +44,7 @@ class Restored:
 #: images up to this many pixels get their background statistics from every pixel, exactly as
 #: the pairs file's ``blu_bg_std`` the model was conditioned on in training; larger ones from a
 #: regular subsample of about this many (sigma clipping 100 Mpix costs seconds and GBs)
-STATS_PIXELS = 1 << 20
+STATS_PIXELS = 1 << 22
 
 #: (H, Landweber gain) per (kernel, steps, grid): images of one survey share shape and PSF
 _TRANSFER_CACHE = {}
