@@ -222,6 +222,9 @@ def _trained_for(info):
     """One line on the degradation a model was trained for, from its checkpoint info."""
     scale = int((info.get("model_config") or {}).get("scale", 1) or 1)
     psf = info.get("psf")
+    if isinstance(psf, dict) and "fwhm_range" in psf:  # randomised training data
+        low, high = psf["fwhm_range"]
+        return f"{psf.get('shape', 'mixed')} PSFs FWHM {low:.2f}-{high:.2f}px, scale {scale}"
     try:
         text = PSF(**psf).describe() if isinstance(psf, dict) else "unrecorded PSF"
     except (TypeError, AstrosrError):

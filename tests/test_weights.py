@@ -35,3 +35,10 @@ def test_default_model_restores_a_real_tile_better_than_blu(data_dir):
         return structural_similarity(np.clip((x - lo) / (hi - lo), 0, 1), np.clip((ori - lo) / (hi - lo), 0, 1), data_range=1.0)
 
     assert ssim(sr) > ssim(blu) + 0.01
+
+
+def test_default_model_history_names_its_randomised_training_psfs():
+    from astrosr.deblur import _trained_for
+
+    _, info = load_model("default")
+    assert _trained_for(info) == "moffat,gaussian PSFs FWHM 2.50-5.50px, scale 1"
