@@ -24,10 +24,13 @@ from .files import make_dir
 from .fits_io import read_image, strip_fits_suffix
 from .tiling import extract_tiles
 
-__all__ = ["BENCH_FIELDS", "ImageResult", "evaluate", "load_sources", "resolve_psf", "baseline_choice", "method_names"]
+__all__ = ["BENCH_FIELDS", "ImageResult", "evaluate", "load_sources", "resolve_psf", "baseline_choice", "method_names",
+           "calibration_counts"]
 
 BENCH_FIELDS = ("train", "val", "other_sky", "simulated")
 IMAGES_FIELD = "images"
+#: torch seed of the posterior draws, set afresh for every model on every image
+SAMPLE_SEED = 0
 
 
 @dataclass
@@ -47,6 +50,10 @@ class ImageResult:
     panels : dict
         ``{"origins": [...], "tiles": {panel name: (n, tile, tile) array}}``
         normalised crops for the figure.
+    calibration : dict of str -> (int, int) or None
+        Per method, ``(pixels with |SR - ORI| <= sigma, pixels)`` over the
+        scored tiles (:func:`calibration_counts`); None where the method has
+        no uncertainty map (no ``--samples``, BLU, RL, Wiener).
     """
 
     name: str
@@ -58,6 +65,7 @@ class ImageResult:
     scores: dict
     seconds: dict
     panels: dict
+    calibration: dict = None
 
     @property
     def megapixels(self):
@@ -221,27 +229,74 @@ def _warm_up(models, kernel, psf_fwhm, device):
         restore_image(dummy, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, device=device)
 
 
-def _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device):
-    """Yield ``(method, image, seconds)`` for every restoration method, timed."""
-    from .restore import consistency_step, restore_image
+def calibration_counts(ref, image, sigma):
+    """``(within, pixels)``: scored-tile pixels where ``|image - ORI| <= sigma``.
+
+    Parameters
+    ----------
+    ref : astrosr.metrics.Reference
+        ORI's reference: its scored tiles (NaN-free bench-v1 grid) are the pixels counted.
+    image, sigma : ndarray
+        A restoration and its per-pixel uncertainty, both in ORI's physical
+        units (the same affine map as the scoring normalisation, so the count
+        is the same in normalised units); pixels where either is not finite
+        are not counted.
+    """
+    if not ref.origins:
+        return 0, 0
+    err = np.abs(extract_tiles(np.asarray(image, dtype=np.float64), ref.origins, ref.tile)
+                 - extract_tiles(ref.ori, ref.origins, ref.tile))
+    sig = extract_tiles(np.asarray(sigma, dtype=np.float64), ref.origins, ref.tile)
+    counted = np.isfinite(err) & np.isfinite(sig)
+    return int(np.count_nonzero(err[counted] <= sig[counted])), int(np.count_nonzero(counted))
+
+
+def _can_sample(model):
+    return callable(getattr(model, "sample", None))
+
+
+def _network(blu, model, kernel, psf_fwhm, samples, device):
+    """``restore_image`` without the step; with ``samples`` one call also gives sigma (same mean pass)."""
+    import torch
+
+    from .restore import restore_image
+
+    if not (samples and _can_sample(model)):
+        return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, device=device)
+    # seeded per model and image, so a rerun or a subset of the images draws the same; the caller's
+    # torch RNG state is left as it was
+    with torch.random.fork_rng(devices=[] if torch.device(device).type != "cuda" else None):
+        torch.manual_seed(SAMPLE_SEED)
+        return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, samples=samples,
+                             device=device)
+
+
+def _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device, samples=0):
+    """Yield ``(method, image, seconds, sigma)`` for every restoration method, timed.
+
+    ``sigma`` is the model's per-pixel posterior std (physical units) with
+    ``samples`` > 0, else None; both SR rows of a model share it.
+    """
+    from .restore import consistency_step
 
     for label, model in models:
         t0 = time.perf_counter()
-        raw = restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, device=device).sr
+        restored = _network(blu, model, kernel, psf_fwhm, samples, device)
+        raw, sigma = restored.sr, restored.uncert
         t_raw = time.perf_counter() - t0
         if consistency:
             # restore_image's own last step, applied to the same network output (BLU has no NaN):
             # the with-step row costs one network pass less and equals restore_image(consistency=True)
             t0 = time.perf_counter()
             sr = consistency_step(raw, blu, kernel)
-            yield f"SR {label}", sr, t_raw + time.perf_counter() - t0
-        yield f"SR {label} (no DC)", raw, t_raw
+            yield f"SR {label}", sr, t_raw + time.perf_counter() - t0, sigma
+        yield f"SR {label} (no DC)", raw, t_raw, sigma
     t0 = time.perf_counter()
     rl = baselines.richardson_lucy(blu, kernel, n=choice["rl_iters"])
-    yield f"RL n={choice['rl_iters']}", rl, time.perf_counter() - t0
+    yield f"RL n={choice['rl_iters']}", rl, time.perf_counter() - t0, None
     t0 = time.perf_counter()
     wi = baselines.wiener(blu, kernel, balance=choice["wiener_balance"])
-    yield f"Wiener b={choice['wiener_balance']:g}", wi, time.perf_counter() - t0
+    yield f"Wiener b={choice['wiener_balance']:g}", wi, time.perf_counter() - t0, None
 
 
 def _panel_crops(ref, images, origins, panel_methods):
@@ -251,15 +306,18 @@ def _panel_crops(ref, images, origins, panel_methods):
     return crops
 
 
-def _score_image(path, field, kernel, models, psf_fwhm, choice, consistency, device, n_panels):
+def _score_image(path, field, kernel, models, psf_fwhm, choice, consistency, device, n_panels, samples=0):
     from .files import sha256_file
 
     _, ref, blu = _degraded(path, kernel)
     images = {"BLU": blu}
     seconds = {"BLU": None}
-    for method, image, secs in _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device):
+    calibration = {"BLU": None}
+    for method, image, secs, sigma in _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device,
+                                                   samples):
         images[method] = image
         seconds[method] = secs
+        calibration[method] = None if sigma is None else calibration_counts(ref, image, sigma)
     scores = {m: metrics.score(ref, img) for m, img in images.items()}
     names = list(images)
     sr = next((m for m in names if m.startswith("SR ")), None)
@@ -280,6 +338,7 @@ def _score_image(path, field, kernel, models, psf_fwhm, choice, consistency, dev
         scores=scores,
         seconds=seconds,
         panels={"origins": origins, "tiles": crops},
+        calibration=calibration,
     )
 
 
@@ -296,6 +355,7 @@ def evaluate(
     threads=None,
     device="cpu",
     panels=3,
+    samples=0,
     console=None,
     progress=True,
 ):
@@ -330,6 +390,14 @@ def evaluate(
         torch device of the models.
     panels : int
         Tiles per image in the PNG panels.
+    samples : int
+        Posterior draws per model and image (0: off). With N > 0 each model
+        that has a ``sample`` method restores once with ``samples=N``
+        (:func:`astrosr.restore.restore_image`: the same mean pass plus a
+        per-pixel std map sigma) and both its SR rows get
+        ``calibration_1sigma``: the fraction of the scored tiles' pixels with
+        ``|SR - ORI| <= sigma`` (about 0.683 for a calibrated Gaussian
+        map). The SR rows' s/Mpix then include the draws.
     console : rich.console.Console, optional
         Where the table and progress go (default: a new stdout console).
     progress : bool
@@ -349,6 +417,9 @@ def evaluate(
     # a log file or pipe gets rich's 80 columns, too narrow for the method table: every cell ends in '…'
     console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     psf = psf or BENCH_V1_PSF
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 0:
+        raise ConfigError(f"--samples must be an integer >= 0, got {samples!r}")
+    samples = int(samples)
     if threads is not None:
         if int(threads) < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
@@ -376,7 +447,7 @@ def evaluate(
                 bar.update(task, description=f"{field}: {Path(path).name}")
                 results.append(
                     _score_image(path, field, kernel, [(m["label"], m["model"]) for m in loaded_models],
-                                 psf_fwhm, choice, consistency, device, panels)
+                                 psf_fwhm, choice, consistency, device, panels, samples)
                 )
                 bar.advance(task)
         _dedupe_names(results)
@@ -392,7 +463,8 @@ def evaluate(
             device=device,
             console=console,
             options={"fields": fields, "images": [str(p) for p in images or []], "consistency": consistency,
-                     "data_dir": str(data_dir) if data_dir else None},
+                     "data_dir": str(data_dir) if data_dir else None, "samples": samples,
+                     "sample_seed": SAMPLE_SEED if samples else None},
         )
     except BaseException:
         # a failed run must not leave an empty report directory behind

@@ -82,10 +82,19 @@ def provenance(*, models, manifest, psf, psf_fwhm, device, options):
     }
 
 
-def _row(scores, seconds, megapixels):
+def _calibration(result, method):
+    return (result.calibration or {}).get(method)
+
+
+def _row(scores, seconds, megapixels, counts):
     row = summarise(scores).to_dict()
     timed = [s for s in seconds if s is not None]
     row["s_per_mpix"] = sum(timed) / megapixels if timed and megapixels else None
+    # pooled over the pixels of every image (a field's fraction of pixels, not a mean of fractions)
+    counts = [c for c in counts if c is not None]
+    pixels = sum(n for _, n in counts)
+    row["calibration_1sigma"] = sum(k for k, _ in counts) / pixels if pixels else None
+    row["calibration_pixels"] = pixels if counts else None
     return row
 
 
@@ -96,7 +105,8 @@ def rows(results, methods):
         group = [r for r in results if r.field == field]
         mpix = sum(r.megapixels for r in group)
         fields[field] = {
-            m: dict(_row([r.scores[m] for r in group], [r.seconds[m] for r in group], mpix),
+            m: dict(_row([r.scores[m] for r in group], [r.seconds[m] for r in group], mpix,
+                         [_calibration(r, m) for r in group]),
                     images=[r.name for r in group])
             for m in methods
         }
@@ -113,7 +123,8 @@ def rows(results, methods):
             "bg_std": r.ref.std,
             "n_sources": r.ref.n_sources,
             "n_reference_peaks": len(r.ref.reference_xy),
-            "methods": {m: _row([r.scores[m]], [r.seconds[m]], r.megapixels) for m in methods},
+            "methods": {m: _row([r.scores[m]], [r.seconds[m]], r.megapixels, [_calibration(r, m)])
+                        for m in methods},
         }
     return fields, images
 
@@ -144,17 +155,48 @@ def _markdown_table(first, table):
     return "\n".join(lines)
 
 
-def _print_table(console, groups, title, first):
+def _print_table(console, groups, title, first, *, calibration=False):
     from rich.table import Table
 
     table = Table(title=title)
-    for col in [first, "method"] + HEADER:
+    for col in [first, "method"] + HEADER + (["<=1σ"] if calibration else []):
         table.add_column(col, justify="left" if col in (first, "method") else "right", no_wrap=True)
     for name, methods in groups.items():
         for i, (method, row) in enumerate(methods.items()):
-            table.add_row(name if i == 0 else "", method, *format_row(row))
+            extra = [_fmt(row["calibration_1sigma"], ".3f", "-")] if calibration else []
+            table.add_row(name if i == 0 else "", method, *format_row(row), *extra)
         table.add_section()
     console.print(table)
+
+
+def _calibration_lines(summary):
+    """report.md's calibration section (only with --samples): the SR rows that have a sigma map."""
+    samples = summary["provenance"]["options"].get("samples")
+    if not samples:
+        return []
+    head = "| {} | method | pixels | fraction within 1σ |\n|---|---|---:|---:|"
+    cell = "| {} | {} | {} | {:.4f} |"
+    per_field = [cell.format(f, m, row["calibration_pixels"], row["calibration_1sigma"])
+                 for f, methods in summary["fields"].items() for m, row in methods.items()
+                 if row["calibration_1sigma"] is not None]
+    per_image = [cell.format(f"{name} ({img['field']})", m, row["calibration_pixels"], row["calibration_1sigma"])
+                 for name, img in summary["images"].items() for m, row in img["methods"].items()
+                 if row["calibration_1sigma"] is not None]
+    lines = [
+        "",
+        f"## Uncertainty calibration (--samples {samples})",
+        "",
+        f"sigma is each model's per-pixel std over {samples} posterior draws of the network "
+        f"(torch seed {summary['provenance']['options'].get('sample_seed')} per model and image), taken before the "
+        "data-consistency step; both SR rows of a model are compared with that same sigma map (the step is not "
+        "applied per draw, so for the with-step row it is the network's spread, not the step's). Fraction of the "
+        "scored tiles' pixels with |SR - ORI| <= sigma, physical units; a calibrated Gaussian map gives 0.683. "
+        "With --samples the SR rows' s/Mpix include the draws.",
+        "",
+    ]
+    if not per_field:
+        return lines + ["No model here has a sample method: no calibration to report."]
+    return lines + [head.format("field"), *per_field, "", head.format("image"), *per_image]
 
 
 def _write_csv(path, results, methods):
@@ -204,6 +246,7 @@ def _write_report(path, summary, figures):
         _markdown_table(["image", "field", "method"],
                         [((name, img["field"], m), row) for name, img in summary["images"].items()
                          for m, row in img["methods"].items()]),
+        *_calibration_lines(summary),
         "",
         "## Figures",
         "",
@@ -312,8 +355,12 @@ def write_outputs(out, results, *, methods, choice, models, manifest, psf, psf_f
         tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))
     _write_report(out / "report.md", summary, figures)
     threads = summary["provenance"]["hardware"]["threads"]
-    _print_table(console, {n: img["methods"] for n, img in images.items()}, "bench-v1 per image", "image")
-    _print_table(console, fields, f"bench-v1 per field (s/Mpix: wall clock, {threads} torch threads)", "field")
+    samples = options.get("samples") or 0
+    calibration = f"; <=1σ: fraction of pixels with |SR - ORI| <= sigma ({samples} draws)" if samples else ""
+    _print_table(console, {n: img["methods"] for n, img in images.items()}, "bench-v1 per image", "image",
+                 calibration=bool(samples))
+    _print_table(console, fields, f"bench-v1 per field (s/Mpix: wall clock, {threads} torch threads{calibration})",
+                 "field", calibration=bool(samples))
     console.print(f"RL n={choice['rl_iters']}, Wiener b={choice['wiener_balance']:g}: {choice['note']}")
     console.print(f"wrote {out}/report.md, metrics.csv, summary.json and {len(figures)} figure{'s' if len(figures) != 1 else ''}")
     return summary
