@@ -323,8 +323,10 @@ def export_command(checkpoint, out, name, overwrite):
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads [torch default].")
 @click.option("--device", default="cpu", show_default=True, help="torch device of the models.")
 @click.option("--panels", type=click.IntRange(0), default=3, show_default=True, help="Figure tiles per image.")
+@click.option("--samples", type=click.IntRange(0), default=0, show_default=True,
+              help="Posterior draws per model: report the fraction of pixels with |SR - ORI| <= 1 sigma (0: off).")
 def evaluate(fields, images, more_images, models, baselines_only, manifest, data_dir, out, no_consistency, threads,
-             device, panels, psf_file, **psf):
+             device, panels, samples, psf_file, **psf):
     """Score models, BLU, Richardson-Lucy and Wiener on bench-v1 fields or images (report in OUT)."""
     from .evaluate import evaluate as run_evaluate
     from .manifest import default_manifest
@@ -345,6 +347,7 @@ def evaluate(fields, images, more_images, models, baselines_only, manifest, data
         threads=threads,
         device=device,
         panels=panels,
+        samples=samples,
     )
 
 

@@ -220,13 +220,11 @@ def _panel_origins(ref, n):
     return [ref.origins[i] for i in dict.fromkeys(picks)]
 
 
-def _warm_up(models, kernel, psf_fwhm, device):
+def _warm_up(models, kernel, psf_fwhm, device, samples=0):
     """One small untimed pass per model, so s/Mpix does not include torch's first-call setup."""
-    from .restore import restore_image
-
     dummy = np.random.default_rng(0).normal(size=(256, 256))
     for _, model in models:
-        restore_image(dummy, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, device=device)
+        _network(dummy, model, kernel, psf_fwhm, min(samples, 2), device)
 
 
 def calibration_counts(ref, image, sigma):
@@ -441,7 +439,7 @@ def evaluate(
                       transient=True) as bar:
             task = bar.add_task("choosing RL/Wiener on val", total=None)
             choice = baseline_choice(loaded if fields else None, data_dir, psf, kernel, out=out)
-            _warm_up([(m["label"], m["model"]) for m in loaded_models], kernel, psf_fwhm, device)
+            _warm_up([(m["label"], m["model"]) for m in loaded_models], kernel, psf_fwhm, device, samples)
             bar.update(task, total=len(sources), completed=0)
             for path, field in sources:
                 bar.update(task, description=f"{field}: {Path(path).name}")

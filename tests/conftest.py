@@ -45,3 +45,14 @@ def _cache_dir(tmp_path_factory):
     os.environ["ASTROSR_CACHE_DIR"] = str(tmp_path_factory.mktemp("astrosr_cache"))
     yield
     os.environ.pop("ASTROSR_CACHE_DIR", None)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine two OpenMP threads mostly wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -250,3 +250,113 @@ def test_airy_psf_radius_option_reaches_the_degradation(data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     psf = json.loads((tmp_path / "summary.json").read_text())["provenance"]["psf"]
     assert (psf["shape"], psf["radius"]) == ("airy", 3.0)
+
+
+# --- --samples: calibration of the uncertainty map ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spread_model(tmp_path_factory):
+    """A tiny resvae whose last layer is not zero, so its posterior draws differ (sigma > 0)."""
+    torch.manual_seed(0)
+    model = build_model("resvae", {"width": 8, "levels": 2})
+    with torch.no_grad():
+        model.tail.weight.normal_(0.0, 0.05)
+    path = tmp_path_factory.mktemp("spread") / "spread.pt"
+    save_checkpoint(path, {"model": "resvae", "model_config": model.config, "state_dict": model.state_dict(),
+                           "psf": PSF().to_dict()})
+    return path
+
+
+def _within(ref, image, sigma):
+    """Independent count: slice every scored 128 tile by hand."""
+    inside = total = 0
+    for y, x in ref.origins:
+        win = (slice(y, y + 128), slice(x, x + 128))
+        inside += int((np.abs(image[win].astype(np.float64) - ref.ori[win]) <= sigma[win]).sum())
+        total += 128 * 128
+    return inside, total
+
+
+def test_samples_report_the_fraction_of_pixels_within_one_sigma(data_dir, spread_model, tmp_path):
+    from astrosr import metrics
+    from astrosr.checkpoint import load_model
+    from astrosr.degrade import degrade
+    from astrosr.fits_io import read_image
+    from astrosr.restore import consistency_step, restore_image
+
+    names = ["synth", "gc_msx_e"]
+    result = _cli("evaluate", "--images", *[data_dir / f"{n}.fits" for n in names], "--model", spread_model,
+                  "--samples", "3", "--panels", "0", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "<=1σ" in result.output and "3 draws" in result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["provenance"]["options"]["samples"] == 3
+    model = load_model(spread_model)[0]
+    kernel = PSF().kernel()
+    pooled = {"SR spread": [0, 0], "SR spread (no DC)": [0, 0]}
+    for name in names:
+        ori = read_image(data_dir / f"{name}.fits").data
+        ref = metrics.reference(ori)
+        blu = degrade(ori, kernel, noise_std=ref.std, rng=np.random.default_rng(0))
+        torch.manual_seed(0)
+        restored = restore_image(blu, model, psf_kernel=kernel, psf_fwhm=4.0, consistency=False, samples=3)
+        assert np.nanmax(restored.uncert) > 0
+        rows = summary["images"][name]["methods"]
+        for method, image in [("SR spread", consistency_step(restored.sr, blu, kernel)),
+                              ("SR spread (no DC)", restored.sr)]:
+            inside, total = _within(ref, image, restored.uncert)
+            assert rows[method]["calibration_pixels"] == total == len(ref.origins) * 128 * 128
+            assert rows[method]["calibration_1sigma"] == pytest.approx(inside / total, abs=1e-9)
+            assert 0.05 < inside / total < 0.95  # a real spread, neither none nor everything inside
+            pooled[method][0] += inside
+            pooled[method][1] += total
+        # sampling costs no second mean pass and changes no score: the no-samples restoration scores the same
+        direct = metrics.score(ref, restore_image(blu, model, psf_kernel=kernel, psf_fwhm=4.0).sr).summary()
+        assert rows["SR spread"]["ssim"] == pytest.approx(direct.ssim, rel=1e-12)
+        for method in ("BLU", "RL n=20", "Wiener b=0.1"):
+            assert rows[method]["calibration_1sigma"] is None and rows[method]["calibration_pixels"] is None
+    for method, (inside, total) in pooled.items():
+        assert summary["fields"]["images"][method]["calibration_1sigma"] == pytest.approx(inside / total, abs=1e-9)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Uncertainty calibration (--samples 3)" in report and "before the data-consistency step" in report
+    frac = summary["images"]["gc_msx_e"]["methods"]["SR spread"]["calibration_1sigma"]
+    assert f"| gc_msx_e (images) | SR spread | 16384 | {frac:.4f} |" in report
+
+
+def test_without_samples_nothing_is_added(data_dir, spread_model, tmp_path):
+    result = _cli("evaluate", "--images", data_dir / "gc_msx_e.fits", "--model", spread_model, "--panels", "0",
+                  "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "<=1σ" not in result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["provenance"]["options"]["samples"] == 0
+    for row in summary["images"]["gc_msx_e"]["methods"].values():
+        assert row["calibration_1sigma"] is None and row["calibration_pixels"] is None
+    assert "calibration" not in (tmp_path / "report.md").read_text().lower()
+
+
+def test_calibration_counts_a_known_gaussian_spread():
+    from astrosr import metrics
+    from astrosr.evaluate import calibration_counts
+
+    rng = np.random.default_rng(3)
+    ori = rng.normal(10.0, 1.0, size=(256, 384))
+    ori[200:, 300:] = np.nan  # one tile is not scored
+    ref = metrics.reference(ori)
+    assert len(ref.origins) == 5
+    sigma = rng.uniform(0.5, 3.0, size=ori.shape)
+    image = ori + sigma * rng.normal(size=ori.shape)
+    sigma[0, :10] = np.nan  # not counted
+    inside, total = calibration_counts(ref, image, sigma)
+    assert total == 5 * 128 * 128 - 10
+    p = 0.682689
+    assert abs(inside / total - p) < 4 * np.sqrt(p * (1 - p) / total)
+    assert calibration_counts(ref, image, 2 * np.abs(image - ori))[0] == total + 10
+
+
+def test_negative_samples_is_a_config_error(tmp_path):
+    from astrosr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--samples must be an integer >= 0, got -1"):
+        evaluate(out=tmp_path / "o", images=["x.fits"], samples=-1, console=Console(quiet=True), progress=False)

@@ -13,13 +13,7 @@ from astrosr.models import MODELS, VAE, ResVAE, blur, build_model, noise_level, 
 from astrosr.train import TrainConfig, _losses
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # on a shared 2-core machine two OpenMP threads mostly wait on each other
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(pairs, n=8, crop=None):

@@ -25,12 +25,7 @@ from astrosr.validation import image_validation, is_better, load_val_images
 TINY = {"width": 8, "levels": 2, "mid_blocks": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**overrides):
