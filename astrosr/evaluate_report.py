@@ -356,7 +356,7 @@ def write_outputs(out, results, *, methods, choice, models, manifest, psf, psf_f
     _write_report(out / "report.md", summary, figures)
     threads = summary["provenance"]["hardware"]["threads"]
     samples = options.get("samples") or 0
-    calibration = f"; <=1σ: fraction of pixels with |SR - ORI| <= sigma ({samples} draws)" if samples else ""
+    calibration = f"; <=1σ: |SR - ORI| <= sigma, {samples} draws" if samples else ""
     _print_table(console, {n: img["methods"] for n, img in images.items()}, "bench-v1 per image", "image",
                  calibration=bool(samples))
     _print_table(console, fields, f"bench-v1 per field (s/Mpix: wall clock, {threads} torch threads{calibration})",
