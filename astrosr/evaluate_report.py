@@ -7,60 +7,26 @@ stays short; every file goes through :func:`astrosr.files.atomic_path`.
 import csv
 import datetime
 import json
-import os
-import platform
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .files import atomic_path, sha256_file
 from .metrics import summarise
+from .provenance import hardware, versions
 
 __all__ = ["write_outputs", "provenance", "rows", "format_row"]
 
 SCHEMA = "astrosr-evaluate/1"
 
 
-def _cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def provenance(*, models, manifest, psf, psf_fwhm, device, options):
     """Versions, hardware, inputs and date of a run (the ``provenance`` block of summary.json)."""
-    import astropy
-    import photutils
-    import scipy
-    import skimage
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "benchmark": "bench-v1",
-        "versions": {
-            "astrosr": __version__,
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-            "torch": torch.__version__,
-            "astropy": astropy.__version__,
-            "photutils": photutils.__version__,
-            "skimage": skimage.__version__,
-        },
-        "hardware": {
-            "cpu": _cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "gpu": gpu,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-        },
+        "versions": versions(),
+        "hardware": hardware(device),
         "manifest": None if manifest is None else {
             "path": str(manifest.path), "name": manifest.name, "sha256": sha256_file(manifest.path),
         },

@@ -18,8 +18,6 @@ import datetime
 import glob
 import hashlib
 import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from . import __version__
 from .config import to_dict
 from .errors import ConfigError, DataError
 from .files import atomic_path, make_dir, sha256_file
+from .provenance import hardware, versions
 from .pipeline_config import Pipeline, find_path, load_pipeline, path_exists
 
 __all__ = ["run_pipeline", "load_pipeline"]
@@ -308,14 +307,6 @@ def _panel(truth, blu, sr):
     return str(target)
 
 
-def _hardware():
-    import torch
-
-    return {"cpu_count": os.cpu_count(), "machine": platform.machine(), "processor": platform.processor(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "astrosr": __version__}
-
-
 def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_dir=None, console=None):
     """Run a pipeline's stages in order, skipping those finished before with the same config.
 
@@ -386,7 +377,7 @@ def _summarise(r, run_dir, total, console):
 
     summary = {"pipeline": str(r.p.path), "name": r.p.name, "run_dir": str(run_dir), "seconds": round(total, 1),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "hardware": _hardware(), "stages": r.rows, "records": r.records.stages}
+               "hardware": {**hardware(), **versions()}, "stages": r.rows, "records": r.records.stages}
     lines = [f"# astrosr run: {r.p.name}", "", f"Pipeline `{r.p.path}`, run directory `{run_dir}`, "
              f"{summary['date']}, {total:.0f} s in all.", "",
              "| stage | status | seconds | main output |", "|---|---|---:|---|"]
@@ -398,7 +389,7 @@ def _summarise(r, run_dir, total, console):
         table.add_row(row["stage"], f"[{style}]{row['status']}[/]", f"{row['seconds']:.1f}", row["output"])
         lines.append(f"| {row['stage']} | {row['status']} | {row['seconds']:.1f} | `{row['output']}` |")
     hw = summary["hardware"]
-    lines += ["", f"Hardware: {hw['cpu_count']} CPUs ({hw['processor'] or hw['machine']}), GPU {hw['gpu'] or 'none'}; "
+    lines += ["", f"Hardware: {hw['cpu']} ({hw['cpu_count']} CPUs), GPU {hw['gpu'] or 'none'}; "
               f"python {hw['python']}, torch {hw['torch']}, astrosr {hw['astrosr']}.", ""]
     with atomic_path(run_dir / "summary.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -22,7 +22,6 @@ import csv
 import json
 import math
 import os
-import platform
 import random
 import time
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from .dataset import PairsDataset, TileSampler
 from .errors import ConfigError, InputError
 from .files import atomic_path, make_dir
 from .models import MODELS, blur, build_model
+from .provenance import hardware, versions
 from .validation import describe, image_validation, is_better, load_val_images, tile_validation
 
 __all__ = ["TrainConfig", "load_config", "train", "ssim_loss"]
@@ -544,8 +544,7 @@ def train(pairs, config, out, *, resume=False, stop_at=None):
         "val_images": val_note or "whole val images scored with evaluate's path",
         "seconds": elapsed, "world_size": world, "device": str(device), "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in raw.parameters()), "model": cfg.model, "model_config": raw.config,
-        "train_tiles": len(train_set), "astrosr_version": __version__, "torch_version": torch.__version__,
-        "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
+        "train_tiles": len(train_set), "versions": versions(), "hardware": hardware(device),
     }
     if main:
         log.plot()

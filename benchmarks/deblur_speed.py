@@ -25,7 +25,6 @@ Usage::
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from astrosr.provenance import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = ["gc_2mass_j.fits", "gc_2mass_h.fits", "gc_2mass_k.fits", "M51.fits"]
 
@@ -43,16 +44,6 @@ IMAGES = ["gc_2mass_j.fits", "gc_2mass_h.fits", "gc_2mass_k.fits", "M51.fits"]
 def _data_dir():
     env = os.environ.get("ASTROSR_DATA_DIR")
     return Path(env) if env else REPO.parent / "shared" / "data" / "fits"
-
-
-def _cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _model(spec, tmp):
@@ -214,7 +205,7 @@ def _report(rows, gpu, big, note, threads, out, *, load, repeat):
     lines = [
         "# deblur speed vs Richardson-Lucy (benchmarks/deblur_speed.py)",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {_cpu_name()}, {os.cpu_count()} cores, "
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu_name()}, {os.cpu_count()} cores, "
         f"{threads} threads (torch and scipy), torch {torch.__version__}, astrosr "
         f"{__import__('astrosr').__version__}. Model: {note}.",
         f"Shared machine: 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after the speed runs; "
