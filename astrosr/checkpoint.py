@@ -85,6 +85,8 @@ def _load_safetensors(path):
         config = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{sidecar}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{sidecar}: not an astrosr model config (expected a JSON object, got {type(config).__name__})")
     try:
         state = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:

@@ -128,7 +128,7 @@ def fetch(manifest, data_dir, fields):
 @click.option("--noise", default=None, help="Noise std / ORI background std, or a range [1].")
 @click.option("--poisson-gain", type=float, default=None, help="Add Poisson noise at this gain (e-/ADU), train images.")
 @click.option("--scale", type=click.IntRange(1), default=None, help="Block-average BLU by S (S-times super-resolution) [1].")
-@click.option("--seed", type=click.IntRange(0), default=None, help="Train image i uses default_rng(seed + i) [0].")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Seed of the train images' noise and PSF draws (image i: SeedSequence(seed, spawn_key=(i,))) [0].")
 @click.option("--tile", type=click.IntRange(8), default=None, help="Tile side [128].")
 @click.option("--stride", type=click.IntRange(1), default=None, help="Grid step [tile].")
 @click.option("--compression", type=click.Choice(["lzf", "gzip", "none"]), default=None, help="HDF5 compression [lzf].")

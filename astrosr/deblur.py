@@ -331,13 +331,19 @@ def _provenance(header, *, image, info, psf_id, trained_for, consistency, overla
     return header
 
 
-def _existing_matches(path, sha, psf_id):
-    """True when the output at ``path`` was written by astrosr with this model and PSF."""
+def _existing_matches(path, sha, psf_id, settings):
+    """True when the output at ``path`` was written by astrosr with this model, PSF and ``settings``.
+
+    ``settings`` maps provenance keywords (ASRCONS, ASRSAMP, ASROVLP) to this
+    run's values: a rerun with ``--no-consistency`` or ``--samples`` must not
+    silently keep an image made another way (no UNCERT, or the step on).
+    """
     try:
         with fits.open(path) as hdul:
             header = hdul[1].header if path.name.endswith(".fz") and len(hdul) > 1 else hdul[0].header
             history = [str(v).strip() for v in header.get("HISTORY", [])]
-            return header.get("ASRMSHA") == sha and header.get("ASRPSF") == psf_id and sha in history
+            same = all(key in header and header[key] == value for key, value in settings.items())
+            return header.get("ASRMSHA") == sha and header.get("ASRPSF") == psf_id and sha in history and same
     except Exception:  # an unreadable leftover is simply not ours
         return False
 
@@ -399,7 +405,8 @@ def deblur_file(
         Write a lossless tile-compressed ``_deblur.fits.fz`` (image in HDU 1).
     overwrite : bool
         Replace an existing output. Without it an output made with the same
-        model and PSF is skipped and any other existing output is an error.
+        model, PSF, consistency, samples and overlap is skipped and any other
+        existing output is an error.
     device : str
     progress : callable, optional
         Tile progress, as :func:`deblur_image`.
@@ -426,9 +433,11 @@ def deblur_file(
     psf = _absolute_psf(psf)
     psf_id = psf_identity(psf)
     if out.exists() and not overwrite:
-        if _existing_matches(out, info["sha256"], psf_id):
-            return FileResult(str(path), str(out), "skipped", "done before with this model and PSF")
-        raise InputError(f"{out}: output exists and was not made with this model and PSF (use --overwrite to replace it)")
+        settings = {"ASRCONS": bool(consistency), "ASRSAMP": int(samples), "ASROVLP": int(overlap)}
+        if _existing_matches(out, info["sha256"], psf_id, settings):
+            return FileResult(str(path), str(out), "skipped", "done before with this model, PSF and settings")
+        raise InputError(f"{out}: output exists and was not made with this model and PSF, or with other "
+                         "consistency/samples/overlap settings (use --overwrite to replace it)")
 
     image = read_image(path, min_size=8)
     restored = deblur_image(

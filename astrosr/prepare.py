@@ -19,7 +19,7 @@ Noise and randomisation (CONTRACTS.md 2): images of a test field (anything
 but ``train``) get exactly bench-v1's recipe with the config's fixed PSF and
 noise factor and a fresh ``default_rng(0)``; a parameter given as a range
 (``'2.5:5.5'``) takes bench-v1's value there (Moffat, FWHM 4, beta 3, noise
-1). Train images use ``default_rng(seed + image index)``, draw ranged
+1). Train image ``i`` uses the child stream ``SeedSequence(seed, spawn_key=(i,))`` (never the test fields' ``default_rng(0)``), draw ranged
 parameters from it per image or per tile, and get the Poisson term if asked.
 ``blu_lo``/``blu_hi``/``blu_bg_std`` come from the whole BLU image (with
 per-tile randomisation, from all of the image's BLU tiles together). An image
@@ -106,7 +106,9 @@ class PrepareConfig:
     scale : int
         Block-average BLU by this factor (BLU tiles ``tile/scale``).
     seed : int
-        Train image ``i`` uses ``default_rng(seed + i)``.
+        Train image ``i`` uses the child stream ``SeedSequence(seed, spawn_key=(i,))``: never bench-v1's
+        ``default_rng(0)`` of the test fields (``seed + i``, and even ``[seed, i]``, hand image 0 that
+        very noise field).
     tile, stride : int
         Tile side and grid step (default: ``tile``, non-overlapping).
     hdu : int or str or None
@@ -302,7 +304,7 @@ def _one_image(i, path, field, sha256, config, psfs):
         raise InputError(f"{path}: no {config.tile}x{config.tile} tile without NaN pixels")
     pixscale = _image_pixscale(image, config) if "file" in config.shapes else None
     train = field == TRAIN_FIELD
-    rng = np.random.default_rng(config.seed + i if train else 0)
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(i,)) if train else 0)
     poisson = config.poisson_gain if train else None
     s, t = config.scale, config.tile
     if train and config.randomise == "tile" and config.randomised:

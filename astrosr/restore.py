@@ -16,6 +16,7 @@ import torch
 from scipy import fft
 
 from .degrade import background_stats, block_average, convolve_extend, percentile_limits
+from .errors import InputError
 from .tiling import fit_tile, map_tiles
 
 __all__ = ["Restored", "restore_image", "consistency_step"]
@@ -212,6 +213,8 @@ def restore_image(
     blu = np.asarray(blu, dtype=np.float64)
     bad = ~np.isfinite(blu)
     lo, hi = percentile_limits(blu)
+    if not hi > lo:  # no affine map to model units exists (the division below would be by zero)
+        raise InputError(f"image: its 0.5 and 99.9 percentiles are equal ({lo:g}); nothing to normalise or restore")
     span = hi - lo
     _, median, bg_std = background_stats(_stats_sample(blu))
     scale = int(getattr(model, "scale", 1))

@@ -455,7 +455,7 @@ def train(pairs, config, out, *, resume=False, stop_at=None):
             tmp.write_text(f"# astrosr {__version__} train config; pairs: {Path(pairs).resolve()}\n"
                            + yaml.safe_dump(to_dict(cfg), sort_keys=False))
         log = _Log(out, resume_step=step if resume else None)
-    tile = raw.native_tile or 256
+    tile = raw.native_tile or 512  # restore_image's default: validation scores what evaluate scores
     psf_record = _trained_psf(train_set)
     last_step = min(cfg.max_steps, stop_at or cfg.max_steps)
 

@@ -127,6 +127,9 @@ def test_weights_that_do_not_fit_and_bad_safetensors(tmp_path, monkeypatch):
     lonely.write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="no sibling config lonely.json"):
         ckpt.load_model(lonely)
+    (tmp_path / "lonely.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"lonely\.json: not an astrosr model config \(expected a JSON object, got list\)"):
+        ckpt.load_model(lonely)
     (tmp_path / "lonely.json").write_text(json.dumps({"model": "resvae", "model_config": {}}))
     with pytest.raises(CheckpointError, match="lonely.safetensors: not a readable safetensors file"):
         ckpt.load_model(lonely)

@@ -242,6 +242,19 @@ def test_existing_output_from_another_psf_is_an_error_unless_overwrite(data_dir,
     assert again.status == "done" and fits.getheader(again.output)["ASRPSF"].startswith("Moffat FWHM=3px")
 
 
+def test_existing_output_made_with_other_settings_is_not_skipped(data_dir, models, tmp_path):
+    """A rerun asking for --no-consistency or --samples must not keep an image made another way."""
+    src, common = data_dir / "irac_ch1_flight.fits", {"model_path": models["identity"], "device": "cpu"}
+    deblur_file(src, tmp_path, **common)
+    assert deblur_file(src, tmp_path, **common).status == "skipped"
+    for other in ({"consistency": False}, {"samples": 2}, {"overlap": 16}):
+        with pytest.raises(InputError, match=r"not made with this model and PSF, or with other consistency/samples/overlap"):
+            deblur_file(src, tmp_path, **common, **other)
+    again = deblur_file(src, tmp_path, **common, consistency=False, overwrite=True)
+    assert again.status == "done" and fits.getheader(again.output)["ASRCONS"] is False
+    assert deblur_file(src, tmp_path, **common, consistency=False).status == "skipped"
+
+
 def test_a_file_psf_is_recorded_by_content_and_a_changed_kernel_is_not_skipped(data_dir, models, tmp_path, monkeypatch):
     kernel = tmp_path / "kernel.fits"
     fits.writeto(kernel, PSF(fwhm=3.0).kernel())

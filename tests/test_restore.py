@@ -118,3 +118,46 @@ def test_identity_samples_have_zero_uncertainty():
     out = restore_image(image, Identity(), psf_kernel=moffat_psf(), consistency=False, tile=128, samples=3)
     assert out.uncert.shape == image.shape
     assert np.abs(out.uncert).max() < 1e-6
+
+
+class Recorder(Identity):
+    """Identity that keeps every tile and conditioning row it is given (model units)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tiles, self.cond = [], []
+
+    def restore(self, blu, *, psf=None, cond=None):
+        self.tiles.append(blu.clone())
+        self.cond.append(cond.clone())
+        return blu.clone()
+
+
+def test_model_input_is_scaled_by_blus_own_percentiles_and_conditioned_on_its_noise():
+    """CONTRACTS.md 2: the model sees (blu - p0.5) / (p99.9 - p0.5) of BLU alone, NaN filled with
+    BLU's clipped median, and cond = [fwhm, clipped std / (p99.9 - p0.5)]; checked with numpy/astropy."""
+    from astropy.stats import sigma_clipped_stats
+
+    rng = np.random.default_rng(9)
+    image = rng.normal(50.0, 3.0, (128, 128))
+    image[10:20, 30:40] = np.nan
+    image[100, 100] = 5000.0
+    model = Recorder()
+    restore_image(image, model, psf_kernel=moffat_psf(), psf_fwhm=3.5, consistency=False, tile=128, overlap=0)
+    good = np.isfinite(image)
+    lo, hi = np.percentile(image[good], [0.5, 99.9])
+    _, median, std = sigma_clipped_stats(image[good], sigma=3, maxiters=5)
+    expected = (np.where(good, image, median) - lo) / (hi - lo)
+    seen = torch.cat(model.tiles)[:, 0].numpy()
+    assert seen.shape == (1, 128, 128)
+    np.testing.assert_allclose(seen[0], expected, rtol=1e-6, atol=1e-6)  # float32 input
+    np.testing.assert_allclose(torch.cat(model.cond).numpy(), [[3.5, std / (hi - lo)]], rtol=1e-5)
+
+
+def test_image_without_dynamic_range_is_an_error_not_a_nan_image():
+    from astrosr.errors import InputError
+
+    image = np.zeros((128, 128))
+    image[0, 0] = 1.0  # not constant, but its 0.5 and 99.9 percentiles are equal
+    with pytest.raises(InputError, match=r"0\.5 and 99\.9 percentiles are equal \(0\)"):
+        restore_image(image, Identity(), psf_kernel=moffat_psf(), consistency=False, tile=128)
