@@ -40,7 +40,7 @@ __all__ = [
 #: cards of the input that describe its on-disk layout, not the sky; rewritten for float32
 _STRUCTURAL = re.compile(
     r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|GROUPS|BSCALE|BZERO|BLANK|"
-    r"CHECKSUM|DATASUM|INHERIT)$"
+    r"CHECKSUM|DATASUM|INHERIT|DATAMIN|DATAMAX)$"  # DATAMIN/MAX describe the input's pixels, not ours
 )
 #: the WCS cards copied into the UNCERT and MASK extensions so viewers align them
 _WCS_CARD = re.compile(

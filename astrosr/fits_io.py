@@ -18,7 +18,7 @@ from .errors import InputError
 
 __all__ = ["FitsImage", "read_image", "FITS_SUFFIXES", "strip_fits_suffix"]
 
-FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
+FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fit.fz", ".fts.gz", ".fts.fz", ".fits", ".fit", ".fts", ".fz")
 
 
 def strip_fits_suffix(name):

@@ -123,6 +123,17 @@ def test_wcs_and_every_input_card_are_kept_and_history_added(data_dir, models, t
     assert header["ASRLO"] == pytest.approx(lo) and header["ASRHI"] == pytest.approx(hi)
 
 
+def test_input_datamin_datamax_are_not_carried_over(models, tmp_path):
+    # they describe the input's pixel range; copied, they would be wrong for the restored image
+    image = np.random.default_rng(3).normal(100, 5, (64, 64)).astype(np.float32)
+    header = fits.Header({"DATAMIN": float(image.min()), "DATAMAX": float(image.max()), "OBJECT": "test"})
+    src = tmp_path / "in.fits"
+    fits.writeto(src, image, header)
+    out = deblur_file(src, tmp_path / "out", model_path=models["identity"], device="cpu").output
+    header_out = fits.getheader(out)
+    assert "DATAMIN" not in header_out and "DATAMAX" not in header_out and header_out["OBJECT"] == "test"
+
+
 @pytest.mark.parametrize("name", ["gc_bolocam_gps.fits", "gc_2mass_j.fits"])
 def test_scale_two_rescales_the_wcs(data_dir, tmp_path, name):
     src = _crop(data_dir / name, tmp_path / name, slice(0, 90), slice(0, 100))

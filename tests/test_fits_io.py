@@ -198,7 +198,8 @@ def test_mostly_zero_real_image_reads(data_dir):
 
 @pytest.mark.parametrize(
     "name, stem",
-    [("m51.fits", "m51"), ("a.b.fits.gz", "a.b"), ("x.fits.fz", "x"), ("y.FITS", "y"), ("z.fz", "z"), ("w.dat", "w")],
+    [("m51.fits", "m51"), ("a.b.fits.gz", "a.b"), ("x.fits.fz", "x"), ("y.FITS", "y"), ("z.fz", "z"), ("w.dat", "w"),
+     ("v.fit.fz", "v"), ("u.fts.gz", "u")],
 )
 def test_strip_fits_suffix(name, stem):
     assert strip_fits_suffix(name) == stem
