@@ -88,8 +88,7 @@ def resolve_device(device):
 def _psf_kernel_and_fwhm(psf):
     if isinstance(psf, PSF):
         kernel = psf.kernel()
-        fwhm = psf.fwhm if psf.shape in ("moffat", "gaussian") else measure_fwhm(kernel)
-        return kernel, float(fwhm)
+        return kernel, psf.fwhm_px(kernel)
     kernel = np.asarray(psf, dtype=np.float64)
     if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
         raise ConfigError(f"psf: expected a PSF or a 2-D kernel with odd sides, got shape {kernel.shape}")

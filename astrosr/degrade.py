@@ -146,6 +146,12 @@ class PSF:
             return airy_psf(self.radius, size=self.size)
         return read_psf(self.path, pixscale=self.pixscale, image_pixscale=self.image_pixscale)
 
+    def fwhm_px(self, kernel=None):
+        """FWHM in pixels: the analytic one, else measured on the kernel (file and Airy PSFs)."""
+        if self.shape in ("moffat", "gaussian"):
+            return float(self.fwhm)
+        return measure_fwhm(self.kernel() if kernel is None else kernel)
+
     def to_dict(self):
         return asdict(self)
 

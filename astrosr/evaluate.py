@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import baselines, metrics
-from .degrade import BENCH_V1_PSF, degrade, measure_fwhm
+from .degrade import BENCH_V1_PSF, degrade
 from .errors import AstrosrError, ConfigError, InputError
 from .files import make_dir
 from .fits_io import read_image, strip_fits_suffix
@@ -202,13 +202,6 @@ def baseline_choice(manifest, data_dir, psf, kernel, *, out, progress=None):
 
     choice, cached = baselines.cached_choice(out, key, compute)
     return dict(choice, cached=cached, val_images=[str(p) for p, _ in val])
-
-
-def _psf_fwhm(psf, kernel):
-    """FWHM in pixels: the analytic one, else measured on the kernel (file and Airy PSFs)."""
-    if psf.shape in ("moffat", "gaussian"):
-        return float(psf.fwhm)
-    return measure_fwhm(kernel)
 
 
 def _panel_origins(ref, n):
@@ -428,7 +421,7 @@ def evaluate(
     psf = resolve_psf(psf, loaded, data_dir)
     loaded_models = _load_models(models, device)
     kernel = psf.kernel()
-    psf_fwhm = _psf_fwhm(psf, kernel)
+    psf_fwhm = psf.fwhm_px(kernel)
     out = Path(out)
     created = not out.exists()
     make_dir(out)

@@ -41,7 +41,7 @@ from scipy import signal
 
 from . import __version__
 from .config import to_dict
-from .degrade import PSF, background_stats, block_average, degrade, measure_fwhm, percentile_limits
+from .degrade import PSF, background_stats, block_average, degrade, percentile_limits
 from .errors import ConfigError, InputError
 from .files import atomic_path, check_not_input, sha256_file
 from .fits_io import read_image
@@ -224,7 +224,7 @@ class _Psfs:
         key = json.dumps(psf.to_dict(), sort_keys=True)
         if key not in self.index:
             kernel = psf.kernel()
-            fwhm = psf.fwhm if psf.shape in ("moffat", "gaussian") else measure_fwhm(kernel)
+            fwhm = psf.fwhm_px(kernel)
             self.index[key] = len(self.kernels)
             self.kernels.append(kernel)
             self.params.append(psf.to_dict())

@@ -204,3 +204,13 @@ def test_background_stats_match_astropy_on_heavy_tails(rng, n):
         expected = sigma_clipped_stats(finite, sigma=3, maxiters=5)
         assert background_stats(image.reshape(1, -1)) == pytest.approx(expected, rel=1e-12)
     assert background_stats(np.full((4, 4), 5.0)) == (5.0, 5.0, 0.0)
+
+
+def test_psf_fwhm_px_is_analytic_or_measured(data_dir):
+    from astrosr.degrade import PSF, measure_fwhm
+
+    assert PSF(fwhm=3.5).fwhm_px() == 3.5 and PSF(shape="gaussian", fwhm=2.0).fwhm_px() == 2.0
+    airy = PSF(shape="airy", radius=4.0)
+    assert airy.fwhm_px() == measure_fwhm(airy.kernel())
+    # Airy FWHM = 1.029 lambda/D and first zero 1.22 lambda/D: FWHM / radius = 0.843
+    assert abs(airy.fwhm_px() / 4.0 - 0.843) < 0.03
