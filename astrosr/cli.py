@@ -58,7 +58,14 @@ def psf_from_options(psf_file=None, psf_fwhm=None, psf_beta=None, psf_shape=None
         if given:
             raise ConfigError(f"{given[0]}: not used with --psf {psf_file} (a PSF file is its own shape); drop one of them")
         return PSF(shape="file", path=str(psf_file), **extra)
-    kwargs = {"shape": psf_shape or "moffat"}
+    shape = psf_shape or "moffat"
+    unused = {"gaussian": (("--psf-beta", psf_beta), ("--psf-radius", psf_radius)),
+              "airy": (("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta)),
+              "moffat": (("--psf-radius", psf_radius),)}[shape]
+    given = [name for name, value in unused if value is not None]
+    if given:
+        raise ConfigError(f"{given[0]}: not used by --psf-shape {shape}; drop it")
+    kwargs = {"shape": shape}
     if psf_radius is not None:
         kwargs["radius"] = psf_radius
     if psf_fwhm is not None:

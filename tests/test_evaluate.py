@@ -188,6 +188,10 @@ def test_psf_option_sets_the_degradation(data_dir, tmp_path):
         # a file PSF once silently ignored --psf-fwhm, scoring with another PSF than asked
         (["--images", "{synth}", "--psf", "{psf}", "--psf-fwhm", "3"], "--psf-fwhm: not used with --psf"),
         (["--images", "{synth}", "--psf-shape", "airy"], "psf shape 'airy' needs a radius (--psf-radius R)"),
+        # a Gaussian has no beta, an Airy disc no FWHM option: ignoring them would use another PSF
+        (["--images", "{synth}", "--psf-shape", "gaussian", "--psf-beta", "2.5"], "--psf-beta: not used by --psf-shape gaussian"),
+        (["--images", "{synth}", "--psf-shape", "airy", "--psf-radius", "4", "--psf-fwhm", "3"],
+         "--psf-fwhm: not used by --psf-shape airy"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(data_dir, tmp_path, args, message):
