@@ -24,7 +24,7 @@ from . import __version__
 from .degrade import BENCH_V1_PSF, PSF, measure_fwhm
 from .errors import AstrosrError, ConfigError, InputError
 from .files import atomic_path, sha256_file
-from .fits_io import read_image, strip_fits_suffix
+from .fits_io import STRUCTURAL, read_image, strip_fits_suffix
 
 __all__ = [
     "FileResult",
@@ -37,11 +37,6 @@ __all__ = [
     "resolve_device",
 ]
 
-#: cards of the input that describe its on-disk layout, not the sky; rewritten for float32
-_STRUCTURAL = re.compile(
-    r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|GROUPS|BSCALE|BZERO|BLANK|"
-    r"CHECKSUM|DATASUM|INHERIT|DATAMIN|DATAMAX)$"  # DATAMIN/MAX describe the input's pixels, not ours
-)
 #: the WCS cards copied into the UNCERT and MASK extensions so viewers align them
 _WCS_CARD = re.compile(
     r"^(WCSAXES|WCSNAME|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|PS\d_\d+|"
@@ -247,7 +242,7 @@ def _clean_header(header):
     """The input's cards less the structural ones (CONTRACTS.md 6)."""
     out = fits.Header()
     for card in header.cards:
-        if not _STRUCTURAL.match(card.keyword):
+        if not STRUCTURAL.match(card.keyword):
             out.append(card, end=True)
     return out
 

@@ -7,6 +7,7 @@ non-finite or BLANK pixel as NaN.
 """
 
 import warnings
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,13 @@ from astropy.io.fits.verify import VerifyWarning
 
 from .errors import InputError
 
-__all__ = ["FitsImage", "read_image", "FITS_SUFFIXES", "strip_fits_suffix"]
+__all__ = ["FitsImage", "read_image", "FITS_SUFFIXES", "STRUCTURAL", "strip_fits_suffix"]
+
+#: cards that describe a HDU's on-disk layout (or, DATAMIN/MAX, its stored pixels), not the sky
+STRUCTURAL = re.compile(
+    r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|GROUPS|BSCALE|BZERO|BLANK|"
+    r"CHECKSUM|DATASUM|INHERIT|DATAMIN|DATAMAX)$"
+)
 
 FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fit.fz", ".fts.gz", ".fts.fz", ".fits", ".fit", ".fts", ".fz")
 
@@ -52,6 +59,14 @@ class FitsImage:
     path: Path
     hdu: int
     plane: int | None = None
+
+
+def _inherit(header, primary):
+    """Add the primary header's sky cards an ``INHERIT = T`` extension does not override (FITS 4.0 convention)."""
+    for card in primary.cards:
+        if card.keyword and card.keyword not in ("COMMENT", "HISTORY") and not STRUCTURAL.match(card.keyword) \
+                and card.keyword not in header:
+            header.append(card, end=True)
 
 
 def _pick_hdu(hdul, path, hdu):
@@ -109,6 +124,8 @@ def read_image(path, *, hdu=None, plane=None, min_size=128):
                 index = _pick_hdu(hdul, path, hdu)
                 h = hdul[index]
                 header = h.header.copy()
+                if index > 0 and header.get("INHERIT") is True:
+                    _inherit(header, hdul[0].header)
                 raw = h.data
                 blank = header.get("BLANK") if raw is not None and raw.dtype.kind in "iu" else None
                 data = np.array(raw, dtype=np.float64)

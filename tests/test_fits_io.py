@@ -219,3 +219,16 @@ def test_damaged_file_is_one_message_without_astropy_notes(tmp_path, data_dir):
         with pytest.raises(InputError, match=r"notes\.fits: not a readable FITS file \(OSError: No SIMPLE card found\)$"):
             read_image(text)
     assert not caught
+
+
+def test_inherit_brings_the_primary_header_cards(tmp_path):
+    image = np.arange(128 * 128, dtype=np.float32).reshape(128, 128)
+    primary = fits.PrimaryHDU(header=fits.Header({"OBJECT": "M 1", "EXPTIME": 30.0, "FILTER": "r"}))
+    with_inherit = fits.ImageHDU(image, header=fits.Header({"INHERIT": True, "FILTER": "g"}), name="SCI")
+    fits.HDUList([primary, with_inherit]).writeto(tmp_path / "mef.fits")
+    header = read_image(tmp_path / "mef.fits").header
+    assert header["OBJECT"] == "M 1" and header["EXPTIME"] == 30.0
+    assert header["FILTER"] == "g"  # the extension's own card wins
+    without = fits.ImageHDU(image, name="SCI")
+    fits.HDUList([primary, without]).writeto(tmp_path / "plain.fits")
+    assert "OBJECT" not in read_image(tmp_path / "plain.fits").header
