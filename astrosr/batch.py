@@ -172,6 +172,8 @@ def deblur_batch(
     compress=False,
     overwrite=False,
     device="auto",
+    hdu=None,
+    plane=None,
     workers=1,
     scheduler=None,
     dask_local=None,
@@ -185,8 +187,8 @@ def deblur_batch(
     inputs : sequence of str or Path
         Files, directories (their ``.fits``/``.fits.gz``/``.fz`` files) and globs.
     out_dir : str or Path
-    model_path, psf, consistency, overlap, samples, compress, overwrite, device
-        As :func:`deblur_file`.
+    model_path, psf, consistency, overlap, samples, compress, overwrite, device, hdu, plane
+        As :func:`deblur_file` (``hdu`` and ``plane`` apply to every input).
     workers : int
         Local processes (1: run in this process).
     scheduler : str, optional
@@ -243,6 +245,8 @@ def deblur_batch(
         "compress": compress,
         "overwrite": overwrite,
         "device": device,
+        "hdu": hdu,
+        "plane": plane,
     }
     jobs = [{"path": str(src.resolve()), **common} for src, _ in pairs]
     results = [None] * len(jobs)

@@ -374,8 +374,11 @@ def evaluate(fields, images, more_images, models, baselines_only, manifest, data
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs instead of skipping them.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1... or auto (a GPU when present).")
 @click.option("--no-consistency", is_flag=True, help="Skip the data-consistency step (network output only).")
+@click.option("--hdu", default=None, help="HDU index or EXTNAME of the image in every input [first 2-D image].")
+@click.option("--plane", type=click.IntRange(0), default=None, help="Plane of a 3-D cube.")
 @psf_options
-def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, dask_local, compress, overwrite, device, no_consistency, **psf):
+def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, dask_local, compress, overwrite, device, no_consistency,
+           hdu, plane, **psf):
     """Deblur FITS images (files, directories, globs) into OUT/<name>_deblur.fits."""
     from pathlib import Path
 
@@ -405,6 +408,8 @@ def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, da
             compress=compress,
             overwrite=overwrite,
             device=device,
+            hdu=hdu,
+            plane=plane,
             workers=workers,
             scheduler=scheduler,
             dask_local=dask_local,

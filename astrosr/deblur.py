@@ -238,12 +238,21 @@ def output_path(path, out_dir, *, compress=False):
 # --- headers -------------------------------------------------------------------
 
 
-def _clean_header(header):
-    """The input's cards less the structural ones (CONTRACTS.md 6)."""
+_BEYOND_IMAGE_AXES = re.compile(r"^(WCSAXES|CTYPE[3-9]|CRVAL[3-9]|CRPIX[3-9]|CDELT[3-9]|CUNIT[3-9]|CROTA[3-9]|"
+                                r"CD[1-9]_[3-9]|CD[3-9]_[1-9]|PC[1-9]_[3-9]|PC[3-9]_[1-9])$")
+
+
+def _clean_header(header, *, image_axes_only=False):
+    """The input's cards less the structural ones (CONTRACTS.md 6).
+
+    With ``image_axes_only`` (a plane cut from a cube) the WCS cards of the
+    axes beyond the image go too, so the 2-D output has a 2-D WCS.
+    """
     out = fits.Header()
     for card in header.cards:
-        if not STRUCTURAL.match(card.keyword):
-            out.append(card, end=True)
+        if STRUCTURAL.match(card.keyword) or (image_axes_only and _BEYOND_IMAGE_AXES.match(card.keyword)):
+            continue
+        out.append(card, end=True)
     return out
 
 
@@ -380,6 +389,8 @@ def deblur_file(
     compress=False,
     overwrite=False,
     device="auto",
+    hdu=None,
+    plane=None,
     progress=None,
 ):
     """Deblur one FITS file into ``out_dir`` (name per CONTRACTS.md 6).
@@ -402,6 +413,10 @@ def deblur_file(
         model, PSF, consistency, samples and overlap is skipped and any other
         existing output is an error.
     device : str
+    hdu : int or str, optional
+        HDU index or EXTNAME of the image (default: the first 2-D image).
+    plane : int, optional
+        Plane of a cube; the output header keeps only the two image axes of the WCS.
     progress : callable, optional
         Tile progress, as :func:`deblur_image`.
 
@@ -433,7 +448,7 @@ def deblur_file(
         raise InputError(f"{out}: output exists and was not made with this model and PSF, or with other "
                          "consistency/samples/overlap settings (use --overwrite to replace it)")
 
-    image = read_image(path, min_size=8)
+    image = read_image(path, hdu=hdu, plane=plane, min_size=8)
     restored = deblur_image(
         image.data, model, psf=psf, consistency=consistency, overlap=overlap, samples=samples, device=device, progress=progress
     )
@@ -447,7 +462,7 @@ def deblur_file(
     uncert = None if restored.uncert is None else restored.uncert.astype(np.float32, copy=False)
     lo, hi = restored.blu_lo, restored.blu_hi
     del restored
-    header = _rescale_wcs(_clean_header(image.header), scale)
+    header = _rescale_wcs(_clean_header(image.header, image_axes_only=image.plane is not None), scale)
     _provenance(
         header,
         image=image,

@@ -359,3 +359,39 @@ def test_local_processes_and_dask_give_the_serial_bytes(data_dir, models, tmp_pa
         for ext in (0, "MASK", "UNCERT"):
             for other in (b.output, c.output, d):
                 assert np.array_equal(_data_bits(a.output, ext), _data_bits(other, ext))
+
+
+def _cube_with_sky(data_dir, path):
+    """Three planes of a 160x150 corner of gc_2mass_j, with its celestial WCS plus a spectral axis."""
+    with fits.open(data_dir / "gc_2mass_j.fits") as hdul:
+        plane = hdul[0].data[:160, :150].astype(np.float32)
+        celestial = WCS(hdul[0].header).celestial[:160, :150]
+    header = celestial.to_header()
+    header.update({"WCSAXES": 3, "CTYPE3": "FREQ", "CRVAL3": 1.4e9, "CRPIX3": 1.0, "CDELT3": 1e6, "CUNIT3": "Hz"})
+    fits.writeto(path, np.stack([plane, 2 * plane, 3 * plane]), header)
+    return plane, celestial
+
+
+def test_plane_of_a_cube_is_deblurred_with_a_2d_wcs(data_dir, models, tmp_path):
+    plane, celestial = _cube_with_sky(data_dir, tmp_path / "cube.fits")
+    result = CliRunner().invoke(cli, ["deblur", str(tmp_path / "cube.fits"), "-o", str(tmp_path / "out"), "--model",
+                                      str(models["identity"]), "--no-consistency", "--plane", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with fits.open(tmp_path / "out" / "cube_deblur.fits") as hdul:
+        data, header = hdul[0].data, hdul[0].header
+    np.testing.assert_allclose(data, 2 * plane, rtol=0, atol=1e-5 * np.abs(plane).max() * 2)
+    assert "CTYPE3" not in header and header.get("WCSAXES", 2) == 2
+    ys, xs = np.mgrid[0:160:31, 0:150:29]
+    assert np.abs(WCS(header).pixel_to_world(xs, ys).separation(celestial.pixel_to_world(xs, ys)).arcsec).max() < 1e-6
+
+
+def test_cube_without_plane_fails_naming_the_option_and_hdu_picks_an_extension(data_dir, models, tmp_path):
+    _cube_with_sky(data_dir, tmp_path / "cube.fits")
+    result = CliRunner().invoke(cli, ["deblur", str(tmp_path / "cube.fits"), "-o", str(tmp_path / "out"), "--model",
+                                      str(models["identity"]), "--device", "cpu"])
+    assert result.exit_code == 1 and "--plane" in result.output
+    image = np.random.default_rng(5).normal(10, 1, (64, 64)).astype(np.float32)
+    fits.HDUList([fits.PrimaryHDU(image), fits.ImageHDU(2 * image, name="SCI")]).writeto(tmp_path / "mef.fits")
+    out = deblur_file(tmp_path / "mef.fits", tmp_path / "out", model_path=models["identity"], consistency=False,
+                      device="cpu", hdu="SCI").output
+    np.testing.assert_allclose(fits.getdata(out), 2 * image, atol=1e-4)
