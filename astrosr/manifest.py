@@ -195,6 +195,14 @@ def default_manifest():
     return local if local.is_file() or not shipped.is_file() else shipped
 
 
+def _data_dir_setting(data_dir):
+    """``data_dir`` if given, else ``$ASTROSR_DATA_DIR``, as a Path (it may not exist yet)."""
+    data_dir = data_dir or os.environ.get("ASTROSR_DATA_DIR")
+    if not data_dir:
+        raise ConfigError("no data directory: pass --data-dir DIR or set ASTROSR_DATA_DIR")
+    return Path(data_dir)
+
+
 def data_dir_from(data_dir=None):
     """The data directory: ``data_dir`` if given, else ``$ASTROSR_DATA_DIR``.
 
@@ -203,11 +211,7 @@ def data_dir_from(data_dir=None):
     ConfigError
         Neither is set, or the directory does not exist.
     """
-    if data_dir is None:
-        data_dir = os.environ.get("ASTROSR_DATA_DIR")
-        if not data_dir:
-            raise ConfigError("no data directory: pass --data-dir DIR or set ASTROSR_DATA_DIR")
-    data_dir = Path(data_dir)
+    data_dir = _data_dir_setting(data_dir)
     if not data_dir.is_dir():
         raise ConfigError(f"{data_dir}: data directory not found")
     return data_dir
@@ -354,11 +358,7 @@ def fetch(manifest, data_dir, *, fields=None, progress=True):
 
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
-    if data_dir is None:
-        data_dir = os.environ.get("ASTROSR_DATA_DIR") or None
-        if data_dir is None:
-            raise ConfigError("no data directory: pass --data-dir DIR or set ASTROSR_DATA_DIR")
-    data_dir = Path(data_dir)
+    data_dir = _data_dir_setting(data_dir)  # fetch creates it
     with _writable(data_dir):
         data_dir.mkdir(parents=True, exist_ok=True)
     wanted = set(manifest.fields if fields is None else fields)
