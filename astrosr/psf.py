@@ -1,0 +1,377 @@
+"""The PSF: one specification, its kernels, and measurements on a kernel.
+
+:class:`PSF` is the one way a PSF is stated anywhere in astrosr: the library
+argument, the ``psf:`` section of a pipeline YAML and the ``--psf*`` flags of
+the CLI all build one. A PSF is analytic (Moffat, Gaussian, Airy) or a FITS
+kernel; for training data (``prepare``) its FWHM, beta and radius may be
+ranges ``'lo:hi'`` and its shape a comma list, from which each image or tile
+draws a concrete PSF (:meth:`PSF.draw`).
+
+bench-v1's PSF is a Moffat of FWHM 4 px and beta 3 on a 41 x 41 grid
+(:data:`BENCH_V1_PSF`, the default of every field).
+
+Examples
+--------
+>>> from astrosr.psf import PSF
+>>> psf = PSF(shape="gaussian", fwhm=3.0)
+>>> kernel = psf.kernel()
+>>> kernel.shape, round(float(kernel.sum()), 6)
+((41, 41), 1.0)
+>>> PSF(fwhm="2.5:5.5").ranged
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage, special
+
+from .errors import ConfigError, InputError
+
+__all__ = [
+    "PSF",
+    "BENCH_V1_PSF",
+    "PSF_SHAPES",
+    "moffat_psf",
+    "gaussian_psf",
+    "airy_psf",
+    "read_psf",
+    "measure_fwhm",
+    "parse_range",
+    "kernel_and_fwhm",
+]
+
+PSF_SHAPES = ("moffat", "gaussian", "airy", "file")
+#: the keys each shape uses besides ``shape`` (an option a shape does not use is an error, not ignored)
+SHAPE_KEYS = {"moffat": ("fwhm", "beta", "size"), "gaussian": ("fwhm", "size"), "airy": ("radius", "size"),
+              "file": ("path", "pixscale", "image_pixscale")}
+#: bench-v1's values, taken by the test fields where a training PSF gives a range
+BENCH_VALUES = {"fwhm": 4.0, "beta": 3.0}
+
+
+def _grid(size: int) -> np.ndarray:
+    if size < 3 or size % 2 == 0:
+        raise ConfigError(f"psf size must be an odd integer >= 3, got {size}")
+    half = size // 2
+    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    return np.hypot(x, y)
+
+
+def moffat_psf(fwhm: float = 4.0, *, beta: float = 3.0, size: int = 41) -> np.ndarray:
+    """Circular Moffat kernel sampled at pixel centres, unit sum.
+
+    ``gamma = fwhm / (2 sqrt(2**(1/beta) - 1))``; astropy calls ``beta`` alpha.
+
+    Examples
+    --------
+    >>> from astrosr.psf import moffat_psf
+    >>> moffat_psf(4.0, beta=3.0).shape
+    (41, 41)
+    """
+    if not fwhm > 0:
+        raise ConfigError(f"psf fwhm must be > 0, got {fwhm}")
+    if not beta > 1:
+        raise ConfigError(f"psf beta must be > 1, got {beta}")
+    gamma = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    kernel = (1.0 + (_grid(size) / gamma) ** 2) ** (-beta)
+    return kernel / kernel.sum()
+
+
+def gaussian_psf(fwhm: float = 4.0, *, size: int | None = None) -> np.ndarray:
+    """Circular Gaussian kernel sampled at pixel centres, unit sum (default size covers +-5 sigma)."""
+    if not fwhm > 0:
+        raise ConfigError(f"psf fwhm must be > 0, got {fwhm}")
+    sigma = fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    size = size or 2 * int(np.ceil(5 * sigma)) + 1
+    kernel = np.exp(-0.5 * (_grid(size) / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def airy_psf(radius: float, *, size: int = 41) -> np.ndarray:
+    """Airy disc whose first dark ring lies at ``radius`` pixels, unit sum."""
+    if not radius > 0:
+        raise ConfigError(f"psf airy radius must be > 0, got {radius}")
+    x = special.jn_zeros(1, 1)[0] * _grid(size) / radius
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kernel = np.where(x == 0, 1.0, (2.0 * special.j1(x) / x) ** 2)
+    return kernel / kernel.sum()
+
+
+def read_psf(path: str | Path, *, pixscale: float | None = None, image_pixscale: float | None = None) -> np.ndarray:
+    """A measured PSF from a FITS image, optionally resampled, unit sum, odd size.
+
+    Parameters
+    ----------
+    path : str or Path
+    pixscale : float, optional
+        The PSF file's pixel scale (arcsec/px).
+    image_pixscale : float, optional
+        The image's pixel scale; with ``pixscale`` the PSF is resampled to it.
+    """
+    from .fits_io import read_image
+
+    kernel = np.nan_to_num(read_image(path, min_size=3).data)
+    if pixscale is not None and image_pixscale is not None:
+        kernel = ndimage.zoom(kernel, pixscale / image_pixscale, order=3)
+    if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+        kernel = np.pad(kernel, ((0, 1 - kernel.shape[0] % 2), (0, 1 - kernel.shape[1] % 2)))
+    kernel = np.clip(kernel, 0, None)
+    if kernel.sum() <= 0:
+        raise InputError(f"{path}: PSF has no positive pixels")
+    return kernel / kernel.sum()
+
+
+def measure_fwhm(kernel: np.ndarray, *, oversample: int = 8) -> float:
+    """FWHM in pixels of a centred, roughly circular kernel (for file and Airy PSFs).
+
+    The kernel is interpolated ``oversample`` times finer (cubic) and the area
+    above half its peak is taken as a disc: ``fwhm = 2 sqrt(area / pi)``.
+    """
+    fine = ndimage.zoom(np.asarray(kernel, dtype=np.float64), oversample, order=3, grid_mode=True, mode="grid-constant")
+    area = np.count_nonzero(fine >= 0.5 * fine.max()) / oversample**2
+    return float(2.0 * np.sqrt(area / np.pi))
+
+
+def parse_range(value: float | str | None, key: str) -> tuple[float, float] | None:
+    """``4`` -> ``(4.0, 4.0)``; ``'2.5:5.5'`` -> ``(2.5, 5.5)``; anything else is a ConfigError naming ``key``.
+
+    Examples
+    --------
+    >>> parse_range("2.5:5.5", "psf.fwhm")
+    (2.5, 5.5)
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo = hi = float(value)
+    else:
+        parts = str(value).split(":")
+        try:
+            lo, hi = (float(parts[0]), float(parts[-1])) if len(parts) in (1, 2) else (None, None)
+        except ValueError:
+            lo = hi = None
+        if lo is None:
+            raise ConfigError(f"{key}: expected a number or a range 'lo:hi', got {value!r}")
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
+        raise ConfigError(f"{key}: expected 0 < lo <= hi, got {value!r}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class PSF:
+    """A PSF specification that builds its kernel and records itself.
+
+    Parameters
+    ----------
+    shape : {'moffat', 'gaussian', 'airy', 'file'}
+        A comma list (``'moffat,gaussian'``) is a training distribution: each
+        image or tile draws one (:meth:`draw`).
+    fwhm : float or str
+        FWHM in pixels (moffat, gaussian), or a range ``'lo:hi'`` (training).
+    beta : float or str
+        Moffat power index (astropy ``alpha``), or a range.
+    radius : float or str or None
+        Airy first-zero radius in pixels, or a range.
+    path : str or None
+        FITS kernel (shape ``'file'``).
+    pixscale : float or None
+        The kernel file's pixel scale (arcsec/px): resampled to the image's.
+    image_pixscale : float or None
+        The image's pixel scale (arcsec/px), when its header has no celestial WCS.
+    size : int
+        Kernel side for analytic shapes (odd).
+
+    Examples
+    --------
+    >>> from astrosr.psf import PSF
+    >>> PSF(fwhm=3.5).describe()
+    'Moffat FWHM=3.5px beta=3 41x41'
+    >>> PSF.from_keys({"shape": "gaussian", "beta": 2.0})
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: psf.beta: not used by psf shape gaussian; drop it
+    """
+
+    shape: str = "moffat"
+    fwhm: float | str = 4.0
+    beta: float | str = 3.0
+    radius: float | str | None = None
+    path: str | None = None
+    pixscale: float | None = None
+    image_pixscale: float | None = None
+    size: int = 41
+
+    def __post_init__(self) -> None:
+        for shape in self.shapes:
+            if shape not in PSF_SHAPES:
+                raise ConfigError(f"psf shape must be one of {', '.join(PSF_SHAPES)}, got {shape!r}")
+        if "file" in self.shapes and len(self.shapes) > 1:
+            raise ConfigError(f"psf shape: 'file' cannot be mixed with other shapes, got {self.shape!r}")
+        if self.shape == "file" and not self.path:
+            raise ConfigError("psf shape 'file' needs a path (psf.path)")
+        if self.path and self.shape != "file":
+            raise ConfigError(f"psf.path: given with psf shape {self.shape!r}; a PSF file is its own shape")
+        if "airy" in self.shapes and self.radius is None:
+            raise ConfigError("psf shape 'airy' needs a radius (psf.radius)")
+        for key in ("fwhm", "beta", "radius"):
+            parse_range(getattr(self, key), f"psf.{key}")
+        if parse_range(self.beta, "psf.beta")[0] <= 1:
+            raise ConfigError(f"psf.beta: must be > 1, got {self.beta!r}")
+        if self.size < 3 or self.size % 2 == 0:
+            raise ConfigError(f"psf.size: must be an odd integer >= 3, got {self.size}")
+        for key in ("pixscale", "image_pixscale"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"psf.{key}: must be > 0 arcsec/px, got {value!r}")
+
+    @classmethod
+    def from_keys(cls, keys: dict[str, Any] | None = None) -> PSF:
+        """A PSF from the keys a user gave (a YAML ``psf:`` section, CLI flags), bench-v1's for the rest.
+
+        A key the shape does not use (``beta`` for a Gaussian, ``fwhm`` beside
+        a ``path``) is an error naming it: silently ignoring it would deblur
+        or score with another PSF than the one asked for. A ``path`` alone
+        means shape ``'file'``.
+        """
+        keys = {k: v for k, v in (keys or {}).items() if v is not None}
+        unknown = sorted(set(keys) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"psf.{unknown[0]}: unknown key (known: {known})")
+        if "path" in keys:
+            keys.setdefault("shape", "file")
+            if keys["shape"] != "file":
+                raise ConfigError(f"psf.shape: {keys['shape']!r} given with psf.path; a PSF file is its own shape")
+        shapes = [s.strip() for s in str(keys.get("shape", "moffat")).split(",")]
+        used = {k for s in shapes for k in SHAPE_KEYS.get(s, ())} | {"shape"}
+        extra = [k for k in keys if k not in used]
+        if extra and all(s in SHAPE_KEYS for s in shapes):
+            where = f"a PSF file ({keys['path']})" if "path" in keys else f"psf shape {keys.get('shape', 'moffat')}"
+            raise ConfigError(f"psf.{extra[0]}: not used by {where}; drop it")
+        from .config import from_dict
+
+        return from_dict(cls, keys, where="psf", build=False)
+
+    # --- a distribution of PSFs (training data) ----------------------------------
+    @property
+    def shapes(self) -> list[str]:
+        """The shape, or the shapes of a comma list."""
+        return [s.strip() for s in str(self.shape).split(",")]
+
+    def _ranged(self, key: str) -> bool:
+        value = parse_range(getattr(self, key), key)
+        return value is not None and value[0] != value[1]
+
+    @property
+    def ranged(self) -> bool:
+        """True for a distribution (several shapes or a range), False for one PSF."""
+        return len(self.shapes) > 1 or any(self._ranged(k) for k in ("fwhm", "beta", "radius"))
+
+    def _concrete(self, shape: str, pick) -> PSF:
+        if shape == "file":
+            return self
+        values = {"fwhm": pick("fwhm"), "beta": pick("beta")}
+        if self.radius is not None:
+            values["radius"] = pick("radius")
+        return PSF(shape=shape, size=self.size, **values)
+
+    def nominal(self) -> PSF:
+        """The one PSF of a test field: fixed values kept, ranges -> bench-v1's (FWHM 4, beta 3; radius: mid-range)."""
+        def pick(key):
+            lo, hi = parse_range(getattr(self, key), key)
+            return BENCH_VALUES.get(key, 0.5 * (lo + hi)) if lo != hi else lo
+
+        shape = self.shapes[0] if len(self.shapes) == 1 else ("moffat" if "moffat" in self.shapes else self.shapes[0])
+        return self._concrete(shape, pick)
+
+    def draw(self, rng: np.random.Generator) -> PSF:
+        """One PSF of the distribution; only the ranged values and a shape list consume ``rng``."""
+        def pick(key):
+            lo, hi = parse_range(getattr(self, key), key)
+            return float(rng.uniform(lo, hi)) if lo != hi else lo
+
+        shape = self.shapes[int(rng.integers(len(self.shapes)))] if len(self.shapes) > 1 else self.shapes[0]
+        return self._concrete(shape, pick)
+
+    # --- one PSF --------------------------------------------------------------
+    def _single(self) -> None:
+        if self.ranged:
+            raise ConfigError(f"psf: {self.describe()} is a range of PSFs (for prepare); an image has one PSF")
+
+    def kernel(self) -> np.ndarray:
+        """The kernel as a float64 array of unit sum."""
+        self._single()
+        if self.shape == "moffat":
+            return moffat_psf(float(self.fwhm), beta=float(self.beta), size=self.size)
+        if self.shape == "gaussian":
+            return gaussian_psf(float(self.fwhm), size=self.size)
+        if self.shape == "airy":
+            return airy_psf(float(self.radius), size=self.size)
+        return read_psf(self.path, pixscale=self.pixscale, image_pixscale=self.image_pixscale)
+
+    def fwhm_px(self, kernel: np.ndarray | None = None) -> float:
+        """FWHM in pixels: the analytic one, else measured on the kernel (file and Airy PSFs)."""
+        if self.shape in ("moffat", "gaussian"):
+            return float(self.fwhm)
+        return measure_fwhm(self.kernel() if kernel is None else kernel)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        """One line for reports and FITS HISTORY."""
+        if len(self.shapes) > 1:
+            return f"PSFs {self.shape} FWHM {self.fwhm} beta {self.beta}"
+        if self.shape == "moffat":
+            return f"Moffat FWHM={self.fwhm:g}px beta={self.beta:g} {self.size}x{self.size}" if not self.ranged \
+                else f"Moffat FWHM {self.fwhm} beta {self.beta}"
+        if self.shape == "gaussian":
+            return f"Gaussian FWHM={self.fwhm:g}px" if not self.ranged else f"Gaussian FWHM {self.fwhm}"
+        if self.shape == "airy":
+            return f"Airy first-zero radius={self.radius:g}px" if not self.ranged else f"Airy radius {self.radius}"
+        return f"PSF file {self.path}"
+
+    def absolute(self) -> PSF:
+        """The same PSF with a file named by its absolute path (one identity from any directory)."""
+        if self.shape == "file":
+            return dataclasses.replace(self, path=str(Path(self.path).resolve()))
+        return self
+
+    def identity(self) -> str:
+        """The one-line name recorded in output headers and compared when skipping.
+
+        Analytic PSFs are named by their parameters; a file PSF also by the
+        sha256 of its file, so a changed kernel under the same name is noticed.
+        """
+        from .files import sha256_file
+
+        text = self.describe()
+        if self.shape == "file":
+            if not Path(self.path).is_file():
+                raise InputError(f"{self.path}: PSF file not found")
+            text += f" sha256 {sha256_file(self.path)[:16]}"
+            if self.pixscale is not None and self.image_pixscale is not None:
+                text += f" resampled {self.pixscale:g}->{self.image_pixscale:g} arcsec/px"
+        return text
+
+
+BENCH_V1_PSF = PSF()
+
+
+def kernel_and_fwhm(psf: PSF | np.ndarray) -> tuple[np.ndarray, float]:
+    """``(kernel, fwhm_px)`` of a :class:`PSF` or of a 2-D kernel array (normalised to unit sum)."""
+    if isinstance(psf, PSF):
+        kernel = psf.kernel()
+        return kernel, psf.fwhm_px(kernel)
+    kernel = np.asarray(psf, dtype=np.float64)
+    if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+        raise ConfigError(f"psf: expected a PSF or a 2-D kernel with odd sides, got shape {kernel.shape}")
+    if not kernel.sum() > 0:
+        raise ConfigError("psf: kernel has no positive sum")
+    kernel = kernel / kernel.sum()
+    return kernel, measure_fwhm(kernel)
