@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .degrade import BENCH_V1_PSF
+from .psf import BENCH_V1_PSF
 from .deblur import _MODEL_CACHE, FileResult, _absolute_psf, _load_model, deblur_file, output_path, psf_identity, resolve_device
 from .errors import AstrosrError, ConfigError, InputError
 from .fits_io import FITS_SUFFIXES

@@ -47,8 +47,8 @@ def psf_options(func):
 
 
 def psf_from_options(psf_file=None, psf_fwhm=None, psf_beta=None, psf_shape=None, psf_radius=None, **extra):
-    """Build a :class:`astrosr.degrade.PSF` from the shared options (bench-v1 defaults)."""
-    from .degrade import PSF
+    """Build a :class:`astrosr.psf.PSF` from the shared options (bench-v1 defaults)."""
+    from .psf import PSF
     from .errors import ConfigError
 
     if psf_file:

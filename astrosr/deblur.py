@@ -21,7 +21,7 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__
-from .degrade import BENCH_V1_PSF, PSF, measure_fwhm
+from .psf import BENCH_V1_PSF, PSF, measure_fwhm
 from .errors import AstrosrError, ConfigError, InputError
 from .files import atomic_path, sha256_file
 from .fits_io import STRUCTURAL, read_image, strip_fits_suffix

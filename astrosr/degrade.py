@@ -1,186 +1,41 @@
-"""PSFs and the bench-v1 degradation: ORI -> BLU = PSF * ORI + noise.
+"""The one degradation: ORI -> BLU = PSF * ORI + noise (then block averaging for x S pairs).
 
-bench-v1 (``../shared/BENCHMARK.md`` section 2) fixes a Moffat PSF of FWHM 4 px
-and beta 3 on a 41x41 grid, edge-extended linear convolution with NaN pixels
-counted as 0, and Gaussian noise at the sigma-clipped background std of ORI
-drawn with ``numpy.random.default_rng(0)`` over the full image in C order.
-Every parameter here defaults to that.
+bench-v1 fixes edge-extended linear convolution with NaN pixels counted as 0,
+and Gaussian noise at the sigma-clipped background std of ORI drawn with
+``numpy.random.default_rng(0)`` over the full image in C order
+(:func:`bench_v1_degrade`). prepare's training images use the same
+:func:`degrade` with their own random stream, randomised PSFs and noise, and
+optionally a Poisson term. The PSF itself is :mod:`astrosr.psf`.
+
+Examples
+--------
+>>> import numpy as np
+>>> from astrosr.degrade import bench_v1_degrade
+>>> from astrosr.psf import BENCH_V1_PSF
+>>> ori = np.random.default_rng(1).normal(100.0, 5.0, (64, 64))
+>>> blu, noise_std = bench_v1_degrade(ori, BENCH_V1_PSF.kernel())
+>>> blu.shape
+(64, 64)
 """
 
-from dataclasses import asdict, dataclass
+from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, signal, special
+from scipy import signal
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError
 
 __all__ = [
-    "PSF",
-    "moffat_psf",
-    "gaussian_psf",
-    "airy_psf",
-    "read_psf",
     "convolve_extend",
     "background_stats",
     "percentile_limits",
     "degrade",
+    "bench_v1_degrade",
     "block_average",
-    "measure_fwhm",
-    "BENCH_V1_PSF",
 ]
 
-PSF_SHAPES = ("moffat", "gaussian", "airy", "file")
 
-
-def _grid(size):
-    if size < 3 or size % 2 == 0:
-        raise ConfigError(f"psf size must be an odd integer >= 3, got {size}")
-    half = size // 2
-    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    return np.hypot(x, y)
-
-
-def moffat_psf(fwhm=4.0, *, beta=3.0, size=41):
-    """Circular Moffat kernel sampled at pixel centres, unit sum.
-
-    ``gamma = fwhm / (2 sqrt(2**(1/beta) - 1))``; astropy calls ``beta`` alpha.
-    """
-    if not fwhm > 0:
-        raise ConfigError(f"psf fwhm must be > 0, got {fwhm}")
-    if not beta > 1:
-        raise ConfigError(f"psf beta must be > 1, got {beta}")
-    gamma = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
-    kernel = (1.0 + (_grid(size) / gamma) ** 2) ** (-beta)
-    return kernel / kernel.sum()
-
-
-def gaussian_psf(fwhm=4.0, *, size=None):
-    """Circular Gaussian kernel sampled at pixel centres, unit sum (default size covers +-5 sigma)."""
-    if not fwhm > 0:
-        raise ConfigError(f"psf fwhm must be > 0, got {fwhm}")
-    sigma = fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-    size = size or 2 * int(np.ceil(5 * sigma)) + 1
-    kernel = np.exp(-0.5 * (_grid(size) / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def airy_psf(radius, *, size=41):
-    """Airy disc whose first dark ring lies at ``radius`` pixels, unit sum."""
-    if not radius > 0:
-        raise ConfigError(f"psf airy radius must be > 0, got {radius}")
-    x = special.jn_zeros(1, 1)[0] * _grid(size) / radius
-    with np.errstate(invalid="ignore", divide="ignore"):
-        kernel = np.where(x == 0, 1.0, (2.0 * special.j1(x) / x) ** 2)
-    return kernel / kernel.sum()
-
-
-def read_psf(path, *, pixscale=None, image_pixscale=None):
-    """A measured PSF from a FITS image, optionally resampled, unit sum, odd size.
-
-    Parameters
-    ----------
-    path : str or Path
-    pixscale : float, optional
-        The PSF file's pixel scale (arcsec/px).
-    image_pixscale : float, optional
-        The image's pixel scale; with ``pixscale`` the PSF is resampled to it.
-    """
-    from .fits_io import read_image
-
-    kernel = np.nan_to_num(read_image(path, min_size=3).data)
-    if pixscale is not None and image_pixscale is not None:
-        kernel = ndimage.zoom(kernel, pixscale / image_pixscale, order=3)
-    if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
-        kernel = np.pad(kernel, ((0, 1 - kernel.shape[0] % 2), (0, 1 - kernel.shape[1] % 2)))
-    kernel = np.clip(kernel, 0, None)
-    if kernel.sum() <= 0:
-        raise InputError(f"{path}: PSF has no positive pixels")
-    return kernel / kernel.sum()
-
-
-@dataclass(frozen=True)
-class PSF:
-    """A PSF description that builds its kernel and records itself.
-
-    Parameters
-    ----------
-    shape : {'moffat', 'gaussian', 'airy', 'file'}
-    fwhm : float
-        FWHM in pixels (moffat, gaussian).
-    beta : float
-        Moffat power index (astropy ``alpha``).
-    radius : float or None
-        Airy first-zero radius in pixels.
-    path : str or None
-        FITS kernel (shape 'file').
-    pixscale, image_pixscale : float or None
-        Pixel scales for resampling a file PSF.
-    size : int
-        Kernel side for analytic shapes.
-    """
-
-    shape: str = "moffat"
-    fwhm: float = 4.0
-    beta: float = 3.0
-    radius: float | None = None
-    path: str | None = None
-    pixscale: float | None = None
-    image_pixscale: float | None = None
-    size: int = 41
-
-    def __post_init__(self):
-        if self.shape not in PSF_SHAPES:
-            raise ConfigError(f"psf shape must be one of {', '.join(PSF_SHAPES)}, got {self.shape!r}")
-        if self.shape == "file" and not self.path:
-            raise ConfigError("psf shape 'file' needs a path (--psf FILE)")
-        if self.shape == "airy" and self.radius is None:
-            raise ConfigError("psf shape 'airy' needs a radius (--psf-radius R)")
-
-    def kernel(self):
-        """The kernel as a float64 array of unit sum."""
-        if self.shape == "moffat":
-            return moffat_psf(self.fwhm, beta=self.beta, size=self.size)
-        if self.shape == "gaussian":
-            return gaussian_psf(self.fwhm, size=self.size)
-        if self.shape == "airy":
-            return airy_psf(self.radius, size=self.size)
-        return read_psf(self.path, pixscale=self.pixscale, image_pixscale=self.image_pixscale)
-
-    def fwhm_px(self, kernel=None):
-        """FWHM in pixels: the analytic one, else measured on the kernel (file and Airy PSFs)."""
-        if self.shape in ("moffat", "gaussian"):
-            return float(self.fwhm)
-        return measure_fwhm(self.kernel() if kernel is None else kernel)
-
-    def to_dict(self):
-        return asdict(self)
-
-    def describe(self):
-        """One line for reports and FITS HISTORY."""
-        if self.shape == "moffat":
-            return f"Moffat FWHM={self.fwhm:g}px beta={self.beta:g} {self.size}x{self.size}"
-        if self.shape == "gaussian":
-            return f"Gaussian FWHM={self.fwhm:g}px"
-        if self.shape == "airy":
-            return f"Airy first-zero radius={self.radius:g}px"
-        return f"PSF file {self.path}"
-
-
-BENCH_V1_PSF = PSF()
-
-
-def measure_fwhm(kernel, *, oversample=8):
-    """FWHM in pixels of a centred, roughly circular kernel (for file and Airy PSFs).
-
-    The kernel is interpolated ``oversample`` times finer (cubic) and the area
-    above half its peak is taken as a disc: ``fwhm = 2 sqrt(area / pi)``.
-    """
-    fine = ndimage.zoom(np.asarray(kernel, dtype=np.float64), oversample, order=3, grid_mode=True, mode="grid-constant")
-    area = np.count_nonzero(fine >= 0.5 * fine.max()) / oversample**2
-    return float(2.0 * np.sqrt(area / np.pi))
-
-
-def convolve_extend(image, kernel):
+def convolve_extend(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Linear convolution with edges extended and NaN counted as 0 (bench-v1).
 
     Equal to ``scipy.ndimage.convolve(nan_to_num(image), kernel, mode='nearest')``
@@ -194,7 +49,7 @@ def convolve_extend(image, kernel):
     return signal.fftconvolve(padded, kernel, mode="valid")
 
 
-def background_stats(image, *, sigma=3.0, maxiters=5):
+def background_stats(image: np.ndarray, *, sigma: float = 3.0, maxiters: int = 5) -> tuple[float, float, float]:
     """``(mean, median, std)`` of the finite pixels, sigma-clipped (sigma 3, 5 iterations).
 
     astropy's ``sigma_clipped_stats`` (median centre, std, bounds inclusive,
@@ -222,14 +77,14 @@ def background_stats(image, *, sigma=3.0, maxiters=5):
     return float(kept.mean()), float(np.median(kept)), float(kept.std())
 
 
-def percentile_limits(image, lo=0.5, hi=99.9):
+def percentile_limits(image: np.ndarray, lo: float = 0.5, hi: float = 99.9) -> tuple[float, float]:
     """``(lo, hi)`` percentiles of the finite pixels: bench-v1's normalisation limits."""
     finite = image[np.isfinite(image)]
     low, high = np.percentile(finite, [lo, hi])
     return float(low), float(high)
 
 
-def block_average(image, scale):
+def block_average(image: np.ndarray, scale: int) -> np.ndarray:
     """Average ``scale x scale`` blocks (the image is cropped to a multiple of ``scale``)."""
     if scale == 1:
         return image
@@ -237,7 +92,17 @@ def block_average(image, scale):
     return image[:h, :w].reshape(h // scale, scale, w // scale, scale).mean(axis=(1, 3))
 
 
-def degrade(ori, kernel, *, noise_std, rng, poisson_gain=None, scale=1):
+def degrade(
+    ori: np.ndarray,
+    kernel: np.ndarray,
+    *,
+    noise_std: float,
+    rng: np.random.Generator,
+    poisson_gain: float | None = None,
+    background: float = 0.0,
+    scale: int = 1,
+    margin: bool = False,
+) -> np.ndarray:
     """BLU from ORI: convolve, add Gaussian (and optionally Poisson) noise, block-average.
 
     Parameters
@@ -252,15 +117,37 @@ def degrade(ori, kernel, *, noise_std, rng, poisson_gain=None, scale=1):
         Seeded generator (bench-v1: ``default_rng(0)`` per image).
     poisson_gain : float, optional
         Gain in e-/ADU: adds shot noise of the (positive) blurred signal above
-        the background, drawn after the Gaussian noise.
+        ``background``, drawn after the Gaussian noise.
+    background : float
+        The sky level of ORI (its sigma-clipped median): the Poisson term
+        counts only the signal above it, the same for a whole image and for
+        one tile of it (a tile on a galaxy has no sky of its own).
     scale : int, optional
         Block-average BLU by this integer (true super-resolution pairs).
+    margin : bool
+        ``ori`` already carries the kernel's half-width of (edge-extended)
+        context on each side, which the convolution consumes: one tile of a
+        large image is degraded without padding the whole image again.
     """
     if int(scale) != scale or scale < 1:
         raise ConfigError(f"scale must be a positive integer, got {scale}")
-    blu = convolve_extend(ori, kernel)
+    blu = signal.fftconvolve(ori, kernel, mode="valid") if margin else convolve_extend(ori, kernel)
     blu = blu + rng.normal(0.0, noise_std, blu.shape)
     if poisson_gain:
-        signal_adu = np.clip(blu - np.median(blu), 0, None)
-        blu = blu + rng.normal(0.0, 1.0, blu.shape) * np.sqrt(signal_adu / poisson_gain)
+        blu = blu + rng.normal(0.0, 1.0, blu.shape) * np.sqrt(np.clip(blu - background, 0, None) / poisson_gain)
     return block_average(blu, int(scale))
+
+
+def bench_v1_degrade(
+    ori: np.ndarray, kernel: np.ndarray, *, noise: float = 1.0, noise_std: float | None = None, scale: int = 1
+) -> tuple[np.ndarray, float]:
+    """bench-v1's BLU of a whole image: ``(blu, noise_std)``.
+
+    The noise std is ``noise`` times ORI's sigma-clipped background std unless
+    ``noise_std`` is given, drawn from a fresh ``default_rng(0)``: every image
+    of a test field gets exactly this, in prepare, evaluate, training
+    validation and the pipeline.
+    """
+    if noise_std is None:
+        noise_std = noise * background_stats(ori)[2]
+    return degrade(ori, kernel, noise_std=noise_std, rng=np.random.default_rng(0), scale=scale), noise_std

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from . import baselines, metrics
-from .degrade import BENCH_V1_PSF, degrade
+from .degrade import bench_v1_degrade
+from .psf import BENCH_V1_PSF
 from .errors import AstrosrError, ConfigError, InputError
 from .files import make_dir
 from .fits_io import read_image, strip_fits_suffix
@@ -163,7 +164,7 @@ def _degraded(path, kernel):
     """ORI, its Reference and its bench-v1 BLU (fresh default_rng(0) per image)."""
     ori = read_image(path).data
     ref = metrics.reference(ori)
-    blu = degrade(ori, kernel, noise_std=ref.std, rng=np.random.default_rng(0))
+    blu, _ = bench_v1_degrade(ori, kernel, noise_std=ref.std)
     return ori, ref, blu
 
 
@@ -371,7 +372,7 @@ def evaluate(
         Manifest of the fields (e.g. ``data_manifests/bench_v1.yaml``).
     data_dir : path, optional
         Data directory of the manifest's files.
-    psf : astrosr.degrade.PSF, optional
+    psf : astrosr.psf.PSF, optional
         The true PSF: degradation and every PSF-aware method (default bench-v1's).
     consistency : bool
         False drops the rows with the data-consistency step.

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .degrade import moffat_psf
+from .psf import moffat_psf
 from .errors import ConfigError
 
 __all__ = ["VAE", "ResVAE", "MODELS", "build_model", "wiener_filter", "blur", "noise_level"]

@@ -75,7 +75,7 @@ class _Records:
 
 
 def _psf(shape, fwhm, beta, psf_file):
-    from .degrade import PSF
+    from .psf import PSF
 
     return PSF(shape="file", path=psf_file) if psf_file else PSF(shape=shape, fwhm=fwhm, beta=beta)
 
@@ -267,12 +267,11 @@ def _blurred(path, psf, out_dir):
     import numpy as np
     from astropy.io import fits
 
-    from .degrade import background_stats, degrade
+    from .degrade import bench_v1_degrade
     from .fits_io import read_image, strip_fits_suffix
 
     ori = read_image(path)
-    std = background_stats(ori.data)[2]
-    blu = degrade(ori.data, psf.kernel(), noise_std=std, rng=np.random.default_rng(0))
+    blu, std = bench_v1_degrade(ori.data, psf.kernel())
     header = ori.header.copy()
     header["HISTORY"] = f"astrosr run: blurred from {Path(path).name}: {psf.describe()}, noise std {std:.6g}, rng 0"
     target = out_dir / f"{strip_fits_suffix(Path(path).name)}_blu.fits"

@@ -37,11 +37,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from scipy import signal
 
 from . import __version__
 from .config import to_dict
-from .degrade import PSF, background_stats, block_average, degrade, percentile_limits
+from .degrade import background_stats, block_average, degrade, percentile_limits
+from .psf import PSF
 from .errors import ConfigError, InputError
 from .files import atomic_path, check_not_input, sha256_file
 from .fits_io import read_image
@@ -262,10 +262,10 @@ def _image_pixscale(image, config):
 
 
 def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson):
-    """Per-tile randomisation: each tile's BLU from its own PSF and noise draw (same maths as the whole image).
+    """Per-tile randomisation: each tile's BLU from its own PSF and noise draw, by :func:`degrade` on its window.
 
-    ``bg`` is ORI's ``(median, std)``; the Poisson term counts signal above the
-    image's background median, not the tile's own (a tile on a galaxy has no sky).
+    ``bg`` is ORI's ``(median, std)``: the noise scales with the image's
+    background std and the Poisson term counts signal above its sky level.
     """
     bg_median, bg_std = bg
     tile, s = config.tile, config.scale
@@ -278,11 +278,8 @@ def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson):
     for n, ((y, x), (index, kernel, fwhm), (_, factor)) in enumerate(zip(origins, built, drawn)):
         h = kernel.shape[0] // 2
         window = padded[y + r - h : y + r + tile + h, x + r - h : x + r + tile + h]
-        conv = signal.fftconvolve(window, kernel, mode="valid")
-        conv = conv + rng.normal(0.0, factor * bg_std, conv.shape)
-        if poisson:
-            conv = conv + rng.normal(0.0, 1.0, conv.shape) * np.sqrt(np.clip(conv - bg_median, 0, None) / poisson)
-        blu[n] = block_average(conv, s)
+        blu[n] = degrade(window, kernel, noise_std=factor * bg_std, rng=rng, poisson_gain=poisson,
+                         background=bg_median, scale=s, margin=True)
         rows.append((index, fwhm, factor * bg_std))
     return blu, rows
 
@@ -313,7 +310,8 @@ def _one_image(i, path, field, sha256, config, psfs):
     else:
         params, factor = config.draw(rng) if train else config.nominal()
         index, kernel, fwhm = psfs.get(params, pixscale)
-        blu = degrade(ori, kernel, noise_std=factor * bg_std, rng=rng, poisson_gain=poisson, scale=s)
+        blu = degrade(ori, kernel, noise_std=factor * bg_std, rng=rng, poisson_gain=poisson,
+                      background=bg_median, scale=s)
         blu_tiles = extract_tiles(blu, [(y // s, x // s) for y, x in origins], t // s)
         rows = [(index, fwhm, factor * bg_std)] * len(origins)
         blu_stats_from = blu

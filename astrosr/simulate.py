@@ -22,7 +22,7 @@ from astropy.wcs import WCS
 from scipy import signal
 
 from . import __version__
-from .degrade import moffat_psf
+from .psf import moffat_psf
 from .errors import ConfigError, InputError
 from .files import atomic_path
 

@@ -60,7 +60,7 @@ def load_val_images(dataset, *, field="val"):
     matches its recorded sha256, else ``(None, reason)``.
     """
     from . import metrics
-    from .degrade import degrade
+    from .degrade import bench_v1_degrade
     from .fits_io import read_image
 
     images = dataset.images
@@ -84,7 +84,7 @@ def load_val_images(dataset, *, field="val"):
         plane = None if int(row["plane"]) < 0 else int(row["plane"])
         ori = read_image(path, hdu=int(row["hdu"]), plane=plane).data
         s = dataset.scale
-        blu = degrade(ori, kernel, noise_std=float(tiles["noise_std"][0]), rng=np.random.default_rng(0), scale=s)
+        blu, _ = bench_v1_degrade(ori, kernel, noise_std=float(tiles["noise_std"][0]), scale=s)
         ori = ori[: blu.shape[0] * s, : blu.shape[1] * s]
         out.append(ValImage(path.name, metrics.reference(ori), blu, kernel, float(tiles["psf_fwhm"][0])))
     return out, None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from astrosr import metrics
 from astrosr.checkpoint import load_model
-from astrosr.degrade import moffat_psf
+from astrosr.psf import moffat_psf
 from astrosr.evaluate import _degraded
 from astrosr.restore import consistency_step, restore_image
 

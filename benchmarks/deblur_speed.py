@@ -49,7 +49,7 @@ def _data_dir():
 def _model(spec, tmp):
     """(model file path, note): the shipped weights, a given file, or an untrained default resvae."""
     from astrosr.checkpoint import load_model, save_checkpoint
-    from astrosr.degrade import BENCH_V1_PSF
+    from astrosr.psf import BENCH_V1_PSF
     from astrosr.errors import CheckpointError
     from astrosr.models import ResVAE
 
@@ -72,7 +72,8 @@ def _model(spec, tmp):
 
 def _bench_images():
     """bench-v1 BLU of the other_sky images: PSF convolution + noise from default_rng(0)."""
-    from astrosr.degrade import BENCH_V1_PSF, background_stats, degrade
+    from astrosr.degrade import background_stats, degrade
+    from astrosr.psf import BENCH_V1_PSF
     from astrosr.fits_io import read_image
 
     kernel = BENCH_V1_PSF.kernel()
@@ -145,7 +146,7 @@ def _simulate(path, size, seed=1000):
     from astropy.io import fits
     from scipy.signal import oaconvolve
 
-    from astrosr.degrade import BENCH_V1_PSF
+    from astrosr.psf import BENCH_V1_PSF
 
     rng = np.random.default_rng(seed)
     n_stars = int(4e-4 * size * size)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from astrosr.degrade import BENCH_V1_PSF, convolve_extend
+from astrosr.degrade import convolve_extend
+from astrosr.psf import BENCH_V1_PSF
 from astrosr.fits_io import read_image
 from astrosr.models import build_model
 from astrosr.train import _losses, load_config

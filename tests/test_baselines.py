@@ -9,7 +9,7 @@ from skimage import restoration
 from skimage.metrics import structural_similarity
 
 from astrosr import baselines, metrics
-from astrosr.degrade import moffat_psf
+from astrosr.psf import moffat_psf
 from astrosr.errors import ConfigError
 
 

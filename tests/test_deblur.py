@@ -16,7 +16,7 @@ from astrosr.batch import deblur_batch, expand_inputs
 from astrosr.checkpoint import save_checkpoint
 from astrosr.cli import cli
 from astrosr.deblur import deblur_file, deblur_image, output_path
-from astrosr.degrade import PSF
+from astrosr.psf import PSF
 from astrosr.errors import CheckpointError, ConfigError, InputError
 from astrosr.files import sha256_file
 from astrosr.models import ResVAE

@@ -8,20 +8,8 @@ from astropy.modeling import fitting, models
 from astropy.stats import sigma_clipped_stats
 from scipy import ndimage, special
 
-from astrosr.degrade import (
-    BENCH_V1_PSF,
-    PSF,
-    airy_psf,
-    background_stats,
-    block_average,
-    convolve_extend,
-    degrade,
-    gaussian_psf,
-    measure_fwhm,
-    moffat_psf,
-    percentile_limits,
-    read_psf,
-)
+from astrosr.degrade import background_stats, block_average, convolve_extend, degrade, percentile_limits
+from astrosr.psf import BENCH_V1_PSF, PSF, airy_psf, gaussian_psf, measure_fwhm, moffat_psf, read_psf
 from astrosr.errors import ConfigError, InputError
 
 
@@ -207,7 +195,6 @@ def test_background_stats_match_astropy_on_heavy_tails(rng, n):
 
 
 def test_psf_fwhm_px_is_analytic_or_measured(data_dir):
-    from astrosr.degrade import PSF, measure_fwhm
 
     assert PSF(fwhm=3.5).fwhm_px() == 3.5 and PSF(shape="gaussian", fwhm=2.0).fwhm_px() == 2.0
     airy = PSF(shape="airy", radius=4.0)

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from astrosr.checkpoint import save_checkpoint
 from astrosr.cli import cli
-from astrosr.degrade import PSF
+from astrosr.psf import PSF
 from astrosr.evaluate import baseline_choice, evaluate
 from astrosr.manifest import load_manifest
 from astrosr.models import build_model
@@ -163,7 +163,8 @@ def test_cli_run_writes_every_output_with_provenance(data_dir, tiny_model, tmp_p
 
 def test_psf_option_sets_the_degradation(data_dir, tmp_path):
     from astrosr import metrics
-    from astrosr.degrade import degrade, moffat_psf
+    from astrosr.degrade import degrade
+    from astrosr.psf import moffat_psf
     from astrosr.fits_io import read_image
 
     summary = evaluate(out=tmp_path, images=[data_dir / "M51.fits"], psf=PSF(fwhm=5.0), panels=0,

@@ -17,7 +17,8 @@ from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from astrosr import metrics
-from astrosr.degrade import BENCH_V1_PSF, degrade
+from astrosr.degrade import degrade
+from astrosr.psf import BENCH_V1_PSF
 from astrosr.errors import InputError
 from astrosr.evaluate import evaluate
 

@@ -7,7 +7,7 @@ from scipy import ndimage
 from skimage.restoration import wiener
 
 from astrosr.dataset import PairsDataset
-from astrosr.degrade import moffat_psf
+from astrosr.psf import moffat_psf
 from astrosr.errors import ConfigError
 from astrosr.models import MODELS, VAE, ResVAE, blur, build_model, noise_level, wiener_filter
 from astrosr.train import TrainConfig, _losses

@@ -12,7 +12,7 @@ from scipy import ndimage
 from click.testing import CliRunner
 
 from astrosr.cli import cli
-from astrosr.degrade import moffat_psf
+from astrosr.psf import moffat_psf
 from astrosr.errors import ConfigError
 from astrosr.pipeline import load_pipeline
 

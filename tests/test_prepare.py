@@ -247,7 +247,7 @@ def test_poisson_only_on_train(tmp_path, data_dir):
 
 
 def test_file_psf_resampled_and_measured(tmp_path, data_dir):
-    from astrosr.degrade import measure_fwhm, read_psf
+    from astrosr.psf import measure_fwhm, read_psf
 
     psf = data_dir / "irac_ch1_flight.fits"
     config = PrepareConfig(psf_file=str(psf), psf_pixscale=0.30525)

@@ -6,7 +6,7 @@ import torch
 from photutils.aperture import CircularAperture, aperture_photometry
 from scipy import ndimage
 
-from astrosr.degrade import moffat_psf
+from astrosr.psf import moffat_psf
 from astrosr.restore import consistency_step, restore_image
 
 

@@ -7,7 +7,7 @@ from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from astrosr.checkpoint import DEFAULT_WEIGHTS, load_model
-from astrosr.degrade import moffat_psf
+from astrosr.psf import moffat_psf
 from astrosr.fits_io import read_image
 from astrosr.restore import restore_image
 
