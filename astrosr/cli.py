@@ -1,20 +1,28 @@
 """The ``astrosr`` command: thin click commands, each calling one library function.
 
-Errors a user can cause (:class:`astrosr.errors.AstrosrError`) print as one red
-line and exit with code 2; anything else keeps its traceback.
+A stage's flags come from its options dataclass (:mod:`astrosr.cli_options`);
+the console, progress bars and tables are :mod:`astrosr.cli_display`'s.
+Errors a user can cause (:class:`astrosr.errors.AstrosrError`) print as one
+red line, with the option keys the library names written as the flags that
+set them, and exit with code 2; anything else keeps its traceback.
 """
 
 import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
+from .cli_display import Bars, err_console, evaluate_tables
+from .cli_options import click_options, flag_message, flag_names, from_cli
 from .errors import AstrosrError
+from .evaluate import EvaluateOptions
 
 __all__ = ["cli", "main"]
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: command name -> the options dataclass whose keys its errors may name
+OPTION_CLASSES = {"evaluate": EvaluateOptions}
 
 
 class _Group(click.Group):
@@ -22,7 +30,11 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except AstrosrError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True)
+            message = str(exc)
+            options = OPTION_CLASSES.get(ctx.invoked_subcommand)
+            if options is not None:
+                message = flag_message(message, flag_names(options))
+            err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
             ctx.exit(2)
 
 
@@ -311,51 +323,21 @@ def export_command(checkpoint, out, name, overwrite):
 
 
 @cli.command()
-@click.option("--field", "fields", multiple=True,
-              type=click.Choice(["train", "val", "other_sky", "simulated", "all"]),
-              help="bench-v1 field to score (repeatable; 'all' = every field).")
-@click.option("--images", "images", multiple=True, type=click.Path(dir_okay=False),
-              help="Score these FITS images instead (repeatable; also: --images a.fits b.fits).")
 @click.argument("more_images", nargs=-1, type=click.Path(dir_okay=False), metavar="[IMAGES]...")
-@click.option("--model", "models", multiple=True, default=["default"], show_default=True,
-              help="Checkpoint / model file, or 'default' (repeatable).")
-@click.option("--baselines-only", is_flag=True, help="Score BLU, Richardson-Lucy and Wiener only (no model).")
-@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
-              help="Data manifest of the fields [data_manifests/bench_v1.yaml, here or in the astrosr checkout].")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Directory of the manifest's files [$ASTROSR_DATA_DIR].")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@psf_options
-@click.option("--no-consistency", is_flag=True, help="Only the SR rows without the data-consistency step.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads [torch default].")
-@click.option("--device", default="cpu", show_default=True, help="torch device of the models.")
-@click.option("--panels", type=click.IntRange(0), default=3, show_default=True, help="Figure tiles per image.")
-@click.option("--samples", type=click.IntRange(0), default=0, show_default=True,
-              help="Posterior draws per model: report the fraction of pixels with |SR - ORI| <= 1 sigma (0: off).")
-def evaluate(fields, images, more_images, models, baselines_only, manifest, data_dir, out, no_consistency, threads,
-             device, panels, samples, psf_file, **psf):
+@click.option("--baselines-only", is_flag=True, help="Score BLU, Richardson-Lucy and Wiener only (no model).")
+@click_options(EvaluateOptions)
+def evaluate(more_images, out, baselines_only, **given):
     """Score models, BLU, Richardson-Lucy and Wiener on bench-v1 fields or images (report in OUT)."""
     from .evaluate import evaluate as run_evaluate
     from .manifest import default_manifest
 
-    manifest = manifest or default_manifest()
-    images = list(images) + list(more_images)
-    if more_images and len(images) == len(more_images):
-        raise click.UsageError("extra arguments are only accepted after --images")
-    run_evaluate(
-        out=out,
-        fields=list(fields) or None,
-        images=images or None,
-        models=[] if baselines_only else list(models),
-        manifest=manifest,
-        data_dir=data_dir,
-        psf=psf_from_options(psf_file, **psf),
-        consistency=not no_consistency,
-        threads=threads,
-        device=device,
-        panels=panels,
-        samples=samples,
-    )
+    images = list(given.pop("images") or ()) + list(more_images)
+    options = from_cli(EvaluateOptions, given, images=images or None, models=[] if baselines_only else None,
+                       manifest=given.get("manifest") or default_manifest())
+    with Bars({"images": "images"}) as bars:
+        summary = run_evaluate(out, options, progress=bars)
+    evaluate_tables(summary, out)
 
 
 # --- deblur stage ------------------------------------------------------------

@@ -1,21 +1,87 @@
-"""Plain dataclass configs loaded from YAML and checked key by key.
+"""Stage options: frozen dataclasses loaded from YAML, checked key by key, shown as CLI flags.
 
-Every stage's options are a dataclass; :func:`from_dict` builds one from a
-mapping (a YAML section or CLI overrides), rejecting unknown keys and wrong
-types with an error that names the key, e.g. ``train.lr: expected float, got
-'fast'``.
+Every stage's options are one dataclass beside the stage's function
+(``PrepareOptions``, ``TrainConfig``, ``EvaluateOptions``, ``DeblurOptions``).
+That one class is the library argument, the stage's section of a pipeline
+YAML and the stage's CLI flags:
+
+- :func:`from_dict` builds it from a mapping (a YAML section, the flags a user
+  gave), rejecting unknown keys and wrong types with an error that names the
+  key, e.g. ``train.lr: expected float, got 'fast'``;
+- :func:`option` declares a field with the help text (and, where it is not
+  ``--<key>``, the flag) the CLI shows for it, so the CLI builds its options
+  from the class instead of repeating them.
+
+Library errors name option keys (``samples: must be >= 0``); only the CLI
+turns keys into flag names.
+
+Examples
+--------
+>>> from dataclasses import dataclass
+>>> from astrosr.config import from_dict, option
+>>> @dataclass(frozen=True)
+... class Demo:
+...     samples: int = option(0, help="Posterior draws.")
+>>> from_dict(Demo, {"samples": 4})
+Demo(samples=4)
+>>> from_dict(Demo, {"sample": 4})
+Traceback (most recent call last):
+...
+astrosr.errors.ConfigError: sample: unknown key (known: samples)
 """
 
+from __future__ import annotations
+
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from .errors import ConfigError
 
-__all__ = ["from_dict", "load_yaml", "to_dict", "replace"]
+__all__ = ["option", "from_dict", "load_yaml", "to_dict", "replace"]
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
+           default_factory: Any = dataclasses.MISSING, cli: bool = True, minimum: float | None = None,
+           choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field that also says how the CLI shows it.
+
+    Parameters
+    ----------
+    default, default_factory
+        As :func:`dataclasses.field`.
+    help : str
+        One line for ``-h``.
+    flag : str, optional
+        The CLI flag when it is not ``--<key with dashes>`` (a True-by-default
+        bool is ``--no-<key>``).
+    cli : bool
+        False keeps the key out of the CLI (pipeline- or API-only keys).
+    minimum : float, optional
+        Smallest allowed value of a number (the CLI checks it too).
+    choices : tuple of str, optional
+        The allowed values of a string.
+    """
+    metadata = {"help": help, "flag": flag, "cli": cli, "minimum": minimum, "choices": choices}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def check_options(options: Any) -> None:
+    """The ``minimum`` and ``choices`` of every :func:`option` field of a dataclass instance."""
+    for f in dataclasses.fields(options):
+        value, meta = getattr(options, f.name), f.metadata
+        if value is None or not meta:
+            continue
+        if meta.get("minimum") is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and value < meta["minimum"]:
+            raise ConfigError(f"{f.name}: must be >= {meta['minimum']:g}, got {value!r}")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{f.name}: expected one of {', '.join(meta['choices'])}, got {value!r}")
 
 
 def _check(value, kind, key):
@@ -55,11 +121,13 @@ def _check(value, kind, key):
         return value
     if kind is str and isinstance(value, str):
         return value
+    if kind is str and isinstance(value, os.PathLike):  # a Path from the API is a path in the YAML
+        return os.fspath(value)
     name = getattr(kind, "__name__", str(kind))
     raise ConfigError(f"{key}: expected {name}, got {value!r}")
 
 
-def from_dict(cls, data, *, where=""):
+def from_dict(cls: type, data: dict | None, *, where: str = "", build: bool = True) -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
 
     Parameters
@@ -69,7 +137,14 @@ def from_dict(cls, data, *, where=""):
         Keys are field names; missing keys keep their defaults.
     where : str
         Prefix for error messages (the YAML section), e.g. ``'train'``.
+    build : bool
+        A class with its own ``from_keys(data, where=...)`` (the PSF, whose
+        keys depend on its shape) is built by it unless False.
     """
+    if isinstance(data, cls):
+        return data
+    if build and hasattr(cls, "from_keys"):
+        return cls.from_keys(data, where=where or "psf")
     data = {} if data is None else data
     prefix = f"{where}." if where else ""
     if not isinstance(data, dict):
@@ -90,7 +165,7 @@ def from_dict(cls, data, *, where=""):
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
 
 
-def load_yaml(path):
+def load_yaml(path: str | Path) -> dict:
     """Parse a YAML file into a dict; a missing file or bad YAML is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
@@ -106,13 +181,13 @@ def load_yaml(path):
     return data
 
 
-def to_dict(config):
+def to_dict(config: Any) -> dict:
     """A dataclass config as plain JSON-able dicts."""
     return dataclasses.asdict(config)
 
 
-def replace(config, **overrides):
-    """A copy of ``config`` with the non-None ``overrides`` applied and checked."""
-    merged = to_dict(config)
+def replace(config: Any, **overrides: Any) -> Any:
+    """A copy of ``config`` with the non-None ``overrides`` applied and checked (errors name the key)."""
+    merged = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
     merged.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(type(config), merged)

@@ -1,4 +1,4 @@
-"""Writing an evaluate run: rich table, report.md, metrics.csv, summary.json and figures.
+"""Writing an evaluate run: report.md, metrics.csv, summary.json and figures (the CLI prints the tables).
 
 Kept apart from :mod:`astrosr.evaluate` (which computes) so the scoring path
 stays short; every file goes through :func:`astrosr.files.atomic_path`.
@@ -15,7 +15,7 @@ from .files import atomic_path, sha256_file
 from .metrics import summarise
 from .provenance import hardware, versions
 
-__all__ = ["write_outputs", "provenance", "rows", "format_row"]
+__all__ = ["write_outputs", "provenance", "rows", "format_row", "fmt", "HEADER"]
 
 SCHEMA = "astrosr-evaluate/1"
 
@@ -95,7 +95,8 @@ def rows(results, methods):
     return fields, images
 
 
-def _fmt(value, spec, none="n/a"):
+def fmt(value, spec, none="n/a"):
+    """``format(value, spec)``, or ``none`` for a missing value."""
     if value is None:
         return none
     return format(value, spec)
@@ -103,11 +104,11 @@ def _fmt(value, spec, none="n/a"):
 
 def format_row(row):
     """Strings for one report row: tiles, SSIM, MSE, PSNR, flux error, spurious, s/Mpix."""
-    psnr = "inf" if row["psnr"] is None and row["n_tiles"] and row["mse"] == 0 else _fmt(row["psnr"], ".2f")
-    flux = f"{_fmt(row['flux_err'], '.3f')} ({row['n_sources']})"
-    spur = f"{_fmt(row['spurious_frac'], '.3f')} ({row['n_spurious']}/{row['n_sources']})"
-    return [str(row["n_tiles"]), _fmt(row["ssim"], ".4f"), _fmt(row["mse"], ".3e"), psnr, flux, spur,
-            _fmt(row["s_per_mpix"], ".2f", "-")]
+    psnr = "inf" if row["psnr"] is None and row["n_tiles"] and row["mse"] == 0 else fmt(row["psnr"], ".2f")
+    flux = f"{fmt(row['flux_err'], '.3f')} ({row['n_sources']})"
+    spur = f"{fmt(row['spurious_frac'], '.3f')} ({row['n_spurious']}/{row['n_sources']})"
+    return [str(row["n_tiles"]), fmt(row["ssim"], ".4f"), fmt(row["mse"], ".3e"), psnr, flux, spur,
+            fmt(row["s_per_mpix"], ".2f", "-")]
 
 
 HEADER = ["tiles", "SSIM", "MSE", "PSNR", "flux err (n)", "spurious (k/n)", "s/Mpix"]
@@ -119,20 +120,6 @@ def _markdown_table(first, table):
     for keys, row in table:
         lines.append("| " + " | ".join(list(keys) + format_row(row)) + " |")
     return "\n".join(lines)
-
-
-def _print_table(console, groups, title, first, *, calibration=False):
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in [first, "method"] + HEADER + (["<=1σ"] if calibration else []):
-        table.add_column(col, justify="left" if col in (first, "method") else "right", no_wrap=True)
-    for name, methods in groups.items():
-        for i, (method, row) in enumerate(methods.items()):
-            extra = [_fmt(row["calibration_1sigma"], ".3f", "-")] if calibration else []
-            table.add_row(name if i == 0 else "", method, *format_row(row), *extra)
-        table.add_section()
-    console.print(table)
 
 
 def _calibration_lines(summary):
@@ -288,8 +275,8 @@ def _bar_chart(path, fields):
     plt.close(fig)
 
 
-def write_outputs(out, results, *, methods, choice, models, manifest, psf, psf_fwhm, device, console, options):
-    """Write every output file of an evaluate run into ``out`` and print the table.
+def write_outputs(out, results, *, methods, choice, models, manifest, psf, psf_fwhm, device, options):
+    """Write every output file of an evaluate run into ``out``.
 
     Returns
     -------
@@ -320,13 +307,4 @@ def write_outputs(out, results, *, methods, choice, models, manifest, psf, psf_f
     with atomic_path(out / "summary.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))
     _write_report(out / "report.md", summary, figures)
-    threads = summary["provenance"]["hardware"]["threads"]
-    samples = options.get("samples") or 0
-    calibration = f"; <=1σ: |SR - ORI| <= sigma, {samples} draws" if samples else ""
-    _print_table(console, {n: img["methods"] for n, img in images.items()}, "bench-v1 per image", "image",
-                 calibration=bool(samples))
-    _print_table(console, fields, f"bench-v1 per field (s/Mpix: wall clock, {threads} torch threads{calibration})",
-                 "field", calibration=bool(samples))
-    console.print(f"RL n={choice['rl_iters']}, Wiener b={choice['wiener_balance']:g}: {choice['note']}")
-    console.print(f"wrote {out}/report.md, metrics.csv, summary.json and {len(figures)} figure{'s' if len(figures) != 1 else ''}")
     return summary

@@ -194,7 +194,7 @@ class PSF:
     >>> PSF.from_keys({"shape": "gaussian", "beta": 2.0})
     Traceback (most recent call last):
     ...
-    astrosr.errors.ConfigError: psf.beta: not used by psf shape gaussian; drop it
+    astrosr.errors.ConfigError: psf.beta: not used by psf.shape gaussian; drop it
     """
 
     shape: str = "moffat"
@@ -217,7 +217,7 @@ class PSF:
         if self.path and self.shape != "file":
             raise ConfigError(f"psf.path: given with psf shape {self.shape!r}; a PSF file is its own shape")
         if "airy" in self.shapes and self.radius is None:
-            raise ConfigError("psf shape 'airy' needs a radius (psf.radius)")
+            raise ConfigError("psf shape 'airy' needs a radius (psf.radius R)")
         for key in ("fwhm", "beta", "radius"):
             parse_range(getattr(self, key), f"psf.{key}")
         if parse_range(self.beta, "psf.beta")[0] <= 1:
@@ -230,7 +230,7 @@ class PSF:
                 raise ConfigError(f"psf.{key}: must be > 0 arcsec/px, got {value!r}")
 
     @classmethod
-    def from_keys(cls, keys: dict[str, Any] | None = None) -> PSF:
+    def from_keys(cls, keys: dict[str, Any] | None = None, *, where: str = "psf") -> PSF:
         """A PSF from the keys a user gave (a YAML ``psf:`` section, CLI flags), bench-v1's for the rest.
 
         A key the shape does not use (``beta`` for a Gaussian, ``fwhm`` beside
@@ -238,24 +238,34 @@ class PSF:
         or score with another PSF than the one asked for. A ``path`` alone
         means shape ``'file'``.
         """
+        if keys is not None and not isinstance(keys, dict):
+            raise ConfigError(f"{where}: expected a mapping of PSF keys, got {keys!r}")
         keys = {k: v for k, v in (keys or {}).items() if v is not None}
-        unknown = sorted(set(keys) - {f.name for f in dataclasses.fields(cls)})
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(keys) - set(names))
         if unknown:
-            known = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise ConfigError(f"psf.{unknown[0]}: unknown key (known: {known})")
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(names)})")
         if "path" in keys:
             keys.setdefault("shape", "file")
             if keys["shape"] != "file":
-                raise ConfigError(f"psf.shape: {keys['shape']!r} given with psf.path; a PSF file is its own shape")
+                raise ConfigError(f"{where}.shape: {keys['shape']!r} given with {where}.path; a PSF file is its own shape")
         shapes = [s.strip() for s in str(keys.get("shape", "moffat")).split(",")]
         used = {k for s in shapes for k in SHAPE_KEYS.get(s, ())} | {"shape"}
         extra = [k for k in keys if k not in used]
         if extra and all(s in SHAPE_KEYS for s in shapes):
-            where = f"a PSF file ({keys['path']})" if "path" in keys else f"psf shape {keys.get('shape', 'moffat')}"
-            raise ConfigError(f"psf.{extra[0]}: not used by {where}; drop it")
+            if "path" in keys:
+                raise ConfigError(f"{where}.{extra[0]}: not used with {where}.path {keys['path']} "
+                                  "(a PSF file is its own shape); drop one of them")
+            raise ConfigError(f"{where}.{extra[0]}: not used by {where}.shape {keys.get('shape', 'moffat')}; drop it")
+        for key in ("fwhm", "beta", "radius"):  # '3' from a command line is the number 3, '2.5:5.5' a range
+            if isinstance(keys.get(key), str):
+                try:
+                    keys[key] = float(keys[key])
+                except ValueError:
+                    pass
         from .config import from_dict
 
-        return from_dict(cls, keys, where="psf", build=False)
+        return from_dict(cls, keys, where=where, build=False)
 
     # --- a distribution of PSFs (training data) ----------------------------------
     @property

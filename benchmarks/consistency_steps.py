@@ -12,7 +12,7 @@ from pathlib import Path
 from astrosr import metrics
 from astrosr.checkpoint import load_model
 from astrosr.psf import moffat_psf
-from astrosr.evaluate import _degraded
+from astrosr.scoring import degraded as _degraded
 from astrosr.restore import consistency_step, restore_image
 
 VAL = ("M13_blue_0005.fits", "reprojected_sdss_i.fits")

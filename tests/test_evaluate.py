@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from rich.console import Console
 
 from astrosr.checkpoint import save_checkpoint
 from astrosr.cli import cli
 from astrosr.psf import PSF
-from astrosr.evaluate import baseline_choice, evaluate
+from astrosr.evaluate import evaluate
+from astrosr.scoring import baseline_choice
 from astrosr.manifest import load_manifest
 from astrosr.models import build_model
 
@@ -39,7 +39,7 @@ def bench(data_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ASTROSR_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         summary = evaluate(out=out, fields=["val", "other_sky", "simulated"], manifest=MANIFEST, data_dir=data_dir,
-                           panels=1, console=Console(quiet=True), progress=False)
+                           panels=1, models=[])
     return out, summary
 
 
@@ -167,8 +167,7 @@ def test_psf_option_sets_the_degradation(data_dir, tmp_path):
     from astrosr.psf import moffat_psf
     from astrosr.fits_io import read_image
 
-    summary = evaluate(out=tmp_path, images=[data_dir / "M51.fits"], psf=PSF(fwhm=5.0), panels=0,
-                       console=Console(quiet=True), progress=False)
+    summary = evaluate(out=tmp_path, images=[data_dir / "M51.fits"], psf=PSF(fwhm=5.0), panels=0, models=[])
     ori = read_image(data_dir / "M51.fits").data
     ref = metrics.reference(ori)
     blu = degrade(ori, moffat_psf(5.0), noise_std=ref.std, rng=np.random.default_rng(0))
@@ -343,7 +342,7 @@ def test_without_samples_nothing_is_added(data_dir, spread_model, tmp_path):
 
 def test_calibration_counts_a_known_gaussian_spread():
     from astrosr import metrics
-    from astrosr.evaluate import calibration_counts
+    from astrosr.scoring import calibration_counts
 
     rng = np.random.default_rng(3)
     ori = rng.normal(10.0, 1.0, size=(256, 384))
@@ -363,5 +362,5 @@ def test_calibration_counts_a_known_gaussian_spread():
 def test_negative_samples_is_a_config_error(tmp_path):
     from astrosr.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--samples must be an integer >= 0, got -1"):
-        evaluate(out=tmp_path / "o", images=["x.fits"], samples=-1, console=Console(quiet=True), progress=False)
+    with pytest.raises(ConfigError, match="samples: must be >= 0, got -1"):
+        evaluate(out=tmp_path / "o", images=["x.fits"], samples=-1)

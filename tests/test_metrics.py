@@ -130,11 +130,9 @@ def other_sky_independent(data_dir):
 
 @pytest.fixture(scope="module")
 def other_sky_evaluated(data_dir, tmp_path_factory):
-    from rich.console import Console
-
     out = tmp_path_factory.mktemp("eval_other_sky")
     paths = [data_dir / f"{n}.fits" for n in OTHER_SKY]
-    return evaluate(out=out, images=paths, panels=0, console=Console(quiet=True), progress=False)
+    return evaluate(out=out, images=paths, panels=0, models=[])
 
 
 # ---- the BLU row of other_sky: astrosr == independent to 1e-9, both == section 8 ----------------

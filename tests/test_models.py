@@ -1,15 +1,13 @@
-"""models: the seed VAE exactly, the residual VAE's shapes, identity start, Wiener channel, and overfitting."""
+"""models: the seed VAE exactly, the residual VAE's shapes, identity start, inference form, and overfitting."""
 
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-from skimage.restoration import wiener
 
 from astrosr.dataset import PairsDataset
 from astrosr.psf import moffat_psf
 from astrosr.errors import ConfigError
-from astrosr.models import MODELS, VAE, ResVAE, blur, build_model, noise_level, wiener_filter
+from astrosr.models import MODELS, VAE, ResVAE, build_model
 from astrosr.train import TrainConfig, _losses
 
 
@@ -93,22 +91,6 @@ def test_resvae_intensity_transform_is_asinh_and_inverts():
     assert torch.allclose(model.from_intensity(model.to_intensity(t)), t, rtol=1e-12, atol=1e-12)
 
 
-def test_wiener_channel_equals_skimage_on_the_reflect_padded_tile(rng):
-    x = rng.random((70, 90))
-    kernel = moffat_psf(4.0)
-    ours = wiener_filter(torch.tensor(x)[None, None], torch.tensor(kernel)[None], balance=0.1)[0, 0].numpy()
-    expected = wiener(np.pad(x, 20, mode="reflect"), kernel, balance=0.1, clip=False)[20:-20, 20:-20]
-    np.testing.assert_allclose(ours, expected, atol=1e-10)
-
-
-def test_wiener_filter_of_one_broadcast_psf_equals_the_per_tile_filter(rng):
-    x = torch.tensor(rng.random((3, 1, 48, 56)), dtype=torch.float32)
-    kernel = torch.tensor(moffat_psf(4.0), dtype=torch.float32)
-    shared = wiener_filter(x, kernel.expand(3, *kernel.shape))  # one cached transfer function
-    per_tile = wiener_filter(x, torch.stack([kernel.clone() for _ in range(3)]))
-    np.testing.assert_allclose(shared.numpy(), per_tile.numpy(), atol=1e-6)
-
-
 def test_inference_path_equals_the_training_form():
     torch.manual_seed(1)
     model = ResVAE(width=8)
@@ -119,25 +101,33 @@ def test_inference_path_equals_the_training_form():
     psf = torch.tensor(moffat_psf(4.0), dtype=torch.float32).expand(3, 41, 41)
     cond = torch.tensor([4.0, 0.02]).expand(3, 2)
     with torch.enable_grad():  # the training form: FiLM applied after conv1, per sample
-        expected = model.restore(blu, psf=psf, cond=cond).detach()
+        y, _ = model(blu, psf=psf, cond=cond, sample=False)
+        expected = model.from_intensity(y).detach()
     with torch.inference_mode():  # FiLM folded into conv1, in-place block updates
         fast = model.restore(blu, psf=psf, cond=cond)
     np.testing.assert_allclose(fast.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
-def test_blur_is_the_edge_extended_convolution_then_block_average(rng):
-    x = rng.random((64, 80))
-    k = moffat_psf(3.0, size=21)
-    expected = ndimage.convolve(x, k, mode="nearest")
-    ours = blur(torch.tensor(x)[None, None], torch.tensor(k)[None])[0, 0].numpy()
-    np.testing.assert_allclose(ours, expected, atol=1e-12)
-    two = blur(torch.tensor(x)[None, None], torch.tensor(k)[None], scale=2)[0, 0].numpy()
-    np.testing.assert_allclose(two, expected.reshape(32, 2, 40, 2).mean(axis=(1, 3)), atol=1e-12)
-
-
-def test_noise_level_estimates_gaussian_std(rng):
-    x = torch.tensor(rng.normal(3.0, 0.2, (2, 1, 128, 128)))
-    np.testing.assert_allclose(noise_level(x).numpy(), 0.2, rtol=0.05)
+def test_forms_are_chosen_by_the_call_not_by_the_autograd_mode():
+    torch.manual_seed(1)
+    model = ResVAE(width=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    blu = torch.rand(3, 1, 64, 72)
+    psf = torch.tensor(moffat_psf(4.0), dtype=torch.float32).expand(3, 41, 41)
+    cond = torch.tensor([4.0, 0.02]).expand(3, 2)
+    with torch.inference_mode():
+        fast = model.restore(blu, psf=psf, cond=cond)
+        torch.manual_seed(2)
+        draws = model.sample(blu, 2, psf=psf, cond=cond)
+        torch.manual_seed(3)
+        plain, _ = model(blu, psf=psf, cond=cond)
+    assert torch.equal(model.restore(blu, psf=psf, cond=cond).detach(), fast)
+    torch.manual_seed(2)
+    assert torch.equal(model.sample(blu, 2, psf=psf, cond=cond).detach(), draws)
+    torch.manual_seed(3)
+    assert torch.equal(model(blu, psf=psf, cond=cond)[0].detach(), plain)
 
 
 def test_conditioning_and_psf_change_a_trained_output():

@@ -1,0 +1,287 @@
+"""Scoring one image for bench-v1: degrade it, restore it by every method, score each against ORI.
+
+Each image is degraded exactly as bench-v1 does (whole image, the true PSF, a
+fresh ``default_rng(0)``: :func:`astrosr.degrade.bench_v1_degrade`), restored
+by every method (each model through :func:`astrosr.restore.restore_image`,
+with and without the data-consistency step; Richardson-Lucy; Wiener) and
+scored by :mod:`astrosr.metrics` against ORI. ORI's work (tiles, source
+lists) is done once per image and shared by every method.
+:func:`astrosr.evaluate.evaluate` runs this over a field and
+:mod:`astrosr.evaluate_report` writes the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import baselines, metrics
+from .degrade import bench_v1_degrade
+from .errors import AstrosrError, ConfigError
+from .fits_io import read_image, strip_fits_suffix
+from .tiling import extract_tiles
+
+__all__ = ["ImageResult", "SAMPLE_SEED", "method_names", "degraded", "baseline_choice", "warm_up", "calibration_counts",
+           "score_image", "load_models"]
+
+#: torch seed of the posterior draws, set afresh for every model on every image
+SAMPLE_SEED = 0
+
+
+@dataclass
+class ImageResult:
+    """Everything scored on one image.
+
+    Attributes
+    ----------
+    name, path, field, sha256 : str
+    shape : tuple of int
+    ref : astrosr.metrics.Reference
+        ORI's reference (normalisation, tiles, source lists).
+    scores : dict of str -> astrosr.metrics.ImageScore
+        Per method, in report order.
+    seconds : dict of str -> float or None
+        Wall-clock seconds each method took on this image (None for BLU).
+    panels : dict
+        ``{"origins": [...], "tiles": {panel name: (n, tile, tile) array}}``
+        normalised crops for the figure.
+    calibration : dict of str -> (int, int) or None
+        Per method, ``(pixels with |SR - ORI| <= sigma, pixels)`` over the
+        scored tiles (:func:`calibration_counts`); None where the method has
+        no uncertainty map (no ``samples``, BLU, RL, Wiener).
+    """
+
+    name: str
+    path: str
+    field: str
+    sha256: str
+    shape: tuple
+    ref: object
+    scores: dict
+    seconds: dict
+    panels: dict
+    calibration: dict = None
+
+    @property
+    def megapixels(self):
+        return self.shape[0] * self.shape[1] / 1e6
+
+
+def _unique_labels(paths):
+    labels = []
+    for p in paths:
+        p = Path(str(p))
+        label = p.stem if str(p) != "default" else "default"
+        if label in ("best", "last", "model") and p.parent.name:
+            label = f"{p.parent.name}/{label}"
+        labels.append(label)
+    seen = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if labels.count(label) == 1 else f"{label}#{seen[label]}")
+    return out
+
+
+def method_names(model_labels, choice, *, consistency=True):
+    """Report rows in order: BLU, per model (with then without the step), RL, Wiener."""
+    names = ["BLU"]
+    for label in model_labels:
+        if consistency:
+            names.append(f"SR {label}")
+        names.append(f"SR {label} (no DC)")
+    names.append(f"RL n={choice['rl_iters']}")
+    names.append(f"Wiener b={choice['wiener_balance']:g}")
+    return names
+
+
+def degraded(path, kernel):
+    """ORI, its Reference and its bench-v1 BLU (fresh default_rng(0) per image)."""
+    ori = read_image(path).data
+    ref = metrics.reference(ori)
+    blu, _ = bench_v1_degrade(ori, kernel, noise_std=ref.std)
+    return ori, ref, blu
+
+
+def baseline_choice(manifest, data_dir, psf, kernel, *, out, progress=None):
+    """RL iterations and Wiener balance for this run (BENCHMARK.md 6, CONTRACTS.md 4).
+
+    Chosen by mean SSIM on the manifest's val field and cached in ``out``,
+    keyed by manifest, PSF and val files; n = 20, b = 0.1 (with a note saying
+    why) when there is no manifest or its val images are not available.
+    """
+    from .files import sha256_file
+    from .manifest import resolve
+
+    if manifest is None:
+        return baselines.default_choice("images given: val images not part of the run")
+    if "val" not in manifest.fields:
+        return baselines.default_choice(f"{manifest.path}: no val field in the manifest")
+    try:
+        val = resolve(manifest, data_dir, ["val"])
+    except AstrosrError as exc:  # a missing val file only costs the choice, never the run
+        return baselines.default_choice(f"val images not available ({exc})")
+    key = {
+        "manifest": {"name": manifest.name, "sha256": sha256_file(manifest.path)},
+        "psf": psf.to_dict(),
+        "psf_kernel_sha256": hashlib.sha256(np.ascontiguousarray(kernel).tobytes()).hexdigest(),
+        "val": [sha256_file(p) for p, _ in val],
+        "grid": {"rl_iters": list(baselines.RL_ITERS), "wiener_balances": list(baselines.WIENER_BALANCES)},
+    }
+
+    def compute():
+        pairs = []
+        for path, _ in val:
+            _, ref, blu = degraded(path, kernel)
+            pairs.append((ref, blu))
+        return baselines.choose_parameters(pairs, kernel, progress=progress)
+
+    choice, cached = baselines.cached_choice(out, key, compute)
+    return dict(choice, cached=cached, val_images=[str(p) for p, _ in val])
+
+
+def _panel_origins(ref, n):
+    """Up to ``n`` tiles for the figure: the brightest, the median and the faintest by ORI mean."""
+    if not ref.origins or n <= 0:
+        return []
+    order = np.argsort([t.mean() for t in ref.ori_tiles])[::-1]
+    picks = [order[int(round(i))] for i in np.linspace(0, len(order) - 1, min(n, len(order)))]
+    return [ref.origins[i] for i in dict.fromkeys(picks)]
+
+
+def warm_up(models, kernel, psf_fwhm, device, samples=0):
+    """One small untimed pass per model, so s/Mpix does not include torch's first-call setup."""
+    dummy = np.random.default_rng(0).normal(size=(256, 256))
+    for _, model in models:
+        _network(dummy, model, kernel, psf_fwhm, min(samples, 2), device)
+
+
+def calibration_counts(ref, image, sigma):
+    """``(within, pixels)``: scored-tile pixels where ``|image - ORI| <= sigma``.
+
+    Parameters
+    ----------
+    ref : astrosr.metrics.Reference
+        ORI's reference: its scored tiles (NaN-free bench-v1 grid) are the pixels counted.
+    image, sigma : ndarray
+        A restoration and its per-pixel uncertainty, both in ORI's physical
+        units (the same affine map as the scoring normalisation, so the count
+        is the same in normalised units); pixels where either is not finite
+        are not counted.
+    """
+    if not ref.origins:
+        return 0, 0
+    err = np.abs(extract_tiles(np.asarray(image, dtype=np.float64), ref.origins, ref.tile)
+                 - extract_tiles(ref.ori, ref.origins, ref.tile))
+    sig = extract_tiles(np.asarray(sigma, dtype=np.float64), ref.origins, ref.tile)
+    counted = np.isfinite(err) & np.isfinite(sig)
+    return int(np.count_nonzero(err[counted] <= sig[counted])), int(np.count_nonzero(counted))
+
+
+def _can_sample(model):
+    return callable(getattr(model, "sample", None))
+
+
+def _network(blu, model, kernel, psf_fwhm, samples, device):
+    """``restore_image`` without the step; with ``samples`` one call also gives sigma (same mean pass)."""
+    import torch
+
+    from .restore import restore_image
+
+    if not (samples and _can_sample(model)):
+        return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, device=device)
+    # seeded per model and image, so a rerun or a subset of the images draws the same; the caller's
+    # torch RNG state is left as it was
+    with torch.random.fork_rng(devices=[] if torch.device(device).type != "cuda" else None):
+        torch.manual_seed(SAMPLE_SEED)
+        return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, samples=samples,
+                             device=device)
+
+
+def _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device, samples=0):
+    """Yield ``(method, image, seconds, sigma)`` for every restoration method, timed.
+
+    ``sigma`` is the model's per-pixel posterior std (physical units) with
+    ``samples`` > 0, else None; both SR rows of a model share it.
+    """
+    from .restore import consistency_step
+
+    for label, model in models:
+        t0 = time.perf_counter()
+        restored = _network(blu, model, kernel, psf_fwhm, samples, device)
+        raw, sigma = restored.sr, restored.uncert
+        t_raw = time.perf_counter() - t0
+        if consistency:
+            # restore_image's own last step, applied to the same network output (BLU has no NaN):
+            # the with-step row costs one network pass less and equals restore_image(consistency=True)
+            t0 = time.perf_counter()
+            sr = consistency_step(raw, blu, kernel)
+            yield f"SR {label}", sr, t_raw + time.perf_counter() - t0, sigma
+        yield f"SR {label} (no DC)", raw, t_raw, sigma
+    t0 = time.perf_counter()
+    rl = baselines.richardson_lucy(blu, kernel, n=choice["rl_iters"])
+    yield f"RL n={choice['rl_iters']}", rl, time.perf_counter() - t0, None
+    t0 = time.perf_counter()
+    wi = baselines.wiener(blu, kernel, balance=choice["wiener_balance"])
+    yield f"Wiener b={choice['wiener_balance']:g}", wi, time.perf_counter() - t0, None
+
+
+def _panel_crops(ref, images, origins, panel_methods):
+    crops = {"ORI": extract_tiles((ref.ori - ref.lo) / (ref.hi - ref.lo), origins, ref.tile)}
+    for title, method in panel_methods:
+        crops[title] = extract_tiles((images[method] - ref.lo) / (ref.hi - ref.lo), origins, ref.tile)
+    return crops
+
+
+def score_image(path, field, kernel, models, psf_fwhm, choice, consistency, device, n_panels, samples=0):
+    from .files import sha256_file
+
+    _, ref, blu = degraded(path, kernel)
+    images = {"BLU": blu}
+    seconds = {"BLU": None}
+    calibration = {"BLU": None}
+    for method, image, secs, sigma in _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device,
+                                                   samples):
+        images[method] = image
+        seconds[method] = secs
+        calibration[method] = None if sigma is None else calibration_counts(ref, image, sigma)
+    scores = {m: metrics.score(ref, img) for m, img in images.items()}
+    names = list(images)
+    sr = next((m for m in names if m.startswith("SR ")), None)
+    rl = next(m for m in names if m.startswith("RL "))
+    wi = next(m for m in names if m.startswith("Wiener "))
+    shown = sr or wi
+    panel_methods = [("BLU", "BLU"), (shown, shown), (rl, rl)]
+    origins = _panel_origins(ref, n_panels)
+    crops = _panel_crops(ref, images, origins, panel_methods)
+    crops[f"{shown} - ORI"] = crops[shown] - crops["ORI"]
+    return ImageResult(
+        name=strip_fits_suffix(Path(path).name),
+        path=str(path),
+        field=field,
+        sha256=sha256_file(path),
+        shape=tuple(ref.ori.shape),
+        ref=ref,
+        scores=scores,
+        seconds=seconds,
+        panels={"origins": origins, "tiles": crops},
+        calibration=calibration,
+    )
+
+
+def load_models(paths, device):
+    if not paths:
+        return []
+    from .checkpoint import load_model
+
+    loaded = []
+    for label, path in zip(_unique_labels(paths), paths):
+        model, info = load_model(path, device=device)
+        if int(getattr(model, "scale", 1)) != 1:
+            raise ConfigError(f"{path}: model has scale {model.scale}; bench-v1 scores scale 1 only")
+        loaded.append({"label": label, "path": str(path), "model": model, "info": info})
+    return loaded
