@@ -3,19 +3,34 @@
 :func:`deblur_batch` expands files, directories and globs, checks every
 output name before any work, and runs the files one task each (in this
 process, a spawn-context process pool, or one Dask task per file), so a bad
-file fails alone and an interrupted batch resumes by skipping what is done.
-Results are identical whichever way the batch runs.
+file fails alone and an interrupted batch resumes by skipping what is done:
+each output is ``OUT/<stem>_deblur.fits``, and one already there is skipped
+only when its cards name the same model sha256, PSF and settings. Results
+are identical whichever way the batch runs.
+
+Examples
+--------
+>>> from astrosr.batch import deblur_batch
+>>> results = deblur_batch(["survey/"], "deblurred/", workers=2)  # doctest: +SKIP
+>>> [(r.input, r.status) for r in results]  # doctest: +SKIP
+[('survey/a.fits', 'done'), ('survey/b.fits', 'skipped')]
 """
 
+from __future__ import annotations
+
+import dataclasses
 import glob
 import os
 import time
 from pathlib import Path
+from typing import Any, Iterable
 
-from .psf import BENCH_V1_PSF
-from .deblur import _MODEL_CACHE, FileResult, _absolute_psf, _load_model, deblur_file, output_path, psf_identity, resolve_device
+from .config import replace
+from .deblur import DeblurOptions, FileResult, deblur_file, resolve_device
 from .errors import AstrosrError, ConfigError, InputError
 from .fits_io import FITS_SUFFIXES
+from .fits_out import output_path
+from .progress import ProgressCallback, report
 
 __all__ = ["deblur_batch", "expand_inputs"]
 
@@ -29,12 +44,21 @@ def _is_fits_name(path):
     return path.name.lower().endswith(FITS_SUFFIXES)
 
 
-def expand_inputs(inputs):
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Files, directories (their FITS-named files, not recursive) and globs -> unique paths.
 
     Order is kept (first occurrence wins); a directory's files and a glob's
     matches are sorted. A missing file, an empty directory or a glob that
     matches nothing is an error, before any work starts.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("b.fits", "a.fits.gz", "notes.txt"):
+    ...     _ = (folder / name).write_text("")
+    >>> [p.name for p in expand_inputs([folder, folder / "b.fits"])]
+    ['a.fits.gz', 'b.fits']
     """
     found = []
     for item in inputs:
@@ -75,7 +99,7 @@ def _plan(paths, out_dir, compress):
     inputs = {p.resolve() for p in paths}
     for src, out in pairs:
         if out.resolve() in inputs:
-            raise InputError(f"{src}: its output {out} is one of the inputs; choose another -o directory")
+            raise InputError(f"{src}: its output {out} is one of the inputs; choose another out_dir")
     return pairs
 
 
@@ -127,12 +151,12 @@ def _dask_client(scheduler, dask_local):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise ConfigError("--scheduler / --dask-local need dask.distributed: pip install 'astrosr[distributed]'") from None
+        raise ConfigError("scheduler / dask_local need dask.distributed: pip install 'astrosr[distributed]'") from None
     if scheduler:
         try:
             return Client(scheduler, timeout="20s"), None
         except (OSError, TimeoutError) as exc:
-            raise ConfigError(f"--scheduler {scheduler}: cannot connect ({_one_line(exc, '')})") from None
+            raise ConfigError(f"scheduler {scheduler}: cannot connect ({_one_line(exc, '')})") from None
     import logging
 
     cluster = LocalCluster(
@@ -161,25 +185,13 @@ def _run_dask(jobs, scheduler, dask_local, report):
 
 
 def deblur_batch(
-    inputs,
-    out_dir,
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    options: DeblurOptions | None = None,
     *,
-    model_path="default",
-    psf=BENCH_V1_PSF,
-    consistency=True,
-    overlap=32,
-    samples=0,
-    compress=False,
-    overwrite=False,
-    device="auto",
-    hdu=None,
-    plane=None,
-    workers=1,
-    scheduler=None,
-    dask_local=None,
-    progress=None,
-    tile_progress=None,
-):
+    progress: ProgressCallback = None,
+    **keys: Any,
+) -> list[FileResult]:
     """Deblur many FITS files: serially, in ``workers`` local processes, or one Dask task each.
 
     Parameters
@@ -187,19 +199,15 @@ def deblur_batch(
     inputs : sequence of str or Path
         Files, directories (their ``.fits``/``.fits.gz``/``.fz`` files) and globs.
     out_dir : str or Path
-    model_path, psf, consistency, overlap, samples, compress, overwrite, device, hdu, plane
-        As :func:`deblur_file` (``hdu`` and ``plane`` apply to every input).
-    workers : int
-        Local processes (1: run in this process).
-    scheduler : str, optional
-        Address of a Dask scheduler (``tcp://host:8786``); needs ``distributed``.
-    dask_local : int, optional
-        Start a ``distributed.LocalCluster`` with this many worker processes.
+    options : DeblurOptions, optional
+        Model, PSF, settings and how to run (``workers``, ``scheduler``,
+        ``dask_local``; ``hdu`` and ``plane`` apply to every input); ``keys``
+        (option keys) override its fields.
     progress : callable, optional
-        ``progress(result, total)`` after each file.
-    tile_progress : callable, optional
-        Serial runs only: called with the number of tiles done after each
-        network batch (a large image shows progress within the file).
+        ``progress('images', done, total)`` after each file, and in a serial
+        run ``progress('tiles', done, total)`` within each file
+        (:mod:`astrosr.progress`). :attr:`FileResult.status` of each file is
+        in the returned list.
 
     Returns
     -------
@@ -216,52 +224,41 @@ def deblur_batch(
         Conflicting parallel options, Dask missing or unreachable.
     CheckpointError
         The model file cannot be loaded (before any work).
+
+    Examples
+    --------
+    >>> from astrosr.psf import PSF
+    >>> results = deblur_batch(["survey/*.fits"], "deblurred/", psf=PSF(fwhm=3.2), workers=2)  # doctest: +SKIP
+    >>> sum(r.status == "failed" for r in results)  # doctest: +SKIP
+    0
     """
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    if scheduler and dask_local:
-        raise ConfigError("--scheduler and --dask-local exclude each other")
-    if (scheduler or dask_local) and workers > 1:
-        raise ConfigError("--workers is for local processes; with --scheduler / --dask-local the cluster sets the workers")
-    if dask_local is not None and dask_local < 1:
-        raise ConfigError(f"--dask-local must be >= 1, got {dask_local}")
-    pairs = _plan(expand_inputs(inputs), out_dir, compress)
-    parallel = workers > 1 or scheduler or dask_local
+    from .checkpoint import clear_model_cache, load_model_cached
+
+    o = replace(options or DeblurOptions(), **keys) if keys or options is None else options
+    pairs = _plan(expand_inputs(inputs), out_dir, o.compress)
+    parallel = o.workers > 1 or o.scheduler or o.dask_local
     # absolute paths: a Dask worker may run in another directory (on a shared file system)
-    model_path = str(Path(model_path).resolve()) if Path(model_path).is_file() else str(model_path)
-    psf = _absolute_psf(psf)
+    model = str(Path(o.model).resolve()) if Path(o.model).is_file() else str(o.model)
+    o = dataclasses.replace(o, model=model, psf=o.psf.absolute())
     # load the model here first: a bad model file is one error, not a failed row per image
-    _load_model(model_path, "cpu" if parallel else resolve_device(device))
-    psf_identity(psf)  # a missing PSF file fails here too
+    load_model_cached(model, device="cpu" if parallel else resolve_device(o.device))
+    o.psf.identity()  # a missing PSF file fails here too
     if parallel:
-        _MODEL_CACHE.clear()
-    common = {
-        "out_dir": str(Path(out_dir).resolve()),
-        "model_path": model_path,
-        "psf": psf,
-        "consistency": consistency,
-        "overlap": overlap,
-        "samples": samples,
-        "compress": compress,
-        "overwrite": overwrite,
-        "device": device,
-        "hdu": hdu,
-        "plane": plane,
-    }
-    jobs = [{"path": str(src.resolve()), **common} for src, _ in pairs]
+        clear_model_cache()  # the workers load their own; this process need not hold one meanwhile
+    out_dir = str(Path(out_dir).resolve())
+    jobs = [{"path": str(src.resolve()), "out_dir": out_dir, "options": o} for src, _ in pairs]
     results = [None] * len(jobs)
 
-    def report(i, result):
+    def done(i, result):
         result.input = str(pairs[i][0])
         results[i] = result
-        if progress is not None:
-            progress(result, len(jobs))
+        report(progress, "images", sum(r is not None for r in results), len(jobs))
 
-    if scheduler or dask_local:
-        _run_dask(jobs, scheduler, dask_local, report)
-    elif workers > 1:
-        _run_local(jobs, workers, report)
+    if o.scheduler or o.dask_local:
+        _run_dask(jobs, o.scheduler, o.dask_local, done)
+    elif o.workers > 1:
+        _run_local(jobs, o.workers, done)
     else:
         for i, job in enumerate(jobs):
-            report(i, _task({**job, "progress": tile_progress}))
+            done(i, _task({**job, "progress": progress}))
     return results

@@ -24,7 +24,15 @@ from .errors import CheckpointError
 from .files import atomic_path, sha256_file
 from .models import MODELS
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "export_model", "DEFAULT_WEIGHTS"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "load_model_cached",
+    "clear_model_cache",
+    "export_model",
+    "DEFAULT_WEIGHTS",
+]
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
 REQUIRED_KEYS = ("model", "model_config", "state_dict")
@@ -143,6 +151,39 @@ def load_model(path, *, device="cpu"):
         "astrosr_version": payload.get("astrosr_version"),
     }
     return model, info
+
+
+#: (path, device, (size, mtime_ns) of the file) -> (model, info); at most one entry
+_MODEL_CACHE = {}
+
+
+def load_model_cached(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """:func:`load_model`, kept once per process: a batch worker loads its model once, not per image.
+
+    The key is the path, the device and the file's size and modification
+    time, so a model retrained under the same name is loaded again. Only
+    the last model is kept (a batch uses one; two would double the memory).
+    The model returned is shared by every caller: use it, do not train it.
+
+    Examples
+    --------
+    >>> from astrosr.checkpoint import load_model_cached
+    >>> model, info = load_model_cached("default")
+    >>> load_model_cached("default")[0] is model
+    True
+    """
+    path = str(path)
+    stat = os.stat(path) if os.path.isfile(path) else None
+    key = (path, device, (stat.st_size, stat.st_mtime_ns) if stat else None)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = load_model(path, device=device)
+    return _MODEL_CACHE[key]
+
+
+def clear_model_cache() -> None:
+    """Drop the model :func:`load_model_cached` keeps (before handing the work to other processes)."""
+    _MODEL_CACHE.clear()
 
 
 def export_model(checkpoint, out_dir, *, name="model", overwrite=False):

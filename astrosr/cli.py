@@ -14,15 +14,19 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .cli_display import Bars, err_console, evaluate_tables
+from .cli_display import Bars, console, err_console, evaluate_tables, log_to
 from .cli_options import click_options, flag_message, flag_names, from_cli
 from .errors import AstrosrError
+from .deblur import DeblurOptions
 from .evaluate import EvaluateOptions
 
 __all__ = ["cli", "main"]
 
 #: command name -> the options dataclass whose keys its errors may name
-OPTION_CLASSES = {"evaluate": EvaluateOptions}
+OPTION_CLASSES = {"evaluate": EvaluateOptions, "deblur": DeblurOptions}
+#: keys every command that has the flag shares
+COMMON_FLAGS = {"overwrite": "--overwrite", "data_dir": "--data-dir", "manifest": "--manifest", "n": "--n",
+                "seed": "--seed", "size": "--size"}
 
 
 class _Group(click.Group):
@@ -31,9 +35,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except AstrosrError as exc:
             message = str(exc)
+            command = self.commands.get(ctx.invoked_subcommand)
+            flags = {k: v for k, v in COMMON_FLAGS.items()
+                     if command is not None and any(v in p.opts for p in command.params)}
             options = OPTION_CLASSES.get(ctx.invoked_subcommand)
             if options is not None:
-                message = flag_message(message, flag_names(options))
+                flags.update(flag_names(options))
+            message = flag_message(message, flags)
             err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
             ctx.exit(2)
 
@@ -101,8 +109,8 @@ def simulate(out_dir, n, seed, size, overwrite):
     """Write simulated star/galaxy fields OUT/sim_s<SEED>_<i>.fits."""
     from .simulate import simulate_fields
 
-    console = Console(highlight=False, soft_wrap=True)
-    paths = simulate_fields(out_dir, n=n, seed=seed, size=size, overwrite=overwrite, progress=console.is_terminal)
+    with Bars({"images": "simulate"}) as bars:
+        paths = simulate_fields(out_dir, n=n, seed=seed, size=size, overwrite=overwrite, progress=bars)
     console.print(f"wrote {len(paths)} simulated images to {out_dir} (seed {seed})")
 
 
@@ -116,8 +124,9 @@ def fetch(manifest, data_dir, fields):
 
     from .manifest import fetch as fetch_files
 
-    console = Console(highlight=False, soft_wrap=True)
-    report = fetch_files(manifest, data_dir, fields=fields.split(",") if fields else None, progress=console.is_terminal)
+    log_to()
+    with Bars({"files": "fetch"}) as bars:
+        report = fetch_files(manifest, data_dir, fields=fields.split(",") if fields else None, progress=bars)
     table = Table(title=f"{manifest} -> {report[0][0].parent if report else data_dir}")
     table.add_column("file")
     table.add_column("status")
@@ -346,65 +355,28 @@ def evaluate(more_images, out, baselines_only, **given):
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--model", "model_path", default="default", show_default=True, help="Weights file (.pt/.safetensors) or 'default'.")
-@click.option("--overlap", type=click.IntRange(0), default=32, show_default=True, help="Tile overlap in input pixels.")
-@click.option("--samples", type=click.IntRange(0), default=0, show_default=True, help="Posterior draws for an UNCERT extension.")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local worker processes.")
-@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786): one task per image.")
-@click.option("--dask-local", type=click.IntRange(1), default=None, help="Start a local Dask cluster with N worker processes.")
-@click.option("--compress", is_flag=True, help="Write lossless tile-compressed _deblur.fits.fz files.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs instead of skipping them.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1... or auto (a GPU when present).")
-@click.option("--no-consistency", is_flag=True, help="Skip the data-consistency step (network output only).")
-@click.option("--hdu", default=None, help="HDU index or EXTNAME of the image in every input [first 2-D image].")
-@click.option("--plane", type=click.IntRange(0), default=None, help="Plane of a 3-D cube.")
-@psf_options
-def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, dask_local, compress, overwrite, device, no_consistency,
-           hdu, plane, **psf):
+@click_options(DeblurOptions)
+def deblur(inputs, out_dir, **given):
     """Deblur FITS images (files, directories, globs) into OUT/<name>_deblur.fits."""
     from pathlib import Path
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
     from .batch import deblur_batch
 
-    console = Console(highlight=False)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("images", total=None)
-        tiles = bar.add_task("tiles of this image", total=None, visible=workers == 1 and not (scheduler or dask_local))
-
-        def progress(result, total):
-            bar.update(task, total=total, advance=1, description=f"images (last: {Path(result.input).name} {result.status})")
-            bar.reset(tiles)
-
-        results = deblur_batch(
-            inputs,
-            out_dir,
-            model_path=model_path,
-            psf=psf_from_options(**psf),
-            consistency=not no_consistency,
-            overlap=overlap,
-            samples=samples,
-            compress=compress,
-            overwrite=overwrite,
-            device=device,
-            hdu=hdu,
-            plane=plane,
-            workers=workers,
-            scheduler=scheduler,
-            dask_local=dask_local,
-            progress=progress,
-            tile_progress=lambda n: bar.advance(tiles, n),
-        )
+    options = from_cli(DeblurOptions, given)
+    serial = options.workers == 1 and not (options.scheduler or options.dask_local)
+    with Bars({"images": "images", "tiles": "tiles of this image"}) as bars:
+        results = deblur_batch(inputs, out_dir, options,
+                               progress=bars if serial else lambda task, *a: task == "images" and bars(task, *a))
     table = Table(title=f"astrosr deblur -> {out_dir}")
     for name in ("input", "status", "output / reason", "s", "Mpix"):
         table.add_column(name, justify="right" if name in ("s", "Mpix") else "left")
     styles = {"done": "green", "skipped": "yellow", "failed": "red"}
     for r in results:
         detail = Path(r.output).name if r.status == "done" else r.reason
-        table.add_row(Path(r.input).name, f"[{styles[r.status]}]{r.status}[/]", detail, f"{r.seconds:.1f}", f"{r.megapixels:.2f}")
+        table.add_row(Path(r.input).name, f"[{styles[r.status]}]{r.status}[/]", escape(detail), f"{r.seconds:.1f}",
+                      f"{r.megapixels:.2f}")
     console.print(table)
     counts = {s: sum(r.status == s for r in results) for s in styles}
     console.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
@@ -425,10 +397,21 @@ def deblur(inputs, out_dir, model_path, overlap, samples, workers, scheduler, da
 @click.option("--force", is_flag=True, help="Rerun every stage, even those finished before.")
 def run_command(pipeline, run_dir, max_steps, data_dir, force):
     """Run a pipeline YAML (simulate, data, prepare, train, evaluate, deblur), resuming finished stages."""
+    from rich.table import Table
+
     from .pipeline import run_pipeline
 
-    run_pipeline(pipeline, run_dir=run_dir, max_steps=max_steps, force=force, data_dir=data_dir,
-                 console=Console(highlight=False, soft_wrap=True))
+    log_to()
+    with Bars() as bars:
+        summary = run_pipeline(pipeline, run_dir=run_dir, max_steps=max_steps, force=force, data_dir=data_dir,
+                               progress=bars)
+    table = Table(title=f"astrosr run {summary['name']}: {summary['seconds']:.0f} s")
+    for name in ("stage", "status", "seconds", "main output"):
+        table.add_column(name, justify="right" if name == "seconds" else "left")
+    for row in summary["stages"]:
+        style = "green" if row["status"] == "done" else "yellow"
+        table.add_row(row["stage"], f"[{style}]{row['status']}[/]", f"{row['seconds']:.1f}", row["output"])
+    console.print(table)
 
 
 def main():

@@ -29,7 +29,7 @@ def make_dir(path):
 
 
 def check_not_input(out, inputs):
-    """Raise InputError if output ``out`` is one of the ``inputs`` (so --overwrite cannot destroy an input)."""
+    """Raise InputError if output ``out`` is one of the ``inputs`` (so overwriting cannot destroy an input)."""
     out = Path(out)
     if not out.exists():
         return
@@ -55,7 +55,7 @@ def atomic_path(path, *, overwrite=False):
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise InputError(f"{path}: output exists (use --overwrite to replace it)")
+        raise InputError(f"{path}: output exists (overwrite=True replaces it)")
     make_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

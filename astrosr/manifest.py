@@ -10,10 +10,10 @@ A manifest is a small YAML file (``data_manifests/bench_v1.yaml``)::
     simulate:                    # fields astrosr simulates itself (no download)
       - {field: simulated, n: 4, seed: 1000, size: 512}
 
-Files are looked for in a data directory (``--data-dir`` or the
-``ASTROSR_DATA_DIR`` environment variable). The sha256 is that of the file as
-it sits in the data directory; a ``.bz2`` URL is decompressed before it is
-verified (CONTRACTS.md 6). Simulated fields are deterministic in their seed:
+Files are looked for in a data directory (the ``data_dir`` option, else the
+``ASTROSR_DATA_DIR`` environment variable). The manifest records the URL a file
+came from and the sha256 of the file as it sits in the data directory; a
+``.bz2`` download is decompressed before it is verified. Simulated fields are deterministic in their seed:
 they are taken from the data directory when present, otherwise generated once
 into a cache directory (``ASTROSR_CACHE_DIR``, default ``~/.cache/astrosr``).
 """
@@ -21,6 +21,7 @@ into a cache directory (``ASTROSR_CACHE_DIR``, default ``~/.cache/astrosr``).
 import bz2
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,9 @@ from typing import NamedTuple
 from .config import from_dict, load_yaml
 from .errors import ConfigError, DataError
 from .files import atomic_path, sha256_file
+from .progress import report
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ImageEntry",
@@ -63,7 +67,7 @@ class ImageEntry:
 
 @dataclasses.dataclass(frozen=True)
 class PsfEntry:
-    """A measured PSF kernel file (``--psf NAME`` finds it in the data directory)."""
+    """A measured PSF kernel file (a PSF ``path`` that is this name finds it in the data directory)."""
 
     file: str
     url: str
@@ -165,7 +169,7 @@ def load_manifest(path):
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: manifest not found (give --manifest PATH)")
+        raise ConfigError(f"{path}: manifest not found")
     data = load_yaml(path)
     known = {"name", "description", "images", "psfs", "simulate"}
     unknown = sorted(set(data) - known)
@@ -187,7 +191,7 @@ def load_manifest(path):
 def default_manifest():
     """``data_manifests/bench_v1.yaml`` of the current directory, else of the astrosr checkout.
 
-    So ``astrosr evaluate --field val`` works from any directory of a source
+    So evaluating the ``val`` field works from any directory of a source
     install; the returned path may not exist (then loading it names it).
     """
     local = Path("data_manifests") / "bench_v1.yaml"
@@ -199,7 +203,7 @@ def _data_dir_setting(data_dir):
     """``data_dir`` if given, else ``$ASTROSR_DATA_DIR``, as a Path (it may not exist yet)."""
     data_dir = data_dir or os.environ.get("ASTROSR_DATA_DIR")
     if not data_dir:
-        raise ConfigError("no data directory: pass --data-dir DIR or set ASTROSR_DATA_DIR")
+        raise ConfigError("data_dir: no data directory given and ASTROSR_DATA_DIR is not set")
     return Path(data_dir)
 
 
@@ -329,7 +333,7 @@ def _download(entry, target):
         tmp.unlink(missing_ok=True)
 
 
-def fetch(manifest, data_dir, *, fields=None, progress=True):
+def fetch(manifest, data_dir, *, fields=None, progress=None):
     """Make ``data_dir`` complete: download missing files, verify all, write simulated fields.
 
     Parameters
@@ -339,8 +343,8 @@ def fetch(manifest, data_dir, *, fields=None, progress=True):
         Created if missing; None means ``$ASTROSR_DATA_DIR``.
     fields : list of str, optional
         Only the images of these fields (PSFs are always fetched).
-    progress : bool
-        Show a rich progress bar.
+    progress : callable, optional
+        ``progress('files', done, total)`` after each file (:mod:`astrosr.progress`).
 
     Returns
     -------
@@ -352,8 +356,6 @@ def fetch(manifest, data_dir, *, fields=None, progress=True):
     DataError
         A download failed or a file's sha256 does not match (both sums named).
     """
-    from rich.progress import Progress
-
     from .simulate import write_simulated
 
     if not isinstance(manifest, Manifest):
@@ -368,30 +370,29 @@ def fetch(manifest, data_dir, *, fields=None, progress=True):
                           f"(fields: {', '.join(manifest.fields)})")
     entries = [e for e in manifest.images if e.field in wanted] + list(manifest.psfs)
     sims = [(s, i, name) for s in manifest.simulate if s.field in wanted for i, name in enumerate(s.files())]
-    report = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("fetch", total=len(entries) + len(sims))
-        for entry in entries:
-            target = data_dir / entry.file
-            bar.update(task, description=entry.file)
-            if target.is_file():
-                _verify(target, entry)
-                report.append((target, "present"))
-            else:
-                with _writable(target):
-                    _download(entry, target)
-                report.append((target, "downloaded"))
-            bar.advance(task)
-        for spec, index, name in sims:
-            target = data_dir / name
-            if target.is_file():
-                report.append((target, "present"))
-            else:
-                with _writable(target):
-                    write_simulated(target, seed=spec.seed, index=index, size=spec.size)
-                report.append((target, "simulated"))
-            bar.advance(task)
-    return report
+    done = []
+    total = len(entries) + len(sims)
+    for entry in entries:
+        target = data_dir / entry.file
+        if target.is_file():
+            _verify(target, entry)
+            done.append((target, "present"))
+        else:
+            log.info("downloading %s", entry.url)
+            with _writable(target):
+                _download(entry, target)
+            done.append((target, "downloaded"))
+        report(progress, "files", len(done), total)
+    for spec, index, name in sims:
+        target = data_dir / name
+        if target.is_file():
+            done.append((target, "present"))
+        else:
+            with _writable(target):
+                write_simulated(target, seed=spec.seed, index=index, size=spec.size)
+            done.append((target, "simulated"))
+        report(progress, "files", len(done), total)
+    return done
 
 
 @contextlib.contextmanager

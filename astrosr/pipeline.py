@@ -18,6 +18,7 @@ import datetime
 import glob
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ from .provenance import hardware, versions
 from .pipeline_config import Pipeline, find_path, load_pipeline, path_exists
 
 __all__ = ["run_pipeline", "load_pipeline"]
+
+log = logging.getLogger(__name__)
 
 
 # --- running --------------------------------------------------------------------
@@ -74,12 +77,6 @@ class _Records:
             tmp.write_text(json.dumps({"astrosr_version": __version__, "stages": self.stages}, indent=2) + "\n")
 
 
-def _psf(shape, fwhm, beta, psf_file):
-    from .psf import PSF
-
-    return PSF(shape="file", path=psf_file) if psf_file else PSF(shape=shape, fwhm=fwhm, beta=beta)
-
-
 def _fresh(path):
     """Remove a stage's own output directory inside the run directory before it reruns."""
     if path.is_dir():
@@ -91,8 +88,8 @@ def _fresh(path):
 class _Runner:
     """Runs the stages of one pipeline in one run directory, recording each."""
 
-    def __init__(self, pipeline, run_dir, *, force, data_dir, console):
-        self.p, self.run, self.console = pipeline, run_dir, console
+    def __init__(self, pipeline, run_dir, *, force, data_dir, progress):
+        self.p, self.run, self.progress = pipeline, run_dir, progress
         self.base = pipeline.path.resolve().parent
         self.data_dir = data_dir
         self.records = _Records(run_dir, force)
@@ -150,10 +147,10 @@ class _Runner:
         """Run ``fn`` (returning its output paths) unless stage ``name`` is done with this config and inputs."""
         digest = _hash(config, [self.digests[d] for d in deps])
         self.digests[name] = digest
-        self.console.rule(f"[bold]{len(self.rows) + 1}/{self.total} {name}", align="left")
+        log.info("%d/%d %s", len(self.rows) + 1, self.total, name)
         if self.records.done(name, digest, deps):
             rec = self.records.stages[name]
-            self.console.print(f"[yellow]skipped[/]: done before with the same config ({rec['seconds']:.1f} s)")
+            log.info("%s skipped: done before with the same config (%.1f s)", name, rec["seconds"])
             self.rows.append({"stage": name, "status": "skipped", "seconds": 0.0,
                               "output": rec["outputs"][0] if rec["outputs"] else ""})
             return
@@ -166,7 +163,7 @@ class _Runner:
                          ended=time.time(),
                          finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         main = outputs[0] if outputs else ""
-        self.console.print(f"[green]done[/] in {seconds:.1f} s -> {main}")
+        log.info("%s done in %.1f s -> %s", name, seconds, main)
         self.rows.append({"stage": name, "status": "done", "seconds": seconds, "output": main})
 
     # stages ------------------------------------------------------------------
@@ -174,21 +171,21 @@ class _Runner:
         from .simulate import simulate_fields
 
         out = _fresh(self.run / "simulate" / name)
-        return simulate_fields(out, n=s.n, seed=s.seed, size=s.size, overwrite=True, progress=self.console.is_terminal)
+        return simulate_fields(out, n=s.n, seed=s.seed, size=s.size, overwrite=True, progress=self.progress)
 
     def check_data(self):
         from .manifest import data_dir_from, fetch, resolve
 
         d = self.p.data
         if d.fetch:
-            fetch(self.manifest(), self.data_directory(), fields=d.fields, progress=self.console.is_terminal)
+            fetch(self.manifest(), self.data_directory(), fields=d.fields, progress=self.progress)
         sources = resolve(self.manifest(), self.data_directory(), d.fields)
         record = {"manifest": str(self.manifest()), "data_dir": str(data_dir_from(self.data_directory())),
                   "files": [[str(p), f] for p, f in sources]}
         with atomic_path(self.run / "data.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(record, indent=2) + "\n")
-        self.console.print(f"{len(sources)} files checked (sha256) for fields "
-                           f"{', '.join(d.fields or sorted({f for _, f in sources}))}")
+        log.info("%d files checked (sha256) for fields %s", len(sources),
+                 ", ".join(d.fields or sorted({f for _, f in sources})))
         return [self.run / "data.json"]
 
     def prepare(self):
@@ -202,16 +199,15 @@ class _Runner:
             if s.field:
                 sources += [(p, s.field) for p in self.sim_files(name)]
         out = self.run / "prepare" / "pairs.h5"
-        result = prepare_pairs(sources, out, config=self.p.prepare, overwrite=True, progress=self.console.is_terminal)
-        self.console.print(f"{result['n_tiles']} tile pairs from {result['n_images']} images: "
-                           + ", ".join(f"{k} {v}" for k, v in result["tiles_per_field"].items()))
+        result = prepare_pairs(sources, out, config=self.p.prepare, overwrite=True, progress=self.progress)
+        log.info("%d tile pairs from %d images: %s", result["n_tiles"], result["n_images"],
+                 ", ".join(f"{k} {v}" for k, v in result["tiles_per_field"].items()))
         return [out]
 
     def train(self, name, cfg):
         from .train import train
 
         out = self.run / "train" / name
-        cfg = dataclasses.replace(cfg, progress=cfg.progress and self.console.is_terminal)
         pairs = self.run / "prepare" / "pairs.h5"
         resume = self.resume and (out / "last.pt").is_file()
         if not resume:
@@ -220,7 +216,7 @@ class _Runner:
         best = summary.get("best") or {}
         shown = ", ".join(f"{k} {best[k]:.4g}" for k in ("ssim", "mse", "flux_err", "tile_ssim", "tile_mse")
                           if isinstance(best.get(k), float))
-        self.console.print(f"{name}: {summary['steps']} steps in {summary['seconds']:.0f} s on {summary['device']}"
+        log.info(f"{name}: {summary['steps']} steps in {summary['seconds']:.0f} s on {summary['device']}"
                            f"{'; best ' + shown if shown else ''}")
         return [out / "best.pt", out / "last.pt", out / "metrics.csv", out / "summary.json"]
 
@@ -228,33 +224,31 @@ class _Runner:
         from .evaluate import evaluate
 
         e = self.p.evaluate
-        evaluate(out=out, fields=e.fields or None, images=self.files(e.images) or None,
-                 models=[str(self.model(m)) for m in e.models],
-                 manifest=str(self.manifest()) if e.fields else None,
-                 data_dir=self.data_directory() if self.p.data else None, psf=psf, consistency=e.consistency,
-                 threads=e.threads, device=e.device, panels=e.panels, console=self.console,
-                 progress=self.console.is_terminal)
+        options = e.options(images=self.files(e.images), models=[str(self.model(m)) for m in e.models],
+                            manifest=str(self.manifest()) if e.fields else None,
+                            data_dir=str(self.data_directory()) if self.p.data and self.data_directory() else None,
+                            psf=psf)
+        evaluate(out, options, progress=self.progress)
         return [out / "report.md", out / "summary.json", out / "metrics.csv"]
 
     def deblur(self):
-        from .deblur import deblur_batch
+        from .batch import deblur_batch
 
         d = self.p.deblur
         out = _fresh(self.run / "deblur")
         model = self.deblur_model()
-        psf = _psf(d.psf_shape, d.psf_fwhm, d.psf_beta, d.psf_file)
+        psf = d.psf
         inputs = self.files(d.inputs)
         if d.degrade:
             truths, inputs = inputs, [_blurred(p, psf, out / "blurred") for p in inputs]
-        results = deblur_batch(inputs, out, model_path=str(self.model(model)), psf=psf, consistency=d.consistency,
-                               overlap=d.overlap, samples=d.samples, compress=d.compress, overwrite=True,
-                               device=d.device)
+        results = deblur_batch(inputs, out, d.options(model=str(self.model(model)), overwrite=True),
+                               progress=self.progress)
         failed = [r for r in results if r.status == "failed"]
         if failed:
             raise DataError(f"deblur: {failed[0].input}: {failed[0].reason}")
         outputs = [r.output for r in results]
         for r in results:
-            self.console.print(f"{Path(r.input).name} -> {r.output} ({r.seconds:.1f} s)")
+            log.info("%s -> %s (%.1f s)", Path(r.input).name, r.output, r.seconds)
         if d.degrade:
             for truth, blu, r in zip(truths, inputs, results):
                 outputs.append(_panel(truth, blu, r.output))
@@ -306,7 +300,7 @@ def _panel(truth, blu, sr):
     return str(target)
 
 
-def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_dir=None, console=None):
+def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_dir=None, progress=None):
     """Run a pipeline's stages in order, skipping those finished before with the same config.
 
     Parameters
@@ -321,7 +315,9 @@ def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_di
     data_dir : str or Path, optional
         Data directory of the ``data`` stage (default its ``data_dir``, else
         ``$ASTROSR_DATA_DIR``).
-    console : rich.console.Console, optional
+    progress : callable, optional
+        Passed to every stage (:mod:`astrosr.progress`); stage starts and ends
+        are logged (logger ``astrosr.pipeline``).
 
     Returns
     -------
@@ -329,20 +325,17 @@ def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_di
         The content of ``RUN/summary.json``: per stage its status, seconds and
         outputs, the total time, hardware and versions.
     """
-    from rich.console import Console
-
     p = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
     if max_steps is not None:
         if max_steps < 1:
-            raise ConfigError(f"--max-steps must be >= 1, got {max_steps}")
+            raise ConfigError(f"max_steps: must be >= 1, got {max_steps}")
         p = dataclasses.replace(p, train={k: dataclasses.replace(v, max_steps=max_steps) for k, v in p.train.items()})
-    console = console or Console(highlight=False, soft_wrap=True)
     run_dir = Path(run_dir or p.run_dir or Path("runs") / p.name)
     make_dir(run_dir)
     with atomic_path(run_dir / "pipeline.yaml", overwrite=True) as tmp:
         tmp.write_text(f"# validated from {p.path}\n" + yaml.safe_dump(p.to_dict(), sort_keys=False))
-    r = _Runner(p, run_dir, force=force, data_dir=data_dir, console=console)
-    console.print(f"[bold]astrosr run[/] {p.path} -> {run_dir}")
+    r = _Runner(p, run_dir, force=force, data_dir=data_dir, progress=progress)
+    log.info("astrosr run %s -> %s", p.path, run_dir)
     start = time.perf_counter()
 
     for name, sim in p.simulate.items():
@@ -357,8 +350,8 @@ def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_di
     if p.evaluate is not None:
         e = p.evaluate
         deps = r.inputs(e.models, e.images) + (["data"] if e.fields else [])
-        runs = [("evaluate", _psf(e.psf_shape, e.psf_fwhm, e.psf_beta, e.psf_file))]
-        runs += [(f"evaluate_fwhm{f:g}", _psf(e.psf_shape, f, e.psf_beta, None)) for f in e.extra_fwhm]
+        runs = [("evaluate", e.psf)]
+        runs += [(f"evaluate_fwhm{f:g}", dataclasses.replace(e.psf, fwhm=f)) for f in e.extra_fwhm]
         for name, psf in runs:
             r.stage(name, [to_dict(e), psf.to_dict(), r.identities(e.models)], deps,
                     lambda name=name, psf=psf: r.evaluate(run_dir / name, psf))
@@ -368,24 +361,17 @@ def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_di
                 r.deblur)
 
     total = time.perf_counter() - start
-    return _summarise(r, run_dir, total, console)
+    return _summarise(r, run_dir, total)
 
 
-def _summarise(r, run_dir, total, console):
-    from rich.table import Table
-
+def _summarise(r, run_dir, total):
     summary = {"pipeline": str(r.p.path), "name": r.p.name, "run_dir": str(run_dir), "seconds": round(total, 1),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "hardware": {**hardware(), **versions()}, "stages": r.rows, "records": r.records.stages}
     lines = [f"# astrosr run: {r.p.name}", "", f"Pipeline `{r.p.path}`, run directory `{run_dir}`, "
              f"{summary['date']}, {total:.0f} s in all.", "",
              "| stage | status | seconds | main output |", "|---|---|---:|---|"]
-    table = Table(title=f"astrosr run {r.p.name}: {total:.0f} s")
-    for name in ("stage", "status", "seconds", "main output"):
-        table.add_column(name, justify="right" if name == "seconds" else "left")
     for row in r.rows:
-        style = "green" if row["status"] == "done" else "yellow"
-        table.add_row(row["stage"], f"[{style}]{row['status']}[/]", f"{row['seconds']:.1f}", row["output"])
         lines.append(f"| {row['stage']} | {row['status']} | {row['seconds']:.1f} | `{row['output']}` |")
     hw = summary["hardware"]
     lines += ["", f"Hardware: {hw['cpu']} ({hw['cpu_count']} CPUs), GPU {hw['gpu'] or 'none'}; "
@@ -394,5 +380,4 @@ def _summarise(r, run_dir, total, console):
         tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     with atomic_path(run_dir / "summary.md", overwrite=True) as tmp:
         tmp.write_text("\n".join(lines))
-    console.print(table)
     return summary

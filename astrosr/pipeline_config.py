@@ -12,7 +12,7 @@ is not run::
     prepare: {psf_fwhm: "2.5:5.5"}  # PrepareConfig keys (as ``astrosr prepare --config``)
     train:                          # model name -> train config (inline, a YAML path,
       resvae: {model: resvae, max_steps: 300}    #  or {config: PATH, ...overrides})
-    evaluate: {models: [resvae], images: [test]}
+    evaluate: {models: [resvae], images: [test], psf: {fwhm: 4}}   # EvaluateOptions keys
     deblur: {model: resvae, inputs: [test]}
 
 Every section is validated on load by :func:`astrosr.config.from_dict`
@@ -22,12 +22,15 @@ simulate sets or files. Relative paths are taken from the current directory,
 else from the pipeline file's directory or its parent.
 """
 
+import dataclasses
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import from_dict, load_yaml, to_dict
 from .errors import ConfigError
+from .deblur import DeblurOptions
+from .evaluate import EvaluateOptions
 from .prepare import PrepareConfig
 
 __all__ = ["STAGES", "SimulateSet", "DataStage", "EvaluateStage", "DeblurStage", "Pipeline", "load_pipeline",
@@ -86,58 +89,42 @@ class DataStage:
     data_dir: str | None = None
 
 
-def _check_psf(shape, fwhms, beta):
-    if shape not in ("moffat", "gaussian"):
-        raise ConfigError(f"psf_shape: expected moffat or gaussian (or a psf_file), got {shape!r}")
-    if not all(f > 0 for f in fwhms) or not beta > 1:
-        raise ConfigError(f"psf_fwhm / extra_fwhm must be > 0 and psf_beta > 1, got {fwhms} and {beta}")
+@dataclass(frozen=True)
+class EvaluateStage(EvaluateOptions):
+    """The ``evaluate:`` section: :class:`astrosr.evaluate.EvaluateOptions` plus robustness runs.
 
-
-@dataclass
-class EvaluateStage:
-    """Options of :func:`astrosr.evaluate.evaluate` (one run per PSF).
+    ``models`` name train-stage models (their ``best.pt``), weight files or
+    ``'default'``; ``images`` name simulate sets or files; ``fields`` take
+    the data section's manifest and data directory.
 
     Parameters
     ----------
-    models : list of str
-        Train-stage model names, weight files or ``'default'``.
-    fields : list of str
-        Manifest fields (needs a ``data`` section); exclusive with ``images``.
-    images : list of str
-        Simulate set names or FITS files.
-    psf_shape, psf_fwhm, psf_beta, psf_file
-        The true PSF (CONTRACTS.md 1); default bench-v1's.
     extra_fwhm : list of float
-        Further runs with a Moffat/Gaussian of these FWHMs (robustness),
+        Further runs with the PSF's shape at these FWHMs (robustness),
         written to ``evaluate_fwhm<F>/``.
-    consistency : bool
-    panels : int
-    threads : int or None
-    device : str
     """
 
     models: list[str] = field(default_factory=list)
-    fields: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)
-    psf_shape: str = "moffat"
-    psf_fwhm: float = 4.0
-    psf_beta: float = 3.0
-    psf_file: str | None = None
     extra_fwhm: list[float] = field(default_factory=list)
-    consistency: bool = True
-    panels: int = 3
-    threads: int | None = None
-    device: str = "cpu"
 
     def __post_init__(self):
+        super().__post_init__()
         if bool(self.fields) == bool(self.images):
-            raise ConfigError("give exactly one of fields and images")
-        _check_psf(self.psf_shape, [self.psf_fwhm, *self.extra_fwhm], self.psf_beta)
+            raise ConfigError("fields, images: give exactly one of them")
+        if any(not f > 0 for f in self.extra_fwhm):
+            raise ConfigError(f"extra_fwhm: every FWHM must be > 0, got {self.extra_fwhm}")
+        if self.extra_fwhm and self.psf.shape not in ("moffat", "gaussian"):
+            raise ConfigError(f"extra_fwhm: needs a Moffat or Gaussian psf, got shape {self.psf.shape!r}")
+
+    def options(self, **keys) -> EvaluateOptions:
+        """The :class:`EvaluateOptions` of one run, with resolved references in ``keys``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(EvaluateOptions)}
+        return EvaluateOptions(**{**values, **keys})
 
 
-@dataclass
-class DeblurStage:
-    """Options of :func:`astrosr.deblur.deblur_batch`.
+@dataclass(frozen=True)
+class DeblurStage(DeblurOptions):
+    """The ``deblur:`` section: :class:`astrosr.deblur.DeblurOptions` plus its inputs (outputs are always replaced).
 
     Parameters
     ----------
@@ -146,9 +133,6 @@ class DeblurStage:
     model : str or None
         Train-stage model name, weight file or ``'default'`` (None: the first
         train-stage model, else ``'default'``).
-    psf_shape, psf_fwhm, psf_beta, psf_file
-        PSF of the inputs.
-    consistency, overlap, samples, compress, device
     degrade : bool
         Blur the (sharp, e.g. simulated) inputs first with this PSF and
         bench-v1 noise, into ``deblur/blurred/``, and draw an ORI / BLU / SR
@@ -157,21 +141,17 @@ class DeblurStage:
 
     inputs: list[str] = field(default_factory=list)
     model: str | None = None
-    psf_shape: str = "moffat"
-    psf_fwhm: float = 4.0
-    psf_beta: float = 3.0
-    psf_file: str | None = None
-    consistency: bool = True
-    overlap: int = 32
-    samples: int = 0
-    compress: bool = False
-    device: str = "auto"
     degrade: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.inputs:
             raise ConfigError("inputs: at least one input (a simulate set or a file)")
-        _check_psf(self.psf_shape, [self.psf_fwhm], self.psf_beta)
+
+    def options(self, **keys) -> DeblurOptions:
+        """The :class:`DeblurOptions` of the run, with resolved references in ``keys``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(DeblurOptions)}
+        return DeblurOptions(**{**values, **keys})
 
 
 @dataclass

@@ -28,6 +28,6 @@ ProgressCallback = Optional[Callable[[str, int, Optional[int]], None]]
 
 
 def report(progress: ProgressCallback, task: str, done: int, total: int | None) -> None:
-    """Call ``progress(task, done, total)`` when a callback was given."""
-    if progress is not None:
+    """Call ``progress(task, done, total)`` when a callback was given (None or False: none)."""
+    if progress:
         progress(task, done, total)

@@ -204,7 +204,7 @@ def restore_image(
         If > 0, also compute the per-pixel std over that many posterior draws.
     device : str or torch.device
     progress : callable, optional
-        Called with the number of tiles done after each batch.
+        ``progress('tiles', done, total)`` after each network batch (:mod:`astrosr.progress`).
 
     Returns
     -------

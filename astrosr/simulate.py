@@ -22,6 +22,7 @@ from astropy.wcs import WCS
 from scipy import signal
 
 from . import __version__
+from .progress import report
 from .psf import moffat_psf
 from .errors import ConfigError, InputError
 from .files import atomic_path
@@ -166,7 +167,7 @@ def write_simulated(path, *, seed, index, size=512, overwrite=False):
     return params
 
 
-def simulate_fields(out_dir, *, n=4, seed=0, size=512, overwrite=False, progress=True):
+def simulate_fields(out_dir, *, n=4, seed=0, size=512, overwrite=False, progress=None):
     """Write ``n`` simulated images ``sim_s{seed}_{i:03d}.fits`` into ``out_dir``.
 
     Parameters
@@ -181,25 +182,23 @@ def simulate_fields(out_dir, *, n=4, seed=0, size=512, overwrite=False, progress
         Image side in pixels.
     overwrite : bool
         Replace existing files (otherwise an existing file is an error).
-    progress : bool
-        Show a rich progress bar.
+    progress : callable, optional
+        ``progress('images', done, n)`` after each image (:mod:`astrosr.progress`).
 
     Returns
     -------
     list of Path
     """
-    from rich.progress import Progress
-
     if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
+        raise ConfigError(f"n: must be >= 1, got {n}")
     if seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {seed}")
+        raise ConfigError(f"seed: must be >= 0, got {seed}")
     out_dir = Path(out_dir)
     paths = [out_dir / sim_name(seed, i) for i in range(n)]
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        raise InputError(f"{existing[0]}: output exists (use --overwrite to replace it)")
-    with Progress(disable=not progress, transient=True) as bar:
-        for i, path in enumerate(bar.track(paths, description="simulate")):
-            write_simulated(path, seed=seed, index=i, size=size, overwrite=overwrite)
+        raise InputError(f"{existing[0]}: output exists (overwrite=True replaces it)")
+    for i, path in enumerate(paths):
+        write_simulated(path, seed=seed, index=i, size=size, overwrite=overwrite)
+        report(progress, "images", i + 1, n)
     return paths

@@ -9,6 +9,7 @@ with smooth weights, so there are no seams.
 import numpy as np
 
 from .errors import ConfigError
+from .progress import report
 
 __all__ = ["grid_origins", "nan_free", "extract_tiles", "cover_origins", "blend_weights", "fit_tile", "map_tiles"]
 
@@ -112,7 +113,7 @@ def map_tiles(image, fn, *, tile=128, overlap=32, batch=16, scale=1, progress=No
     scale : int
         Output pixels per input pixel.
     progress : callable, optional
-        Called with the number of tiles done after each batch.
+        ``progress('tiles', done, total)`` after each batch (:mod:`astrosr.progress`).
 
     Returns
     -------
@@ -134,8 +135,7 @@ def map_tiles(image, fn, *, tile=128, overlap=32, batch=16, scale=1, progress=No
         for (y, x), out in zip(chunk, restored):
             window = (slice(y * scale, (y + ty) * scale), slice(x * scale, (x + tx) * scale))
             total[window] += weights * out
-        if progress is not None:
-            progress(len(chunk))
+        report(progress, "tiles", start + len(chunk), len(origins))
     # the origins are a product of row and column starts and the weights are separable,
     # so the sum of weights is the outer product of two 1-D sums: no full-size array
     norm_y, norm_x = np.zeros(total.shape[0]), np.zeros(total.shape[1])

@@ -170,7 +170,7 @@ def _child_deblur(path, out_dir, model_path, threads):
     torch.set_num_threads(threads)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    deblur_file(path, out_dir, model_path=model_path, device="cpu", overwrite=True)
+    deblur_file(path, out_dir, model=model_path, device="cpu", overwrite=True)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "base_mb": base / 1024}))

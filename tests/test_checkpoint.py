@@ -181,3 +181,38 @@ def test_exported_weights_get_the_umask_permissions(tmp_path):
     # safetensors writes 0600, which colleagues on a shared disk could not read
     assert weights.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "export" / "model.json").stat().st_mode & 0o777 == 0o644
+
+
+# --- the per-process model cache ---------------------------------------------------
+
+
+def test_cached_model_is_loaded_once_and_reloaded_when_the_file_changes(tmp_path):
+    ckpt.clear_model_cache()
+    _, payload = _payload(step=1)
+    path = ckpt.save_checkpoint(tmp_path / "best.pt", payload)
+    model, info = ckpt.load_model_cached(path)
+    assert ckpt.load_model_cached(str(path))[0] is model  # str or Path: one key
+    assert ckpt.load_model_cached(path, device="cpu")[1] is info
+    before = path.stat()
+    ckpt.save_checkpoint(path, _payload(step=2)[1])  # retrained under the same name
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))  # a coarse clock still sees a change
+    again, again_info = ckpt.load_model_cached(path)
+    assert again is not model and again_info["step"] == 2
+    assert again_info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    ckpt.clear_model_cache()
+
+
+def test_model_cache_keeps_one_model_and_clears(tmp_path):
+    ckpt.clear_model_cache()
+    a = ckpt.save_checkpoint(tmp_path / "a.pt", _payload(step=1)[1])
+    b = ckpt.save_checkpoint(tmp_path / "b.pt", _payload(step=3)[1])
+    first = ckpt.load_model_cached(a)[0]
+    assert ckpt.load_model_cached(b)[1]["step"] == 3
+    again = ckpt.load_model_cached(a)[0]
+    assert again is not first  # one model per process: loading b's dropped a's
+    assert ckpt.load_model_cached(a)[0] is again
+    ckpt.clear_model_cache()
+    assert ckpt.load_model_cached(a)[0] is not again
+    ckpt.clear_model_cache()
+    with pytest.raises(CheckpointError, match="model file not found"):
+        ckpt.load_model_cached(tmp_path / "nope.pt")

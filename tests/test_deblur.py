@@ -96,7 +96,7 @@ def test_output_does_not_depend_on_the_tile_grid(data_dir, models):
 
 def test_wcs_and_every_input_card_are_kept_and_history_added(data_dir, models, tmp_path):
     src = data_dir / "gc_2mass_j.fits"
-    result = deblur_file(src, tmp_path, model_path=models["identity"], consistency=False, device="cpu")
+    result = deblur_file(src, tmp_path, model=models["identity"], consistency=False, device="cpu")
     assert result.status == "done" and result.output == str(tmp_path / "gc_2mass_j_deblur.fits")
     header_in = fits.getheader(src)
     with fits.open(result.output) as hdul:
@@ -129,7 +129,7 @@ def test_input_datamin_datamax_are_not_carried_over(models, tmp_path):
     header = fits.Header({"DATAMIN": float(image.min()), "DATAMAX": float(image.max()), "OBJECT": "test"})
     src = tmp_path / "in.fits"
     fits.writeto(src, image, header)
-    out = deblur_file(src, tmp_path / "out", model_path=models["identity"], device="cpu").output
+    out = deblur_file(src, tmp_path / "out", model=models["identity"], device="cpu").output
     header_out = fits.getheader(out)
     assert "DATAMIN" not in header_out and "DATAMAX" not in header_out and header_out["OBJECT"] == "test"
 
@@ -139,7 +139,7 @@ def test_scale_two_rescales_the_wcs(data_dir, tmp_path, name):
     src = _crop(data_dir / name, tmp_path / name, slice(0, 90), slice(0, 100))
     model = tmp_path / "x2.pt"
     _save_model(model, scale=2)
-    out = deblur_file(src, tmp_path / "out", model_path=model, consistency=False, device="cpu").output
+    out = deblur_file(src, tmp_path / "out", model=model, consistency=False, device="cpu").output
     header_in, header_out = fits.getheader(src), fits.getheader(out)
     assert fits.getdata(out).shape == (180, 200)
     ys, xs = np.mgrid[0:90:11, 0:100:13].astype(float)
@@ -154,7 +154,7 @@ def bolocam_outputs(data_dir, models, tmp_path_factory):
     """A corner of gc_bolocam_gps (2,305 NaN pixels) deblurred with UNCERT and MASK, plain and .fz."""
     root = tmp_path_factory.mktemp("bolocam")
     src = _crop(data_dir / "gc_bolocam_gps.fits", root / "bolocam.fits", slice(0, 160), slice(0, 200))
-    kwargs = {"model_path": models["trained"], "samples": 2, "device": "cpu"}
+    kwargs = {"model": models["trained"], "samples": 2, "device": "cpu"}
     plain = deblur_file(src, root / "plain", **kwargs).output
     packed = deblur_file(src, root / "fz", compress=True, **kwargs).output
     return plain, packed
@@ -175,7 +175,7 @@ def test_nan_pixels_stay_nan_and_are_masked(data_dir, models, tmp_path, bolocam_
     src = data_dir / "gc_bolocam_gps.fits"
     bad = ~np.isfinite(fits.getdata(src))
     assert bad.sum() == 20399
-    out = deblur_file(src, tmp_path, model_path=models["identity"], device="cpu").output
+    out = deblur_file(src, tmp_path, model=models["identity"], device="cpu").output
     with fits.open(out) as hdul:
         assert np.array_equal(np.isnan(hdul[0].data), bad)
         assert np.array_equal(hdul["MASK"].data, bad.astype(np.uint8))
@@ -207,7 +207,7 @@ def test_bad_model_file_is_a_checkpoint_error(data_dir, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt"):
-        deblur_file(data_dir / "irac_ch1_flight.fits", tmp_path, model_path=bad, device="cpu")
+        deblur_file(data_dir / "irac_ch1_flight.fits", tmp_path, model=bad, device="cpu")
 
 
 # --- batches -------------------------------------------------------------------
@@ -246,16 +246,16 @@ def test_batch_reports_bad_files_exits_1_leaves_no_partial_files_and_resumes(bat
 
 def test_existing_output_from_another_psf_is_an_error_unless_overwrite(data_dir, models, tmp_path):
     src = data_dir / "irac_ch1_flight.fits"
-    deblur_file(src, tmp_path, model_path=models["identity"], device="cpu")
+    deblur_file(src, tmp_path, model=models["identity"], device="cpu")
     with pytest.raises(InputError, match="not made with this model and PSF"):
-        deblur_file(src, tmp_path, model_path=models["identity"], psf=PSF(fwhm=3.0), device="cpu")
-    again = deblur_file(src, tmp_path, model_path=models["identity"], psf=PSF(fwhm=3.0), overwrite=True, device="cpu")
+        deblur_file(src, tmp_path, model=models["identity"], psf=PSF(fwhm=3.0), device="cpu")
+    again = deblur_file(src, tmp_path, model=models["identity"], psf=PSF(fwhm=3.0), overwrite=True, device="cpu")
     assert again.status == "done" and fits.getheader(again.output)["ASRPSF"].startswith("Moffat FWHM=3px")
 
 
 def test_existing_output_made_with_other_settings_is_not_skipped(data_dir, models, tmp_path):
     """A rerun asking for --no-consistency or --samples must not keep an image made another way."""
-    src, common = data_dir / "irac_ch1_flight.fits", {"model_path": models["identity"], "device": "cpu"}
+    src, common = data_dir / "irac_ch1_flight.fits", {"model": models["identity"], "device": "cpu"}
     deblur_file(src, tmp_path, **common)
     assert deblur_file(src, tmp_path, **common).status == "skipped"
     for other in ({"consistency": False}, {"samples": 2}, {"overlap": 16}):
@@ -271,7 +271,7 @@ def test_a_file_psf_is_recorded_by_content_and_a_changed_kernel_is_not_skipped(d
     fits.writeto(kernel, PSF(fwhm=3.0).kernel())
     monkeypatch.chdir(tmp_path)
     psf = PSF(shape="file", path="kernel.fits")
-    src, common = data_dir / "irac_ch1_flight.fits", {"model_path": models["identity"], "psf": psf}
+    src, common = data_dir / "irac_ch1_flight.fits", {"model": models["identity"], "psf": psf}
     first = deblur_batch([src], "out", **common)
     assert first[0].status == "done"
     assert fits.getheader(first[0].output)["ASRPSF"] == f"PSF file {kernel} sha256 {sha256_file(kernel)[:16]}"
@@ -287,7 +287,7 @@ def test_two_inputs_with_one_output_name_fail_before_any_work(data_dir, models, 
     for sub in ("a", "b"):
         shutil.copy(data_dir / "irac_ch1_flight.fits", tmp_path / sub / "img.fits")
     with pytest.raises(InputError, match="all map to the output"):
-        deblur_batch([tmp_path / "a", tmp_path / "b"], tmp_path / "out", model_path=models["identity"])
+        deblur_batch([tmp_path / "a", tmp_path / "b"], tmp_path / "out", model=models["identity"])
     assert not (tmp_path / "out").exists()
 
 
@@ -295,7 +295,7 @@ def test_output_equal_to_an_input_is_an_error(data_dir, models, tmp_path):
     shutil.copy(data_dir / "irac_ch1_flight.fits", tmp_path / "img.fits")
     shutil.copy(data_dir / "irac_ch2_flight.fits", tmp_path / "img_deblur.fits")
     with pytest.raises(InputError, match="is one of the inputs"):
-        deblur_batch([tmp_path], tmp_path, model_path=models["identity"])
+        deblur_batch([tmp_path], tmp_path, model=models["identity"])
 
 
 def test_missing_input_or_psf_file_is_one_red_line_exit_2(models, tmp_path):
@@ -303,7 +303,7 @@ def test_missing_input_or_psf_file_is_one_red_line_exit_2(models, tmp_path):
     run = runner.invoke(cli, ["deblur", str(tmp_path / "nope.fits"), "-o", str(tmp_path), "--model", str(models["identity"])])
     assert run.exit_code == 2 and "nope.fits: file not found" in run.output
     with pytest.raises(InputError, match="kernel.fits: PSF file not found"):
-        deblur_batch([models["identity"]], tmp_path, model_path=models["identity"], psf=PSF(shape="file", path="kernel.fits"))
+        deblur_batch([models["identity"]], tmp_path, model=models["identity"], psf=PSF(shape="file", path="kernel.fits"))
 
 
 def test_inputs_expand_from_dirs_and_globs_and_missing_ones_are_errors(batch_dir, tmp_path):
@@ -320,19 +320,26 @@ def test_inputs_expand_from_dirs_and_globs_and_missing_ones_are_errors(batch_dir
         expand_inputs([tmp_path / "empty"])
 
 
-def test_batch_api_is_importable_from_deblur():
+def test_batch_api_lives_in_batch_and_deblur_does_not_import_it():
+    import sys
+
+    import astrosr.batch
     import astrosr.deblur
 
-    assert astrosr.deblur.deblur_batch is deblur_batch and astrosr.deblur.expand_inputs is expand_inputs
+    assert astrosr.batch.deblur_batch is deblur_batch and astrosr.batch.expand_inputs is expand_inputs
+    assert not hasattr(astrosr.deblur, "deblur_batch") and not hasattr(astrosr.deblur, "expand_inputs")
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         astrosr.deblur.nope  # noqa: B018
+    code = "import sys, astrosr.deblur; print('astrosr.batch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
 
 
 def test_parallel_options_are_checked(batch_dir, models, tmp_path, monkeypatch):
-    common = {"model_path": models["identity"]}
+    common = {"model": models["identity"]}
     with pytest.raises(ConfigError, match="exclude each other"):
         deblur_batch([batch_dir], tmp_path, scheduler="tcp://127.0.0.1:1", dask_local=2, **common)
-    with pytest.raises(ConfigError, match="--workers is for local processes"):
+    with pytest.raises(ConfigError, match="workers is for local processes"):
         deblur_batch([batch_dir], tmp_path, workers=2, dask_local=2, **common)
     monkeypatch.setitem(__import__("sys").modules, "distributed", None)
     with pytest.raises(ConfigError, match="pip install 'astrosr\\[distributed\\]'"):
@@ -345,7 +352,7 @@ def test_local_processes_and_dask_give_the_serial_bytes(data_dir, models, tmp_pa
         _crop(data_dir / "gc_2mass_k.fits", tmp_path / "k.fits", slice(0, 200), slice(0, 260)),
         _crop(data_dir / "gc_bolocam_gps.fits", tmp_path / "b.fits", slice(200, 400), slice(0, 300)),
     ]
-    common = {"model_path": models["trained"], "samples": 2, "device": "cpu"}
+    common = {"model": models["trained"], "samples": 2, "device": "cpu"}
     serial = deblur_batch(inputs, tmp_path / "serial", **common)
     pool = deblur_batch(inputs, tmp_path / "pool", workers=2, **common)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
@@ -392,6 +399,6 @@ def test_cube_without_plane_fails_naming_the_option_and_hdu_picks_an_extension(d
     assert result.exit_code == 1 and "--plane" in result.output
     image = np.random.default_rng(5).normal(10, 1, (64, 64)).astype(np.float32)
     fits.HDUList([fits.PrimaryHDU(image), fits.ImageHDU(2 * image, name="SCI")]).writeto(tmp_path / "mef.fits")
-    out = deblur_file(tmp_path / "mef.fits", tmp_path / "out", model_path=models["identity"], consistency=False,
+    out = deblur_file(tmp_path / "mef.fits", tmp_path / "out", model=models["identity"], consistency=False,
                       device="cpu", hdu="SCI").output
     np.testing.assert_allclose(fits.getdata(out), 2 * image, atol=1e-4)

@@ -290,7 +290,7 @@ def test_bad_images_leave_no_output(tmp_path, rng):
 def test_existing_output_duplicates_and_empty(tmp_path, data_dir):
     out = tmp_path / "o.h5"
     out.write_bytes(b"keep me")
-    with pytest.raises(InputError, match=r"o\.h5: output exists \(use --overwrite"):
+    with pytest.raises(InputError, match=r"o\.h5: output exists \(overwrite=True replaces it"):
         prepare_pairs([data_dir / "M51.fits"], out, progress=False)
     assert out.read_bytes() == b"keep me"
     with pytest.raises(InputError, match=r"M51\.fits: listed twice"):

@@ -87,7 +87,7 @@ def test_read_by_astrosr(sims):
 
 
 def test_existing_output_is_an_error_unless_overwrite(sims):
-    with pytest.raises(InputError, match=r"sim_s3_000\.fits: output exists \(use --overwrite"):
+    with pytest.raises(InputError, match=r"sim_s3_000\.fits: output exists \(overwrite=True replaces it"):
         simulate_fields(sims[0].parent, n=1, seed=3, size=256, progress=False)
     before = fits.getdata(sims[0]).copy()
     simulate_fields(sims[0].parent, n=1, seed=3, size=256, overwrite=True, progress=False)
@@ -97,8 +97,8 @@ def test_existing_output_is_an_error_unless_overwrite(sims):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(n=0), r"--n must be >= 1, got 0"),
-        (dict(seed=-1), r"--seed must be >= 0, got -1"),
+        (dict(n=0), r"n: must be >= 1, got 0"),
+        (dict(seed=-1), r"seed: must be >= 0, got -1"),
         (dict(size=100), r"simulate size must be an integer >= 128, got 100"),
     ],
 )

@@ -65,9 +65,10 @@ def test_blend_weights_positive_symmetric_flat_middle():
 def test_map_tiles_identity_and_scale(rng):
     image = rng.normal(size=(300, 417))
     calls = []
-    out = map_tiles(image, lambda t: t, tile=128, overlap=32, batch=5, progress=calls.append)
+    out = map_tiles(image, lambda t: t, tile=128, overlap=32, batch=5, progress=lambda *call: calls.append(call))
     np.testing.assert_allclose(out, image, rtol=0, atol=1e-12)
-    assert sum(calls) == len(cover_origins(image.shape, 128, 32))
+    n = len(cover_origins(image.shape, 128, 32))
+    assert calls[-1] == ("tiles", n, n) and [c[1] for c in calls] == sorted(c[1] for c in calls)
     up = map_tiles(image, lambda t: np.stack([np.kron(x, np.ones((2, 2))) for x in t]), tile=128, overlap=32, scale=2)
     np.testing.assert_allclose(up, np.kron(image, np.ones((2, 2))), rtol=0, atol=1e-12)
 
