@@ -1,15 +1,30 @@
 """Classical baselines of bench-v1: Richardson-Lucy and Wiener with the true PSF.
 
-``../shared/BENCHMARK.md`` section 6 fixes both calls (skimage, ``clip=False``;
-RL on ``BLU - min(BLU)`` because it needs non-negative input) and how their
-one parameter each is chosen: the best mean SSIM on the val field from a fixed
-grid, chosen once and used on every field. The choice is cached in the
-evaluate output directory, keyed by the manifest, the PSF and the val files.
+bench-v1 (``benchmarks/README.md``, section Report rows and baselines) fixes
+both calls (skimage, ``clip=False``; RL on ``BLU - min(BLU)`` because it needs
+non-negative input) and how their one parameter each is chosen: the best mean
+SSIM on the val field from a fixed grid, chosen once and used on every field.
+The choice is cached in the evaluate output directory, keyed by the manifest,
+the PSF and the val files.
+
+Examples
+--------
+>>> import numpy as np
+>>> from astrosr.baselines import richardson_lucy, wiener
+>>> from astrosr.psf import moffat_psf
+>>> psf = moffat_psf(4.0, beta=3.0, size=9)
+>>> blu = np.random.default_rng(0).normal(10.0, 1.0, (32, 32))
+>>> richardson_lucy(blu, psf, n=5).shape, wiener(blu, psf, balance=0.1).shape
+((32, 32), (32, 32))
 """
+
+from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.signal import convolve
@@ -38,15 +53,44 @@ DEFAULT_WIENER_BALANCE = 0.1
 CACHE_NAME = "baselines_choice.json"
 
 
-def richardson_lucy(blu, psf, *, n=DEFAULT_RL_ITERS):
-    """bench-v1 RL: ``richardson_lucy(BLU - min(BLU), PSF, num_iter=n, clip=False) + min(BLU)``."""
+def richardson_lucy(blu: np.ndarray, psf: np.ndarray, *, n: int = DEFAULT_RL_ITERS) -> np.ndarray:
+    """bench-v1 RL: ``richardson_lucy(BLU - min(BLU), PSF, num_iter=n, clip=False) + min(BLU)``.
+
+    Parameters
+    ----------
+    blu : ndarray
+        The blurred image, linear units (any sign: it is shifted to be
+        non-negative, as RL requires, and shifted back).
+    psf : ndarray
+        The true PSF kernel, unit sum.
+    n : int
+        Iterations (bench-v1 chooses it on val; 20 by default).
+
+    Returns
+    -------
+    ndarray
+        The restoration, in BLU's units.
+
+    Raises
+    ------
+    ConfigError
+        ``n`` is not a positive integer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astrosr.psf import moffat_psf
+    >>> blu = np.random.default_rng(0).normal(10.0, 1.0, (32, 32))
+    >>> richardson_lucy(blu, moffat_psf(4.0, size=9), n=5).shape
+    (32, 32)
+    """
     if int(n) != n or n < 1:
         raise ConfigError(f"Richardson-Lucy iterations must be a positive integer, got {n}")
     low = np.nanmin(blu)
     return restoration.richardson_lucy(blu - low, psf, num_iter=int(n), clip=False) + low
 
 
-def richardson_lucy_sweep(blu, psf, iters=RL_ITERS):
+def richardson_lucy_sweep(blu: np.ndarray, psf: np.ndarray, iters: Sequence[int] = RL_ITERS) -> dict[int, np.ndarray]:
     """bench-v1 RL after each of ``iters`` iterations, from one run of ``max(iters)``.
 
     The loop is skimage 0.26's ``richardson_lucy`` (float64, ``filter_epsilon``
@@ -54,9 +98,29 @@ def richardson_lucy_sweep(blu, psf, iters=RL_ITERS):
     :func:`richardson_lucy` with that ``n`` exactly (tested); the parameter
     search then costs 50 iterations instead of 115.
 
+    Parameters
+    ----------
+    blu : ndarray
+        The blurred image, linear units.
+    psf : ndarray
+        The true PSF kernel, unit sum.
+    iters : sequence of int
+        Iteration counts to keep (bench-v1's grid by default).
+
     Returns
     -------
     dict of int -> ndarray
+        The restoration after each count in ``iters``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astrosr.psf import moffat_psf
+    >>> psf = moffat_psf(4.0, size=9)
+    >>> blu = np.random.default_rng(0).normal(10.0, 1.0, (32, 32))
+    >>> snapshots = richardson_lucy_sweep(blu, psf, (5, 10))
+    >>> sorted(snapshots), bool(np.allclose(snapshots[5], richardson_lucy(blu, psf, n=5)))
+    ([5, 10], True)
     """
     iters = sorted({int(n) for n in iters})
     if not iters or iters[0] < 1:
@@ -75,15 +139,64 @@ def richardson_lucy_sweep(blu, psf, iters=RL_ITERS):
     return out
 
 
-def wiener(blu, psf, *, balance=DEFAULT_WIENER_BALANCE):
-    """bench-v1 Wiener: ``skimage.restoration.wiener(BLU, PSF, balance=b, clip=False)``."""
+def wiener(blu: np.ndarray, psf: np.ndarray, *, balance: float = DEFAULT_WIENER_BALANCE) -> np.ndarray:
+    """bench-v1 Wiener: ``skimage.restoration.wiener(BLU, PSF, balance=b, clip=False)``.
+
+    Parameters
+    ----------
+    blu : ndarray
+        The blurred image, linear units.
+    psf : ndarray
+        The true PSF kernel, unit sum.
+    balance : float
+        Regularisation, > 0 (bench-v1 chooses it on val; 0.1 by default).
+
+    Returns
+    -------
+    ndarray
+        The restoration, in BLU's units.
+
+    Raises
+    ------
+    ConfigError
+        ``balance`` is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astrosr.psf import moffat_psf
+    >>> blu = np.random.default_rng(0).normal(10.0, 1.0, (32, 32))
+    >>> wiener(blu, moffat_psf(4.0, size=9), balance=0.1).shape
+    (32, 32)
+    """
     if not balance > 0:
         raise ConfigError(f"Wiener balance must be > 0, got {balance}")
     return restoration.wiener(blu, psf, balance=float(balance), clip=False)
 
 
-def default_choice(reason):
-    """The reference run's parameters (n = 20, b = 0.1), with why they were not chosen on val."""
+def default_choice(reason: str) -> dict[str, Any]:
+    """The fallback parameters (n = 20, b = 0.1), with why they were not chosen on val.
+
+    Used when a run has no val images to choose on (arbitrary images, no
+    manifest); the report prints ``reason``.
+
+    Parameters
+    ----------
+    reason : str
+        Why the val field could not be used.
+
+    Returns
+    -------
+    dict
+        The same keys as :func:`choose_parameters`, ``source`` ``'default'``
+        and empty SSIM tables.
+
+    Examples
+    --------
+    >>> choice = default_choice("images given: no val field")
+    >>> choice["rl_iters"], choice["wiener_balance"], choice["source"]
+    (20, 0.1, 'default')
+    """
     return {
         "rl_iters": DEFAULT_RL_ITERS,
         "wiener_balance": DEFAULT_WIENER_BALANCE,
@@ -94,8 +207,19 @@ def default_choice(reason):
     }
 
 
-def choose_parameters(pairs, psf, *, iters=RL_ITERS, balances=WIENER_BALANCES, progress=None):
-    """Choose RL iterations and Wiener balance by mean val SSIM (BENCHMARK.md 6).
+def choose_parameters(
+    pairs: Sequence[tuple[Any, np.ndarray]],
+    psf: np.ndarray,
+    *,
+    iters: Sequence[int] = RL_ITERS,
+    balances: Sequence[float] = WIENER_BALANCES,
+    progress: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Choose RL iterations and Wiener balance by mean val SSIM.
+
+    bench-v1's rule (``benchmarks/README.md``, section Report rows and
+    baselines): each parameter is the grid value with the highest mean SSIM
+    over all the val field's tiles, ties going to the first grid value.
 
     Parameters
     ----------
@@ -113,6 +237,24 @@ def choose_parameters(pairs, psf, *, iters=RL_ITERS, balances=WIENER_BALANCES, p
     dict
         ``rl_iters``, ``wiener_balance``, ``source`` ('val'), and the mean
         SSIM of every grid value (``rl_ssim``, ``wiener_ssim``, keyed by str).
+
+    Raises
+    ------
+    ConfigError
+        ``pairs`` is empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astrosr.degrade import bench_v1_degrade
+    >>> from astrosr.metrics import reference
+    >>> from astrosr.psf import moffat_psf
+    >>> psf = moffat_psf(4.0, size=9)
+    >>> ori = np.random.default_rng(1).normal(100.0, 5.0, (128, 128))
+    >>> blu, _ = bench_v1_degrade(ori, psf)
+    >>> choice = choose_parameters([(reference(ori), blu)], psf, iters=(5, 10), balances=(0.1, 1.0))
+    >>> choice["source"], sorted(choice["rl_ssim"])
+    ('val', ['10', '5'])
     """
     from .metrics import normalise, tile_metrics
     from .tiling import extract_tiles
@@ -150,7 +292,9 @@ def _key_id(key):
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cached_choice(out_dir, key, compute):
+def cached_choice(
+    out_dir: str | Path, key: dict[str, Any], compute: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], bool]:
     """Return the cached choice for ``key`` in ``out_dir``, or ``compute()`` it and cache it.
 
     Parameters
@@ -166,6 +310,15 @@ def cached_choice(out_dir, key, compute):
     -------
     (dict, bool)
         The choice and whether it came from the cache.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> cached_choice(out, {"psf": "moffat"}, lambda: default_choice("example"))[1]
+    False
+    >>> cached_choice(out, {"psf": "moffat"}, lambda: default_choice("example"))[1]
+    True
     """
     path = Path(out_dir) / CACHE_NAME
     entries = {}

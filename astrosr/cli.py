@@ -225,10 +225,9 @@ def info(path):
 
     from rich.table import Table
 
-    from .prepare import pairs_summary
+    from .pairs import summary
 
-    s = pairs_summary(path)
-    console = Console(highlight=False, soft_wrap=True)
+    s = summary(path)
     a = s["attrs"]
     console.print(f"[bold]{path}[/]: {s['n_tiles']} pairs, ORI {s['ori_shape']}, BLU {s['blu_shape']}, "
                   f"scale {a.get('scale')}, {s['compression'] or 'uncompressed'}; schema {a.get('schema_version')}, "
@@ -282,11 +281,12 @@ def train_command(pairs, config_path, out, sets, resume, stop_at, no_progress, *
 
     import yaml
 
-    from .errors import ConfigError
+    from .errors import ConfigError, InputError
     from .train import load_config, train
 
-    if config_path is None and resume and (Path(out) / "config.yaml").is_file():
-        config_path = Path(out) / "config.yaml"
+    run = Path(out)
+    if config_path is None and resume and (run / "config.yaml").is_file():
+        config_path = run / "config.yaml"
     overrides = dict(options)
     for item in sets:
         key, sep, value = item.partition("=")
@@ -296,8 +296,16 @@ def train_command(pairs, config_path, out, sets, resume, stop_at, no_progress, *
     if no_progress:
         overrides["progress"] = False
     config = load_config(config_path, overrides)
-    summary = train(pairs, config, out, resume=resume, stop_at=stop_at)
-    if int(os.environ.get("RANK", "0")) != 0:
+    # train() checks these too, naming the option; here the flags to use
+    if resume and not (run / "last.pt").is_file():
+        raise InputError(f"--resume: nothing to resume in {out} (no last.pt)")
+    if not resume and ((run / "last.pt").exists() or (run / "best.pt").exists()):
+        raise InputError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
+    main = int(os.environ.get("RANK", "0")) == 0
+    log_to()  # validation lines, above the bar
+    with Bars({"steps": f"train {config.model}"}, enabled=main and config.progress) as bars:
+        summary = train(pairs, config, out, resume=resume, stop_at=stop_at, progress=bars)
+    if not main:
         return
     from rich.table import Table
 
@@ -312,7 +320,7 @@ def train_command(pairs, config_path, out, sets, resume, stop_at, no_progress, *
             table.add_row(f"best val {key} (step {best['step']})", f"{best[key]:.4g}")
     table.add_row("whole-image validation", str(summary["val_images"]))
     table.add_row("run directory", str(out))
-    Console().print(table)
+    console.print(table)
 
 
 @cli.command("export")
@@ -397,6 +405,9 @@ def deblur(inputs, out_dir, **given):
 @click.option("--force", is_flag=True, help="Rerun every stage, even those finished before.")
 def run_command(pipeline, run_dir, max_steps, data_dir, force):
     """Run a pipeline YAML (simulate, data, prepare, train, evaluate, deblur), resuming finished stages."""
+    import json
+    from pathlib import Path
+
     from rich.table import Table
 
     from .pipeline import run_pipeline
@@ -411,6 +422,10 @@ def run_command(pipeline, run_dir, max_steps, data_dir, force):
     for row in summary["stages"]:
         style = "green" if row["status"] == "done" else "yellow"
         table.add_row(row["stage"], f"[{style}]{row['status']}[/]", f"{row['seconds']:.1f}", row["output"])
+    for row in summary["stages"]:  # what each evaluate stage scored, as `astrosr evaluate` shows it
+        report = Path(row["output"]).with_name("summary.json")
+        if row["stage"].startswith("evaluate") and report.is_file():
+            evaluate_tables(json.loads(report.read_text()), str(report.parent))
     console.print(table)
 
 

@@ -60,10 +60,10 @@ class Bars:
 
 
 def log_to(out: Console | None = None, level: int = logging.INFO) -> None:
-    """Show the library's log lines (logger ``astrosr``) on the console, once."""
+    """Show the library's log lines (logger ``astrosr``) on stderr, once: stdout holds only results."""
     logger = logging.getLogger("astrosr")
     if not any(isinstance(h, RichHandler) for h in logger.handlers):
-        logger.addHandler(RichHandler(console=out or console, show_path=False, show_level=False, markup=False))
+        logger.addHandler(RichHandler(console=out or err_console, show_path=False, show_level=False, markup=False))
     logger.setLevel(level)
 
 

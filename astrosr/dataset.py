@@ -1,8 +1,9 @@
 """Training tiles from a pairs file, in the units the model sees.
 
-The pairs file (written by :mod:`astrosr.prepare`) stores ``blu`` and ``ori``
-normalised with ORI's bench-v1 limits. The model must only see what deblur
-has (CONTRACTS.md 2), so each tile is re-mapped with its image's BLU limits::
+The pairs file (:mod:`astrosr.pairs`) stores ``blu`` and ``ori`` normalised
+with ORI's bench-v1 limits. A model may only be given what deblur has at
+inference, the blurred image and its PSF, never ORI's statistics; so each
+tile is re-mapped with its image's BLU limits::
 
     x_model = (x_phys - blu_lo) / (blu_hi - blu_lo) = m * x_stored + c
     m = (hi - lo) / (blu_hi - blu_lo),  c = (lo - blu_lo) / (blu_hi - blu_lo)
@@ -13,7 +14,18 @@ blu_lo)]``. ``(m, c)`` travel with every item so scores can map back.
 Randomness (which tiles, in which order, which flip/rotation, which crop) is
 drawn by :class:`TileSampler` as a pure function of ``(seed, position)``, so a
 resumed or multi-process run sees exactly the batches a straight run sees.
+
+Examples
+--------
+>>> from astrosr.dataset import PairsDataset, TileSampler
+>>> ds = PairsDataset("pairs.h5", field="train", augment=True, crop=64)  # doctest: +SKIP
+>>> sampler = TileSampler(len(ds), batch=16, seed=0)  # doctest: +SKIP
+>>> loader = torch.utils.data.DataLoader(ds, batch_size=16, sampler=sampler)  # doctest: +SKIP
+>>> next(iter(loader))["blu"].shape  # doctest: +SKIP
+torch.Size([16, 1, 64, 64])
 """
+
+from __future__ import annotations
 
 import os
 
@@ -22,45 +34,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from . import pairs as pairs_file
 from .errors import InputError
 
-__all__ = ["PairsDataset", "TileSampler", "augment", "read_pairs_meta"]
-
-REQUIRED = ("blu", "ori", "tiles", "images", "psfs")
+__all__ = ["PairsDataset", "TileSampler", "augment"]
 
 
-def read_pairs_meta(path):
-    """``(tiles, images, psfs, attrs)`` of a pairs file, checked; errors name the file.
+def augment(array: np.ndarray, code: int) -> np.ndarray:
+    """One of the 8 flips/rotations of the last two axes of ``array``, chosen by ``code % 8``.
 
-    Returns the ``tiles`` and ``images`` tables as numpy structured arrays,
-    the PSF kernels ``(P, k, k)`` and the root attributes as a dict.
+    Examples
+    --------
+    >>> augment(np.array([[1, 2], [3, 4]]), 1)
+    array([[2, 4],
+           [1, 3]])
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: pairs file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [name for name in REQUIRED if name not in f]
-            if missing:
-                raise InputError(f"{path}: not an astrosr pairs file (no '{missing[0]}' dataset)")
-            version = f.attrs.get("schema_version")
-            if version != 1:
-                shown = version.item() if hasattr(version, "item") else version
-                raise InputError(f"{path}: pairs schema_version {shown!r} is not supported (expected 1)")
-            meta = (f["tiles"][()], f["images"][()], f["psfs"][()].astype(np.float32), dict(f.attrs))
-            if f["blu"].shape[0] != len(meta[0]) or f["ori"].shape[0] != len(meta[0]):
-                raise InputError(f"{path}: 'blu'/'ori' and 'tiles' disagree on the number of tiles")
-            return meta
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
-
-
-def _decode(value):
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def augment(array, code):
-    """One of the 8 flips/rotations of the last two axes of ``array``, chosen by ``code % 8``."""
     array = np.rot90(array, k=code % 4, axes=(-2, -1))
     if (code // 4) % 2:
         array = array[..., ::-1]
@@ -91,14 +79,27 @@ class PairsDataset(Dataset):
     ``cond (2,)``, ``affine (2,) = (m, c)``, ``index`` (row in the file).
     Index with an int, or with ``(int, code)`` where ``code`` picks the
     augmentation and crop.
+
+    Attributes
+    ----------
+    meta : astrosr.pairs.PairsMeta
+        The file's tables, kernels and attributes.
+    tiles : numpy structured array
+        The ``tiles`` rows of the selected fields (``all_tiles``: every row).
+    rows : numpy array of int
+        Their row numbers in the file.
+    scale : int
+        The file's BLU block-average factor.
     """
 
-    def __init__(self, path, *, field="train", in_memory=False, augment=False, crop=None):
+    def __init__(self, path: str | os.PathLike, *, field: str | list[str] | None = "train", in_memory: bool = False,
+                 augment: bool = False, crop: int | None = None):
         self.path = os.fspath(path)
-        tiles, images, psfs, attrs = read_pairs_meta(self.path)
+        self.meta = pairs_file.read_meta(self.path)
+        tiles, images, psfs, attrs = self.meta.tiles, self.meta.images, self.meta.psfs, self.meta.attrs
         self.scale = int(attrs.get("scale", 1))
         self.attrs = attrs
-        fields = np.array([_decode(v) for v in tiles["field"]])
+        fields = pairs_file.fields(tiles)
         if field is None:
             keep = np.ones(len(tiles), bool)
         else:
@@ -156,7 +157,7 @@ class PairsDataset(Dataset):
             self._pid = os.getpid()
         return self._h5
 
-    def arrays(self, i):
+    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Stored ``(blu, ori)`` of item ``i`` as float32 numpy arrays (no conversion, no augmentation)."""
         if self._memory is not None:
             return self._memory[0][i], self._memory[1][i]
@@ -164,7 +165,7 @@ class PairsDataset(Dataset):
         row = int(self.rows[i])
         return f["blu"][row], f["ori"][row]
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
         i, code = (key if isinstance(key, tuple) else (key, 0))
         i, code = int(i), int(code)
         blu, ori = self.arrays(i)
@@ -191,7 +192,7 @@ class PairsDataset(Dataset):
             "index": int(self.rows[i]),
         }
 
-    def to_stored(self, x, i):
+    def to_stored(self, x: np.ndarray, i: int) -> np.ndarray:
         """Model units -> the file's ORI-normalised units for item ``i`` (bench-v1 scoring before the clip)."""
         return (x - self.c[i]) / self.m[i]
 
@@ -219,7 +220,7 @@ class TileSampler(Sampler):
         First step to yield.
     """
 
-    def __init__(self, n, *, batch, seed=0, rank=0, world=1, start_step=0):
+    def __init__(self, n: int, *, batch: int, seed: int = 0, rank: int = 0, world: int = 1, start_step: int = 0):
         if n < 1:
             raise InputError("no tiles to sample from")
         self.n, self.batch, self.seed = n, batch, seed
@@ -234,7 +235,7 @@ class TileSampler(Sampler):
             self._epoch_cache = {e: (perm.tolist(), codes.tolist())}
         return self._epoch_cache[e]
 
-    def item(self, g):
+    def item(self, g: int) -> tuple[int, int]:
         """Global stream item ``g`` as ``(index, code)``."""
         perm, codes = self._epoch(g // self.n)
         return perm[g % self.n], codes[g % self.n]

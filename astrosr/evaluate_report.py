@@ -1,13 +1,25 @@
 """Writing an evaluate run: report.md, metrics.csv, summary.json and figures (the CLI prints the tables).
 
 Kept apart from :mod:`astrosr.evaluate` (which computes) so the scoring path
-stays short; every file goes through :func:`astrosr.files.atomic_path`.
+stays short; every file goes through :func:`astrosr.files.atomic_path`. The
+rows are bench-v1's (``benchmarks/README.md``, section Report rows and
+baselines).
+
+Examples
+--------
+>>> from astrosr.evaluate_report import HEADER, fmt
+>>> HEADER[:3], fmt(None, ".3f"), fmt(0.12345, ".3f")
+(['tiles', 'SSIM', 'MSE'], 'n/a', '0.123')
 """
+
+from __future__ import annotations
 
 import csv
 import datetime
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,13 +27,51 @@ from .files import atomic_path, sha256_file
 from .metrics import summarise
 from .provenance import hardware, versions
 
+if TYPE_CHECKING:  # annotations only: writing a report needs none of these at run time
+    from .manifest import Manifest
+    from .psf import PSF
+    from .scoring import ImageResult
+
 __all__ = ["write_outputs", "provenance", "rows", "format_row", "fmt", "HEADER"]
 
 SCHEMA = "astrosr-evaluate/1"
 
 
-def provenance(*, models, manifest, psf, psf_fwhm, device, options):
-    """Versions, hardware, inputs and date of a run (the ``provenance`` block of summary.json)."""
+def provenance(
+    *,
+    models: Sequence[dict[str, Any]],
+    manifest: Manifest | None,
+    psf: PSF,
+    psf_fwhm: float,
+    device: Any,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Versions, hardware, inputs and date of a run (the ``provenance`` block of summary.json).
+
+    Parameters
+    ----------
+    models : sequence of dict
+        The loaded models (:func:`astrosr.scoring.load_models`).
+    manifest : Manifest or None
+    psf : PSF
+        The true PSF of the run.
+    psf_fwhm : float
+        Its FWHM in pixels.
+    device : str or torch.device
+    options : dict
+        The run's options, recorded as given.
+
+    Returns
+    -------
+    dict
+
+    Examples
+    --------
+    >>> from astrosr.psf import BENCH_V1_PSF
+    >>> p = provenance(models=[], manifest=None, psf=BENCH_V1_PSF, psf_fwhm=4.0, device="cpu", options={})
+    >>> p["benchmark"], p["psf"]["describe"]
+    ('bench-v1', 'Moffat FWHM=4px beta=3 41x41')
+    """
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "benchmark": "bench-v1",
@@ -64,8 +114,42 @@ def _row(scores, seconds, megapixels, counts):
     return row
 
 
-def rows(results, methods):
-    """``(fields, images)``: report rows per field and per image, each ``{method: row dict}``."""
+def rows(results: Sequence[ImageResult], methods: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(fields, images)``: report rows per field and per image, each ``{method: row dict}``.
+
+    A field's row pools its images' tiles and sources
+    (:func:`astrosr.metrics.summarise`); its s/Mpix is the method's total
+    seconds over the field's total megapixels.
+
+    Parameters
+    ----------
+    results : sequence of ImageResult
+        :func:`astrosr.scoring.score_image` of every image.
+    methods : sequence of str
+        Report rows, in order (:func:`astrosr.scoring.method_names`).
+
+    Returns
+    -------
+    (dict, dict)
+        ``fields[field][method]`` and ``images[name]`` (with its
+        ``methods[method]``), as written into summary.json.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.baselines import default_choice
+    >>> from astrosr.psf import moffat_psf
+    >>> from astrosr.scoring import method_names, score_image
+    >>> from astrosr.simulate import write_simulated
+    >>> path = Path(tempfile.mkdtemp()) / "sim.fits"
+    >>> _ = write_simulated(path, seed=500, index=0, size=128)
+    >>> choice = default_choice("example")
+    >>> result = score_image(path, "val", moffat_psf(4.0, size=9), [], 4.0, choice, True, "cpu", 1)
+    >>> fields, images = rows([result], method_names([], choice))
+    >>> list(fields["val"]), list(images)
+    (['BLU', 'RL n=20', 'Wiener b=0.1'], ['sim'])
+    """
     fields = {}
     for field in dict.fromkeys(r.field for r in results):
         group = [r for r in results if r.field == field]
@@ -95,15 +179,28 @@ def rows(results, methods):
     return fields, images
 
 
-def fmt(value, spec, none="n/a"):
-    """``format(value, spec)``, or ``none`` for a missing value."""
+def fmt(value: Any, spec: str, none: str = "n/a") -> str:
+    """``format(value, spec)``, or ``none`` for a missing value.
+
+    Examples
+    --------
+    >>> fmt(0.043, ".3f"), fmt(None, ".3f"), fmt(None, ".2f", "-")
+    ('0.043', 'n/a', '-')
+    """
     if value is None:
         return none
     return format(value, spec)
 
 
-def format_row(row):
-    """Strings for one report row: tiles, SSIM, MSE, PSNR, flux error, spurious, s/Mpix."""
+def format_row(row: dict[str, Any]) -> list[str]:
+    """Strings for one report row: tiles, SSIM, MSE, PSNR, flux error, spurious, s/Mpix.
+
+    Examples
+    --------
+    >>> format_row({"n_tiles": 16, "ssim": 0.99512, "mse": 5.645e-06, "psnr": 54.07, "flux_err": None,
+    ...             "n_sources": 0, "spurious_frac": None, "n_spurious": 0, "s_per_mpix": None})
+    ['16', '0.9951', '5.645e-06', '54.07', 'n/a (0)', 'n/a (0/0)', '-']
+    """
     psnr = "inf" if row["psnr"] is None and row["n_tiles"] and row["mse"] == 0 else fmt(row["psnr"], ".2f")
     flux = f"{fmt(row['flux_err'], '.3f')} ({row['n_sources']})"
     spur = f"{fmt(row['spurious_frac'], '.3f')} ({row['n_spurious']}/{row['n_sources']})"
@@ -123,7 +220,7 @@ def _markdown_table(first, table):
 
 
 def _calibration_lines(summary):
-    """report.md's calibration section (only with --samples): the SR rows that have a sigma map."""
+    """report.md's calibration section (only with samples > 0): the SR rows that have a sigma map."""
     samples = summary["provenance"]["options"].get("samples")
     if not samples:
         return []
@@ -187,7 +284,7 @@ def _write_report(path, summary, figures):
         "SR rows restore the whole image through the shared tiling and are then cut into bench-v1 tiles; "
         "'(no DC)' rows skip the data-consistency step. Flux error: median |F/F_ori - 1| over ORI's "
         "10-sigma sources; spurious: restoration sources with no ORI 5-sigma peak within 3 px, "
-        "over ORI's 10-sigma sources (BENCHMARK.md 5).",
+        "over ORI's 10-sigma sources (benchmarks/README.md, section Metrics).",
         "",
         "## Per field",
         "",
@@ -275,13 +372,50 @@ def _bar_chart(path, fields):
     plt.close(fig)
 
 
-def write_outputs(out, results, *, methods, choice, models, manifest, psf, psf_fwhm, device, options):
+def write_outputs(
+    out: str | Path,
+    results: Sequence[ImageResult],
+    *,
+    methods: Sequence[str],
+    choice: dict[str, Any],
+    models: Sequence[dict[str, Any]],
+    manifest: Manifest | None,
+    psf: PSF,
+    psf_fwhm: float,
+    device: Any,
+    options: dict[str, Any],
+) -> dict[str, Any]:
     """Write every output file of an evaluate run into ``out``.
+
+    ``report.md``, ``metrics.csv`` (one line per tile and method),
+    ``summary.json`` and the PNG figures (``ssim_by_field.png``,
+    ``panels/<image>.png``), each written atomically and replacing an
+    earlier run's.
+
+    Parameters
+    ----------
+    out : str or Path
+        The output directory.
+    results : sequence of ImageResult
+        :func:`astrosr.scoring.score_image` of every image.
+    methods : sequence of str
+        Report rows, in order.
+    choice : dict
+        The RL / Wiener choice (:func:`astrosr.scoring.baseline_choice`).
+    models, manifest, psf, psf_fwhm, device, options
+        As :func:`provenance` records them.
 
     Returns
     -------
     dict
         The content of ``summary.json``.
+
+    Examples
+    --------
+    >>> summary = write_outputs("reports/val", results, methods=methods, choice=choice,  # doctest: +SKIP
+    ...                         models=[], manifest=None, psf=BENCH_V1_PSF, psf_fwhm=4.0, device="cpu", options={})
+    >>> summary["files"][:3]  # doctest: +SKIP
+    ['report.md', 'metrics.csv', 'summary.json']
     """
     out = Path(out)
     fields, images = rows(results, methods)

@@ -3,8 +3,24 @@
 One entry point, :func:`read_image`, used by prepare, evaluate and deblur, so
 every stage sees a file the same way: the first HDU holding a 2-D image (or
 the one asked for), scaled by BSCALE/BZERO, native-endian float64, with every
-non-finite or BLANK pixel as NaN.
+non-finite or BLANK pixel as NaN (bench-v1's loading rule:
+``benchmarks/README.md``, section Loading).
+
+Examples
+--------
+>>> import tempfile
+>>> from pathlib import Path
+>>> import numpy as np
+>>> from astropy.io import fits
+>>> from astrosr.fits_io import read_image
+>>> path = Path(tempfile.mkdtemp()) / "field.fits"
+>>> fits.PrimaryHDU(np.random.default_rng(0).normal(100.0, 5.0, (128, 128)).astype(np.float32)).writeto(path)
+>>> image = read_image(path)
+>>> image.data.dtype, image.data.shape, image.hdu
+(dtype('float64'), (128, 128), 0)
 """
+
+from __future__ import annotations
 
 import warnings
 import re
@@ -28,8 +44,14 @@ STRUCTURAL = re.compile(
 FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fit.fz", ".fts.gz", ".fts.fz", ".fits", ".fit", ".fts", ".fz")
 
 
-def strip_fits_suffix(name):
-    """``'m51.fits.gz'`` -> ``'m51'`` (the stem every output name is built from)."""
+def strip_fits_suffix(name: str) -> str:
+    """``'m51.fits.gz'`` -> ``'m51'`` (the stem every output name is built from).
+
+    Examples
+    --------
+    >>> strip_fits_suffix("m51.fits.gz"), strip_fits_suffix("M51.FITS"), strip_fits_suffix("cube.fz")
+    ('m51', 'M51', 'cube')
+    """
     lower = name.lower()
     for suffix in FITS_SUFFIXES:
         if lower.endswith(suffix):
@@ -85,7 +107,9 @@ def _pick_hdu(hdul, path, hdu):
     return hdul.index_of(key) if isinstance(key, str) else key % len(hdul)
 
 
-def read_image(path, *, hdu=None, plane=None, min_size=128):
+def read_image(
+    path: str | Path, *, hdu: int | str | None = None, plane: int | None = None, min_size: int = 128
+) -> FitsImage:
     """Read one 2-D image from a FITS file (plain, ``.fits.gz`` or tile-compressed).
 
     Parameters
@@ -109,6 +133,24 @@ def read_image(path, *, hdu=None, plane=None, min_size=128):
     InputError
         The file is missing, unreadable, not 2-D, smaller than ``min_size``,
         all NaN or constant.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from astropy.io import fits
+    >>> plane = np.random.default_rng(0).normal(100.0, 5.0, (128, 128)).astype(np.float32)
+    >>> plane[3, 4] = np.nan
+    >>> path = Path(tempfile.mkdtemp()) / "cube.fits"
+    >>> fits.PrimaryHDU(np.stack([plane, plane + 1.0])).writeto(path)
+    >>> image = read_image(path, plane=1)
+    >>> image.plane, bool(np.isnan(image.data[3, 4]))
+    (1, True)
+    >>> read_image(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.InputError: ...cube.fits: HDU 0 is a 3-D cube (2, 128, 128); choose a plane (plane=K)
     """
     path = Path(path)
     if not path.is_file():
@@ -144,14 +186,14 @@ def read_image(path, *, hdu=None, plane=None, min_size=128):
     if data.ndim > 2:
         squeezed = data.reshape((-1,) + data.shape[-2:]) if plane is not None else np.squeeze(data)
         if plane is None and squeezed.ndim > 2:
-            raise InputError(f"{path}: HDU {index} is a {data.ndim}-D cube {data.shape}; choose a plane with --plane K")
+            raise InputError(f"{path}: HDU {index} is a {data.ndim}-D cube {data.shape}; choose a plane (plane=K)")
         if plane is not None:
             if not 0 <= plane < squeezed.shape[0]:
-                raise InputError(f"{path}: --plane {plane} is out of range (the cube has {squeezed.shape[0]} planes)")
+                raise InputError(f"{path}: plane {plane} is out of range (the cube has {squeezed.shape[0]} planes)")
             squeezed = squeezed[plane]
         data = squeezed
     elif plane is not None and plane != 0:
-        raise InputError(f"{path}: --plane {plane} given but HDU {index} is a 2-D image")
+        raise InputError(f"{path}: plane {plane} given but HDU {index} is a 2-D image")
     if data.ndim != 2:
         raise InputError(f"{path}: HDU {index} has {data.ndim} dimensions, expected a 2-D image")
 

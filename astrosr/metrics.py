@@ -1,14 +1,28 @@
 """The bench-v1 scorer: per-tile SSIM/MSE/PSNR, aperture flux error and spurious sources.
 
-Everything here follows ``../shared/BENCHMARK.md`` sections 3-6 to the letter:
-ORI's 0.5/99.9 percentiles map every image to [0, 1] (clipped) for the pixel
-metrics on 128x128 non-overlapping tiles, while the flux error and the
-spurious-source count work on linear, background-subtracted pixels. What
-depends on ORI alone (tiles, source lists, ORI's aperture fluxes) is computed
-once in a :class:`Reference` and reused for every method scored against it.
+Everything here follows bench-v1 (``benchmarks/README.md``, sections
+Normalisation to Report rows and baselines) to the letter: ORI's 0.5/99.9
+percentiles map every image to [0, 1] (clipped) for the pixel metrics on
+128x128 non-overlapping tiles, while the flux error and the spurious-source
+count work on linear, background-subtracted pixels. What depends on ORI alone
+(tiles, source lists, ORI's aperture fluxes) is computed once in a
+:class:`Reference` and reused for every method scored against it.
+
+Examples
+--------
+>>> import numpy as np
+>>> from astrosr import metrics
+>>> ori = np.random.default_rng(0).normal(100.0, 5.0, (256, 256))
+>>> ref = metrics.reference(ori)
+>>> row = metrics.summarise([metrics.score(ref, ori)])
+>>> row.n_tiles, row.ssim, row.mse
+(4, 1.0, 0.0)
 """
 
+from __future__ import annotations
+
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,12 +59,33 @@ APERTURE_RADIUS = 6.0
 MATCH_RADIUS = 3.0
 
 
-def normalise(image, lo, hi):
-    """bench-v1's scoring map ``clip((x - lo) / (hi - lo), 0, 1)`` (NaN stays NaN)."""
+def normalise(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """bench-v1's scoring map ``clip((x - lo) / (hi - lo), 0, 1)`` (NaN stays NaN).
+
+    Parameters
+    ----------
+    image : ndarray
+        Any image scored against ORI, in ORI's linear units.
+    lo, hi : float
+        ORI's 0.5 / 99.9 percentiles (:attr:`Reference.lo`, :attr:`Reference.hi`).
+
+    Returns
+    -------
+    ndarray
+        The image in [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> normalise(np.array([0.0, 5.0, 20.0, np.nan]), 0.0, 10.0)
+    array([0. , 0.5, 1. , nan])
+    """
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
 
 
-def find_sources(data, threshold, *, margin=EDGE_MARGIN, shape_limits=True):
+def find_sources(
+    data: np.ndarray, threshold: float, *, margin: int | None = EDGE_MARGIN, shape_limits: bool = True
+) -> np.ndarray:
     """``(n, 2)`` array of ``(x, y)`` centroids found by DAOStarFinder (FWHM 4 px).
 
     Parameters
@@ -64,6 +99,21 @@ def find_sources(data, threshold, *, margin=EDGE_MARGIN, shape_limits=True):
         Keep centroids in ``[margin, n - 1 - margin]`` on both axes (None: all).
     shape_limits : bool
         False turns DAOStarFinder's sharpness and roundness limits off.
+
+    Returns
+    -------
+    ndarray (n, 2)
+        ``(x, y)`` centroids, 0-based pixels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astrosr.psf import moffat_psf
+    >>> image = np.random.default_rng(0).normal(0.0, 1.0, (64, 64))
+    >>> star = moffat_psf(4.0, size=9)
+    >>> image[28:37, 28:37] += 200.0 * star / star.max()
+    >>> find_sources(image, 10.0).round(1)
+    array([[32., 32.]])
     """
     limits = {} if shape_limits else {"sharpness_range": (-np.inf, np.inf), "roundness_range": (-np.inf, np.inf)}
     finder = DAOStarFinder(threshold=threshold, fwhm=FWHM, **limits)
@@ -147,7 +197,7 @@ class Reference:
         return dist <= MATCH_RADIUS
 
 
-def reference(ori, *, tile=BENCH_TILE):
+def reference(ori: np.ndarray, *, tile: int = BENCH_TILE) -> Reference:
     """Build the :class:`Reference` of one original image.
 
     Parameters
@@ -157,10 +207,23 @@ def reference(ori, *, tile=BENCH_TILE):
     tile : int
         Tile side (bench-v1: 128).
 
+    Returns
+    -------
+    Reference
+
     Raises
     ------
     InputError
         ORI has no finite pixel or a constant one (no normalisation exists).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ori = np.random.default_rng(0).normal(100.0, 5.0, (256, 300))
+    >>> ori[0, 0] = np.nan
+    >>> ref = reference(ori)
+    >>> ref.origins, ref.ori_tiles.shape
+    ([(0, 128), (128, 0), (128, 128)], (3, 128, 128))
     """
     ori = np.asarray(ori, dtype=np.float64)
     if ori.ndim != 2 or not np.isfinite(ori).any():
@@ -191,8 +254,27 @@ def reference(ori, *, tile=BENCH_TILE):
     )
 
 
-def tile_metrics(x_tiles, ori_tiles):
-    """Per-tile ``(ssim, mse, psnr)`` arrays of normalised tiles (PSNR inf where MSE is 0)."""
+def tile_metrics(x_tiles: np.ndarray, ori_tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-tile ``(ssim, mse, psnr)`` arrays of normalised tiles (PSNR inf where MSE is 0).
+
+    Parameters
+    ----------
+    x_tiles, ori_tiles : ndarray (N, tile, tile)
+        The method's and ORI's tiles, both normalised by :func:`normalise`.
+
+    Returns
+    -------
+    (ndarray, ndarray, ndarray)
+        SSIM (skimage, data range 1, 7x7 window), MSE and PSNR per tile.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> tiles = np.random.default_rng(0).uniform(0.0, 1.0, (2, 16, 16))
+    >>> ssim, mse, psnr = tile_metrics(tiles, tiles)
+    >>> ssim, mse, psnr
+    (array([1., 1.]), array([0., 0.]), array([inf, inf]))
+    """
     n = len(ori_tiles)
     ssim = np.empty(n)
     mse = np.empty(n)
@@ -242,7 +324,7 @@ class ImageScore:
         return summarise([self])
 
 
-def score(ref, image):
+def score(ref: Reference, image: np.ndarray) -> ImageScore:
     """Score one image (BLU, SR, a baseline...) against its :class:`Reference`.
 
     Parameters
@@ -254,6 +336,19 @@ def score(ref, image):
     Returns
     -------
     ImageScore
+
+    Raises
+    ------
+    InputError
+        ``image`` and ORI differ in shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ori = np.random.default_rng(0).normal(100.0, 5.0, (256, 256))
+    >>> result = score(reference(ori), ori + 1.0)
+    >>> result.n_tiles, bool(result.mse.max() > 0), result.n_spurious
+    (4, True, 0)
     """
     image = np.asarray(image, dtype=np.float64)
     if image.shape != ref.ori.shape:
@@ -276,7 +371,8 @@ def score(ref, image):
     )
 
 
-def score_image(ori, candidates, *, ref=None):
+def score_image(ori: np.ndarray | None, candidates: dict[str, np.ndarray], *,
+                ref: Reference | None = None) -> dict[str, ImageScore]:
     """Score several restorations of one image against ORI, sharing ORI's work.
 
     Parameters
@@ -291,6 +387,14 @@ def score_image(ori, candidates, *, ref=None):
     Returns
     -------
     dict of str -> ImageScore
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ori = np.random.default_rng(0).normal(100.0, 5.0, (128, 128))
+    >>> scores = score_image(ori, {"ORI": ori, "ORI + 1": ori + 1.0})
+    >>> {name: s.n_tiles for name, s in scores.items()}
+    {'ORI': 1, 'ORI + 1': 1}
     """
     ref = ref if ref is not None else reference(ori)
     return {name: score(ref, image) for name, image in candidates.items()}
@@ -315,13 +419,34 @@ class FieldScore:
     n_spurious: int
     spurious_frac: float | None
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """JSON-ready dict: a non-finite number (PSNR of an exact match) becomes None."""
         return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in self.__dict__.items()}
 
 
-def summarise(scores):
-    """Pool :class:`ImageScore` objects into one :class:`FieldScore` (bench-v1 field rule)."""
+def summarise(scores: Iterable[ImageScore]) -> FieldScore:
+    """Pool :class:`ImageScore` objects into one :class:`FieldScore` (bench-v1 field rule).
+
+    The tiles and sources of every image are pooled: a field's SSIM, MSE
+    and PSNR are means over all its tiles (not means of image means), its
+    flux error the median over all its sources.
+
+    Parameters
+    ----------
+    scores : iterable of ImageScore
+
+    Returns
+    -------
+    FieldScore
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ori = np.random.default_rng(0).normal(100.0, 5.0, (128, 128))
+    >>> row = summarise([score(reference(ori), ori)])
+    >>> row.to_dict()["psnr"], row.flux_err, row.spurious_frac  # an exact match; no flux source
+    (None, None, None)
+    """
     scores = list(scores)
     ssim = np.concatenate([s.ssim for s in scores]) if scores else np.empty(0)
     mse = np.concatenate([s.mse for s in scores]) if scores else np.empty(0)

@@ -5,15 +5,8 @@ PSF convolution with extended edges, Gaussian noise at a multiple of ORI's
 sigma-clipped background std, optional Poisson term, optional block averaging
 by ``scale``), cut on bench-v1's grid (:mod:`astrosr.tiling`; tiles with NaN in
 ORI skipped), normalised with ORI's 0.5/99.9 percentiles *without* the clip,
-and appended to the file. The layout (COMMON.md "Pairs file"):
-
-- ``blu`` (N, T/S, T/S), ``ori`` (N, T, T) float32, one tile per chunk, compressed;
-- ``tiles``: image, y, x, field, psf_index, psf_fwhm, noise_std;
-- ``images``: path, sha256, field, ny, nx, lo, hi, blu_lo, blu_hi, bg_mean,
-  bg_median, bg_std, blu_bg_std, hdu, plane;
-- ``psfs`` (P, k, k) float32 unit-sum kernels (their parameters as JSON in
-  ``psfs.attrs['params']``);
-- root attributes schema_version, astrosr_version, config (JSON), created, scale, tile.
+and appended to the file through :class:`astrosr.pairs.PairsWriter` (the
+file's layout is documented in :mod:`astrosr.pairs`).
 
 Noise and randomisation (CONTRACTS.md 2): images of a test field (anything
 but ``train``) get exactly bench-v1's recipe with the config's fixed PSF and
@@ -28,7 +21,6 @@ images of seed >= 1000 (the simulated test field) cannot either.
 """
 
 import dataclasses
-import datetime
 import json
 import signal as _signal
 import threading
@@ -38,23 +30,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .config import to_dict
 from .degrade import background_stats, block_average, degrade, percentile_limits
 from .psf import PSF
 from .errors import ConfigError, InputError
-from .files import atomic_path, check_not_input, sha256_file
+from .files import check_not_input, sha256_file
 from .fits_io import read_image
+from .pairs import COMPRESSION, PairsWriter
+from .progress import report
 from .tiling import extract_tiles, grid_origins, nan_free
 
-__all__ = ["PrepareConfig", "prepare_pairs", "parse_range", "pairs_summary", "SCHEMA_VERSION", "TRAIN_FIELD"]
+__all__ = ["PrepareConfig", "prepare_pairs", "parse_range", "TRAIN_FIELD"]
 
-SCHEMA_VERSION = 1
 TRAIN_FIELD = "train"
 _BENCH = {"psf_fwhm": 4.0, "psf_beta": 3.0, "noise": 1.0}
-_COMPRESSION = {"lzf": {"compression": "lzf", "shuffle": True},
-                "gzip": {"compression": "gzip", "compression_opts": 4, "shuffle": True},
-                "none": {}}
+_COMPRESSION = COMPRESSION  # the pairs file's filters, by PrepareConfig.compression
 
 
 def parse_range(value, key):
@@ -327,13 +317,6 @@ def _one_image(i, path, field, sha256, config, psfs):
     return image_row, blu_tiles, ori_tiles, tile_rows
 
 
-TILE_DTYPE = np.dtype([("image", "<i4"), ("y", "<i4"), ("x", "<i4"), ("field", "S16"), ("psf_index", "<i4"),
-                       ("psf_fwhm", "<f4"), ("noise_std", "<f4")])
-_IMAGE_FIELDS = [("sha256", "S64"), ("field", "S16"), ("ny", "<i4"), ("nx", "<i4"), ("lo", "<f8"), ("hi", "<f8"),
-                 ("blu_lo", "<f8"), ("blu_hi", "<f8"), ("bg_mean", "<f8"), ("bg_median", "<f8"), ("bg_std", "<f8"),
-                 ("blu_bg_std", "<f8"), ("hdu", "<i4"), ("plane", "<i4")]
-
-
 @contextmanager
 def _sigterm_as_interrupt():
     """A plain ``kill`` unwinds like Ctrl-C, so the temporary output is removed."""
@@ -375,7 +358,7 @@ def _normalise_sources(sources):
     return out
 
 
-def prepare_pairs(sources, out, *, config=None, overwrite=False, progress=True):
+def prepare_pairs(sources, out, *, config=None, overwrite=False, progress=None):
     """Write the pairs file for ``sources``.
 
     Parameters
@@ -389,8 +372,9 @@ def prepare_pairs(sources, out, *, config=None, overwrite=False, progress=True):
         Default: bench-v1's degradation.
     overwrite : bool
         Replace an existing ``out``.
-    progress : bool
-        Show a rich progress bar.
+    progress : callable, optional
+        ``progress('images', done, total)`` after each image (:mod:`astrosr.progress`);
+        a bool (the former show-a-bar flag) is accepted and ignored.
 
     Returns
     -------
@@ -402,103 +386,18 @@ def prepare_pairs(sources, out, *, config=None, overwrite=False, progress=True):
     InputError
         A bad input image (named), or ``out`` exists without ``overwrite``.
     """
-    import h5py
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     config = config or PrepareConfig()
+    progress = progress if callable(progress) else None
     sources = _normalise_sources(sources)
     check_not_input(out, [path for path, _, _ in sources] + ([config.psf_file] if config.psf_file else []))
     psfs = _Psfs(config)
-    t, b = config.tile, config.tile // config.scale
-    storage = dict(_COMPRESSION[config.compression])
-    images, counts = [], {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with _sigterm_as_interrupt(), atomic_path(out, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as h5, Progress(*columns, disable=not progress, transient=True) as bar:
-            blu_ds = h5.create_dataset("blu", (0, b, b), maxshape=(None, b, b), chunks=(1, b, b), dtype="f4", **storage)
-            ori_ds = h5.create_dataset("ori", (0, t, t), maxshape=(None, t, t), chunks=(1, t, t), dtype="f4", **storage)
-            tiles_ds = h5.create_dataset("tiles", (0,), maxshape=(None,), chunks=(4096,), dtype=TILE_DTYPE)
-            task = bar.add_task("prepare", total=len(sources))
-            for i, (path, field, digest) in enumerate(sources):
-                bar.update(task, description=f"prepare {path.name}")
-                image_row, blu_tiles, ori_tiles, tile_rows = _one_image(i, path, field, digest, config, psfs)
-                n0, n = len(blu_ds), len(tile_rows)
-                for ds, data in ((blu_ds, blu_tiles), (ori_ds, ori_tiles)):
-                    ds.resize(n0 + n, axis=0)
-                    ds[n0:] = data
-                tiles_ds.resize(n0 + n, axis=0)
-                tiles_ds[n0:] = np.array(tile_rows, dtype=TILE_DTYPE)
-                images.append(image_row)
-                counts[field] = counts.get(field, 0) + n
-                bar.advance(task)
-            width = max(len(row[0].encode()) for row in images)
-            h5.create_dataset("images", data=np.array(images, dtype=[("path", f"S{width}")] + _IMAGE_FIELDS))
-            kernels = h5.create_dataset("psfs", data=psfs.stack())
-            kernels.attrs["params"] = json.dumps(psfs.params)
-            kernels.attrs["fwhm"] = np.array(psfs.fwhm, dtype=np.float32)
-            h5.attrs.update({
-                "schema_version": SCHEMA_VERSION,
-                "astrosr_version": __version__,
-                "config": json.dumps(to_dict(config)),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "scale": config.scale,
-                "tile": config.tile,
-            })
-    return {"path": Path(out), "n_tiles": sum(counts.values()), "n_images": len(images), "tiles_per_field": counts}
-
-
-def _text(value):
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def pairs_summary(path):
-    """A pairs file's contents as plain data (for ``astrosr info`` and tests).
-
-    Returns
-    -------
-    dict
-        attrs, config, n_tiles, tile/blu shapes, tiles_per_field, images (list
-        of dicts with their tile counts), psfs (params and FWHM).
-
-    Raises
-    ------
-    InputError
-        Not an HDF5 file, or not an astrosr pairs file.
-    """
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"{path}: not an HDF5 file ({exc})") from None
-    with h5:
-        missing = [k for k in ("blu", "ori", "tiles", "images", "psfs") if k not in h5]
-        if missing or "schema_version" not in h5.attrs:
-            raise InputError(f"{path}: not an astrosr pairs file (missing {', '.join(missing) or 'schema_version'})")
-        tiles = h5["tiles"][:]
-        images = h5["images"][:]
-        per_image = np.bincount(tiles["image"], minlength=len(images))
-        fields = {}
-        for f in tiles["field"]:
-            fields[_text(f)] = fields.get(_text(f), 0) + 1
-        return {
-            "path": path,
-            "attrs": {k: (_text(v) if isinstance(v, (bytes, str)) else v.item() if hasattr(v, "item") else v)
-                      for k, v in h5.attrs.items()},
-            "config": json.loads(h5.attrs["config"]),
-            "n_tiles": len(tiles),
-            "ori_shape": h5["ori"].shape[1:],
-            "blu_shape": h5["blu"].shape[1:],
-            "compression": h5["ori"].compression,
-            "tiles_per_field": fields,
-            "psf_fwhm_range": (float(tiles["psf_fwhm"].min()), float(tiles["psf_fwhm"].max())) if len(tiles) else None,
-            "images": [{"path": _text(r["path"]), "field": _text(r["field"]), "shape": (int(r["ny"]), int(r["nx"])),
-                        "n_tiles": int(per_image[k]), "lo": float(r["lo"]), "hi": float(r["hi"]),
-                        "bg_std": float(r["bg_std"]), "blu_lo": float(r["blu_lo"]), "blu_hi": float(r["blu_hi"])}
-                       for k, r in enumerate(images)],
-            "psfs": {"count": len(h5["psfs"]), "size": h5["psfs"].shape[1:],
-                     "params": json.loads(h5["psfs"].attrs.get("params", "[]"))},
-        }
+    counts = {}
+    with _sigterm_as_interrupt(), PairsWriter(out, tile=config.tile, scale=config.scale, compression=config.compression,
+                                              overwrite=overwrite) as writer:
+        report(progress, "images", 0, len(sources))
+        for i, (path, field, digest) in enumerate(sources):
+            n = writer.append(*_one_image(i, path, field, digest, config, psfs))
+            counts[field] = counts.get(field, 0) + n
+            report(progress, "images", i + 1, len(sources))
+        writer.finish(psfs.stack(), psfs.params, psfs.fwhm, config=to_dict(config))
+    return {"path": Path(out), "n_tiles": sum(counts.values()), "n_images": len(writer.images), "tiles_per_field": counts}

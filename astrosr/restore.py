@@ -2,13 +2,30 @@
 
 What ``evaluate`` scores is exactly what ``deblur`` writes: a whole image in
 physical units goes in; it is normalised with its own 0.5/99.9 percentiles
-(the model never sees ORI's, CONTRACTS.md 2), restored by the network over
-overlapping tiles blended by :func:`astrosr.tiling.map_tiles`, mapped back to
-physical units, and then tied to the observed flux by a data-consistency
-step (FINDINGS.md 4). NaN pixels are filled for the network only and are NaN
-again in the output.
+(never ORI's, which deblur does not have: ``benchmarks/README.md``, section
+Conventions astrosr follows), restored by the network over overlapping tiles
+blended by :func:`astrosr.tiling.map_tiles`, mapped back to physical units,
+and then tied to the observed flux by a data-consistency step
+(:func:`consistency_step`: closed-form Landweber steps against the observed
+image, which put back the faint-source flux a network trained with an L1
+loss drifts to the background). NaN pixels are filled for the network only
+and are NaN again in the output.
+
+Examples
+--------
+>>> import numpy as np
+>>> from astrosr.models import ResVAE
+>>> from astrosr.psf import moffat_psf
+>>> from astrosr.restore import restore_image
+>>> image = np.random.default_rng(0).normal(100.0, 5.0, (64, 64))
+>>> restored = restore_image(image, ResVAE(), psf_kernel=moffat_psf(4.0, size=9), consistency=False)
+>>> restored.sr.shape, restored.sr.dtype  # an untrained ResVAE is the identity
+((64, 64), dtype('float32'))
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,7 +98,7 @@ def _transfers(kernel, shape, k):
     return h, gain
 
 
-def consistency_step(x0, blu, kernel, *, k=2, scale=1):
+def consistency_step(x0: np.ndarray, blu: np.ndarray, kernel: np.ndarray, *, k: int = 2, scale: int = 1) -> np.ndarray:
     """Pull a restoration back onto the data: ``k`` Landweber steps, in closed form.
 
     ``x = x0 + F^-1{ conj(H) [1 - (1 - |H|^2)^k] / |H|^2  F(y - K x0) }``: the
@@ -101,6 +118,24 @@ def consistency_step(x0, blu, kernel, *, k=2, scale=1):
     scale : int
         ``x0`` has ``scale`` times the pixels of ``blu``; the forward model is
         then PSF followed by block averaging, and the steps are explicit.
+
+    Returns
+    -------
+    ndarray
+        The corrected restoration, ``x0``'s shape (float32 or wider).
+
+    Examples
+    --------
+    A restoration that already explains the data is left as it is:
+
+    >>> import numpy as np
+    >>> from astrosr.degrade import convolve_extend
+    >>> from astrosr.psf import moffat_psf
+    >>> psf = moffat_psf(4.0, size=9)
+    >>> truth = np.random.default_rng(0).normal(100.0, 5.0, (64, 64))
+    >>> x = consistency_step(truth, convolve_extend(truth, psf), psf)
+    >>> bool(np.abs(x - truth).max() < 1e-3)
+    True
     """
     if scale > 1:
         x = x0.copy()
@@ -163,19 +198,19 @@ def _pad_to(image, tile):
 
 
 def restore_image(
-    blu,
-    model,
+    blu: np.ndarray,
+    model: torch.nn.Module,
     *,
-    psf_kernel,
-    psf_fwhm=4.0,
-    consistency=True,
-    tile=512,
-    overlap=32,
-    batch=None,
-    samples=0,
-    device="cpu",
-    progress=None,
-):
+    psf_kernel: np.ndarray,
+    psf_fwhm: float = 4.0,
+    consistency: bool = True,
+    tile: int = 512,
+    overlap: int = 32,
+    batch: int | None = None,
+    samples: int = 0,
+    device: str | torch.device = "cpu",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Restored:
     """Restore a whole blurred image with a model, as evaluate scores and deblur writes it.
 
     Parameters
@@ -209,6 +244,22 @@ def restore_image(
     Returns
     -------
     Restored
+
+    Raises
+    ------
+    InputError
+        The image's 0.5 and 99.9 percentiles are equal (nothing to normalise).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astrosr.models import ResVAE
+    >>> from astrosr.psf import moffat_psf
+    >>> image = np.random.default_rng(0).normal(100.0, 5.0, (64, 64))
+    >>> image[5, 7] = np.nan
+    >>> restored = restore_image(image, ResVAE(), psf_kernel=moffat_psf(4.0, size=9))
+    >>> bool(np.isnan(restored.sr[5, 7])), restored.uncert is None
+    (True, True)
     """
     blu = np.asarray(blu, dtype=np.float64)
     bad = ~np.isfinite(blu)

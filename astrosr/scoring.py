@@ -7,15 +7,33 @@ with and without the data-consistency step; Richardson-Lucy; Wiener) and
 scored by :mod:`astrosr.metrics` against ORI. ORI's work (tiles, source
 lists) is done once per image and shared by every method.
 :func:`astrosr.evaluate.evaluate` runs this over a field and
-:mod:`astrosr.evaluate_report` writes the files.
+:mod:`astrosr.evaluate_report` writes the files. The protocol is bench-v1's
+(``benchmarks/README.md``, section bench-v1).
+
+Examples
+--------
+>>> import tempfile
+>>> from pathlib import Path
+>>> from astrosr import baselines
+>>> from astrosr.psf import moffat_psf
+>>> from astrosr.scoring import score_image
+>>> from astrosr.simulate import write_simulated
+>>> path = Path(tempfile.mkdtemp()) / "sim.fits"
+>>> _ = write_simulated(path, seed=500, index=0, size=128)
+>>> choice = baselines.default_choice("example: no val images")
+>>> result = score_image(path, "val", moffat_psf(4.0, size=9), [], 4.0, choice, True, "cpu", 1)
+>>> list(result.scores)
+['BLU', 'RL n=20', 'Wiener b=0.1']
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +42,12 @@ from .degrade import bench_v1_degrade
 from .errors import AstrosrError, ConfigError
 from .fits_io import read_image, strip_fits_suffix
 from .tiling import extract_tiles
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a model runs, not when this module loads
+    import torch
+
+    from .manifest import Manifest
+    from .psf import PSF
 
 __all__ = ["ImageResult", "SAMPLE_SEED", "method_names", "degraded", "baseline_choice", "warm_up", "calibration_counts",
            "score_image", "load_models"]
@@ -87,8 +111,28 @@ def _unique_labels(paths):
     return out
 
 
-def method_names(model_labels, choice, *, consistency=True):
-    """Report rows in order: BLU, per model (with then without the step), RL, Wiener."""
+def method_names(model_labels: Sequence[str], choice: dict[str, Any], *, consistency: bool = True) -> list[str]:
+    """Report rows in order: BLU, per model (with then without the step), RL, Wiener.
+
+    Parameters
+    ----------
+    model_labels : sequence of str
+        One label per model.
+    choice : dict
+        The RL / Wiener choice (:func:`baseline_choice`).
+    consistency : bool
+        False drops the rows with the data-consistency step.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> from astrosr.baselines import default_choice
+    >>> method_names(["resvae/best"], default_choice("example"))
+    ['BLU', 'SR resvae/best', 'SR resvae/best (no DC)', 'RL n=20', 'Wiener b=0.1']
+    """
     names = ["BLU"]
     for label in model_labels:
         if consistency:
@@ -99,20 +143,85 @@ def method_names(model_labels, choice, *, consistency=True):
     return names
 
 
-def degraded(path, kernel):
-    """ORI, its Reference and its bench-v1 BLU (fresh default_rng(0) per image)."""
+def degraded(path: str | Path, kernel: np.ndarray) -> tuple[np.ndarray, metrics.Reference, np.ndarray]:
+    """ORI, its Reference and its bench-v1 BLU (fresh default_rng(0) per image).
+
+    Parameters
+    ----------
+    path : str or Path
+        A FITS image (read by :func:`astrosr.fits_io.read_image`).
+    kernel : ndarray
+        The true PSF, unit sum, odd sides.
+
+    Returns
+    -------
+    ori : ndarray
+    ref : astrosr.metrics.Reference
+    blu : ndarray
+        ORI convolved with ``kernel`` (edges extended), plus noise at ORI's
+        sigma-clipped background std.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.psf import moffat_psf
+    >>> from astrosr.simulate import write_simulated
+    >>> path = Path(tempfile.mkdtemp()) / "sim.fits"
+    >>> _ = write_simulated(path, seed=500, index=0, size=128)
+    >>> ori, ref, blu = degraded(path, moffat_psf(4.0, size=9))
+    >>> ori.shape, blu.shape, len(ref.origins)
+    ((128, 128), (128, 128), 1)
+    """
     ori = read_image(path).data
     ref = metrics.reference(ori)
     blu, _ = bench_v1_degrade(ori, kernel, noise_std=ref.std)
     return ori, ref, blu
 
 
-def baseline_choice(manifest, data_dir, psf, kernel, *, out, progress=None):
-    """RL iterations and Wiener balance for this run (BENCHMARK.md 6, CONTRACTS.md 4).
+def baseline_choice(
+    manifest: Manifest | None,
+    data_dir: str | Path | None,
+    psf: PSF,
+    kernel: np.ndarray,
+    *,
+    out: str | Path,
+    progress: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """RL iterations and Wiener balance for this run (``benchmarks/README.md``, section Report rows and baselines).
 
     Chosen by mean SSIM on the manifest's val field and cached in ``out``,
     keyed by manifest, PSF and val files; n = 20, b = 0.1 (with a note saying
     why) when there is no manifest or its val images are not available.
+
+    Parameters
+    ----------
+    manifest : Manifest or None
+        The run's manifest (None: images given, no val field).
+    data_dir : str or Path or None
+        Where the manifest's files are (default ``$ASTROSR_DATA_DIR``).
+    psf : PSF
+        The true PSF (part of the cache key).
+    kernel : ndarray
+        Its kernel.
+    out : str or Path
+        The evaluate output directory, holding the cache.
+    progress : callable, optional
+        Called once per val image done.
+
+    Returns
+    -------
+    dict
+        :func:`astrosr.baselines.choose_parameters`' keys; with a val choice
+        also ``cached`` and ``val_images``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from astrosr.psf import moffat_psf
+    >>> choice = baseline_choice(None, None, None, moffat_psf(4.0, size=9), out=tempfile.mkdtemp())
+    >>> choice["rl_iters"], choice["wiener_balance"], choice["note"]
+    (20, 0.1, 'images given: val images not part of the run')
     """
     from .files import sha256_file
     from .manifest import resolve
@@ -153,14 +262,39 @@ def _panel_origins(ref, n):
     return [ref.origins[i] for i in dict.fromkeys(picks)]
 
 
-def warm_up(models, kernel, psf_fwhm, device, samples=0):
-    """One small untimed pass per model, so s/Mpix does not include torch's first-call setup."""
+def warm_up(
+    models: Sequence[tuple[str, torch.nn.Module]],
+    kernel: np.ndarray,
+    psf_fwhm: float,
+    device: str | torch.device,
+    samples: int = 0,
+) -> None:
+    """One small untimed pass per model, so s/Mpix does not include torch's first-call setup.
+
+    Parameters
+    ----------
+    models : sequence of (str, torch.nn.Module)
+        ``(label, model)`` pairs.
+    kernel : ndarray
+        The PSF kernel the run uses.
+    psf_fwhm : float
+        Its FWHM in pixels.
+    device : str or torch.device
+    samples : int
+        Posterior draws of the run (the warm-up draws at most 2).
+
+    Examples
+    --------
+    >>> from astrosr.models import ResVAE
+    >>> from astrosr.psf import moffat_psf
+    >>> warm_up([("untrained", ResVAE())], moffat_psf(4.0, size=9), 4.0, "cpu")
+    """
     dummy = np.random.default_rng(0).normal(size=(256, 256))
     for _, model in models:
         _network(dummy, model, kernel, psf_fwhm, min(samples, 2), device)
 
 
-def calibration_counts(ref, image, sigma):
+def calibration_counts(ref: metrics.Reference, image: np.ndarray, sigma: np.ndarray) -> tuple[int, int]:
     """``(within, pixels)``: scored-tile pixels where ``|image - ORI| <= sigma``.
 
     Parameters
@@ -172,6 +306,21 @@ def calibration_counts(ref, image, sigma):
         units (the same affine map as the scoring normalisation, so the count
         is the same in normalised units); pixels where either is not finite
         are not counted.
+
+    Returns
+    -------
+    (int, int)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astrosr.metrics import reference
+    >>> ori = np.random.default_rng(0).normal(100.0, 5.0, (128, 128))
+    >>> ref = reference(ori)
+    >>> calibration_counts(ref, ori + 1.0, np.full(ori.shape, 2.0))
+    (16384, 16384)
+    >>> calibration_counts(ref, ori + 1.0, np.full(ori.shape, 0.5))
+    (0, 16384)
     """
     if not ref.origins:
         return 0, 0
@@ -237,7 +386,64 @@ def _panel_crops(ref, images, origins, panel_methods):
     return crops
 
 
-def score_image(path, field, kernel, models, psf_fwhm, choice, consistency, device, n_panels, samples=0):
+def score_image(
+    path: str | Path,
+    field: str,
+    kernel: np.ndarray,
+    models: Sequence[tuple[str, torch.nn.Module]],
+    psf_fwhm: float,
+    choice: dict[str, Any],
+    consistency: bool,
+    device: str | torch.device,
+    n_panels: int,
+    samples: int = 0,
+) -> ImageResult:
+    """Degrade one image as bench-v1 does, restore it by every method and score each against ORI.
+
+    Parameters
+    ----------
+    path : str or Path
+        The original image (ORI), a FITS file.
+    field : str
+        Its field, recorded in the result.
+    kernel : ndarray
+        The true PSF: the degradation and every PSF-aware method.
+    models : sequence of (str, torch.nn.Module)
+        ``(label, model)`` pairs; each gives an ``SR label`` row (with the
+        data-consistency step, when ``consistency``) and ``SR label (no DC)``.
+    psf_fwhm : float
+        The PSF's FWHM in pixels, for models conditioned on it.
+    choice : dict
+        RL iterations and Wiener balance (:func:`baseline_choice`).
+    consistency : bool
+        Include the rows with the data-consistency step.
+    device : str or torch.device
+        Where the models run.
+    n_panels : int
+        Tiles of this image shown in the figure.
+    samples : int
+        Posterior draws per model (0: none); with draws the SR rows get
+        calibration counts.
+
+    Returns
+    -------
+    ImageResult
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.baselines import default_choice
+    >>> from astrosr.models import ResVAE
+    >>> from astrosr.psf import moffat_psf
+    >>> from astrosr.simulate import write_simulated
+    >>> path = Path(tempfile.mkdtemp()) / "sim.fits"
+    >>> _ = write_simulated(path, seed=500, index=0, size=128)
+    >>> result = score_image(path, "val", moffat_psf(4.0, size=9), [("untrained", ResVAE())], 4.0,
+    ...                      default_choice("example"), True, "cpu", 1)
+    >>> list(result.scores)
+    ['BLU', 'SR untrained', 'SR untrained (no DC)', 'RL n=20', 'Wiener b=0.1']
+    """
     from .files import sha256_file
 
     _, ref, blu = degraded(path, kernel)
@@ -273,7 +479,30 @@ def score_image(path, field, kernel, models, psf_fwhm, choice, consistency, devi
     )
 
 
-def load_models(paths, device):
+def load_models(paths: Sequence[str | Path], device: str | torch.device) -> list[dict[str, Any]]:
+    """Load the models to score, each with a unique report label.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        Checkpoints or model files, or ``'default'`` (the shipped weights).
+    device : str or torch.device
+
+    Returns
+    -------
+    list of dict
+        ``label``, ``path``, ``model`` and ``info`` (:func:`astrosr.checkpoint.load_model`'s).
+
+    Raises
+    ------
+    ConfigError
+        A model's scale is not 1 (bench-v1 scores scale 1 only).
+
+    Examples
+    --------
+    >>> [m["label"] for m in load_models(["default"], "cpu")]
+    ['default']
+    """
     if not paths:
         return []
     from .checkpoint import load_model

@@ -1,18 +1,32 @@
 """Simulated sky images: stars, Sersic galaxies, sky and noise, with a TAN WCS.
 
 They are astrosr's embedded data (no download) and, from seed 1000 on, its
-own part of bench-v1's ``simulated`` field (CONTRACTS.md 5); seeds below 1000
-are for training. Image ``index`` of seed ``seed`` is drawn from
+own part of bench-v1's ``simulated`` field. Seeds 0-499 are for training,
+500-999 for development and validation, and seeds >= 1000 are test fields
+that never go into training or model selection (1000-1999 bench-v1's
+simulated field, 2000 and up sky-v1's; ``benchmarks/README.md``, section
+Conventions astrosr follows). Image ``index`` of seed ``seed`` is drawn from
 ``numpy.random.default_rng([seed, index])``, so each file is reproducible on
-its own and ``--n`` only adds files.
+its own and asking for more images (a larger ``n``) only adds files.
 
 Each image: a flat sky, one bright Sersic galaxy near the centre plus a few
 small background galaxies (astropy.modeling ``Sersic2D``, convolved with the
 seeing PSF), 30-200 stars with power-law fluxes rendered as that same Moffat
 PSF, and Gaussian noise. Every parameter is in the header (keys and HISTORY).
+
+Examples
+--------
+>>> import tempfile
+>>> from astrosr.simulate import simulate_fields
+>>> paths = simulate_fields(tempfile.mkdtemp(), n=2, seed=500, size=128)
+>>> [p.name for p in paths]
+['sim_s500_000.fits', 'sim_s500_001.fits']
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +46,14 @@ __all__ = ["sim_name", "simulate_image", "write_simulated", "simulate_fields"]
 PIXSCALE_ARCSEC = 0.4
 
 
-def sim_name(seed, index):
-    """File name of simulated image ``index`` of ``seed``: ``sim_s{seed}_{index:03d}.fits``."""
+def sim_name(seed: int, index: int) -> str:
+    """File name of simulated image ``index`` of ``seed``: ``sim_s{seed}_{index:03d}.fits``.
+
+    Examples
+    --------
+    >>> sim_name(1000, 3)
+    'sim_s1000_003.fits'
+    """
     return f"sim_s{seed}_{index:03d}.fits"
 
 
@@ -76,7 +96,7 @@ def _render_galaxy(image, g):
     image[y0:y1, x0:x1] += Sersic2D(**g)(x, y)
 
 
-def simulate_image(rng, *, size=512):
+def simulate_image(rng: np.random.Generator, *, size: int = 512) -> tuple[np.ndarray, dict]:
     """One simulated field.
 
     Parameters
@@ -91,6 +111,18 @@ def simulate_image(rng, *, size=512):
         Sky + galaxies + stars + noise, in ADU.
     params : dict
         Every drawn parameter (sky, noise, seeing PSF, galaxies, star list summary).
+
+    Raises
+    ------
+    ConfigError
+        ``size`` is not an integer >= 128.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data, params = simulate_image(np.random.default_rng([0, 0]), size=128)
+    >>> data.shape, data.dtype, params["psf"]["shape"]
+    ((128, 128), dtype('float32'), 'moffat')
     """
     if int(size) != size or size < 128:
         raise ConfigError(f"simulate size must be an integer >= 128, got {size}")
@@ -151,13 +183,32 @@ def _header(rng, params, seed, index):
     return header
 
 
-def write_simulated(path, *, seed, index, size=512, overwrite=False):
+def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512, overwrite: bool = False) -> dict:
     """Simulate image ``index`` of ``seed`` and write it atomically to ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output FITS file.
+    seed, index : int
+        The image drawn is ``default_rng([seed, index])``'s.
+    size : int
+        Image side in pixels (>= 128).
+    overwrite : bool
+        Replace an existing file (otherwise it is an error).
 
     Returns
     -------
     dict
         The drawn parameters.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / sim_name(0, 0)
+    >>> write_simulated(path, seed=0, index=0, size=128)["size"]
+    128
     """
     rng = np.random.default_rng([int(seed), int(index)])
     data, params = simulate_image(rng, size=size)
@@ -167,7 +218,15 @@ def write_simulated(path, *, seed, index, size=512, overwrite=False):
     return params
 
 
-def simulate_fields(out_dir, *, n=4, seed=0, size=512, overwrite=False, progress=None):
+def simulate_fields(
+    out_dir: str | Path,
+    *,
+    n: int = 4,
+    seed: int = 0,
+    size: int = 512,
+    overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[Path]:
     """Write ``n`` simulated images ``sim_s{seed}_{i:03d}.fits`` into ``out_dir``.
 
     Parameters
@@ -177,7 +236,8 @@ def simulate_fields(out_dir, *, n=4, seed=0, size=512, overwrite=False, progress
     n : int
         Number of images.
     seed : int
-        Seeds >= 1000 are reserved for the simulated test field.
+        0-499 train, 500-999 development and validation, >= 1000 test
+        fields (never trained on).
     size : int
         Image side in pixels.
     overwrite : bool
@@ -188,6 +248,19 @@ def simulate_fields(out_dir, *, n=4, seed=0, size=512, overwrite=False, progress
     Returns
     -------
     list of Path
+
+    Raises
+    ------
+    ConfigError
+        ``n`` < 1 or ``seed`` < 0.
+    InputError
+        An output exists and ``overwrite`` is False.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> [p.name for p in simulate_fields(tempfile.mkdtemp(), n=1, seed=1000, size=128)]
+    ['sim_s1000_000.fits']
     """
     if n < 1:
         raise ConfigError(f"n: must be >= 1, got {n}")

@@ -3,8 +3,23 @@
 prepare and evaluate cut bench-v1's non-overlapping grid (from pixel (0, 0),
 partial edge tiles dropped, tiles with NaN skipped); deblur and evaluate's
 restoration cover a whole image with overlapping tiles and stitch them back
-with smooth weights, so there are no seams.
+with smooth weights, so there are no seams. bench-v1's grid is
+``benchmarks/README.md``, section Tiling.
+
+Examples
+--------
+>>> import numpy as np
+>>> from astrosr.tiling import grid_origins, map_tiles
+>>> grid_origins((300, 260))  # partial tiles at the right and bottom are dropped
+[(0, 0), (0, 128), (128, 0), (128, 128)]
+>>> image = np.random.default_rng(0).normal(size=(300, 200))
+>>> bool(np.allclose(map_tiles(image, lambda tiles: 2.0 * tiles), 2.0 * image))
+True
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -19,8 +34,34 @@ def _pair(tile):
     return (int(tile), int(tile)) if np.isscalar(tile) else (int(tile[0]), int(tile[1]))
 
 
-def grid_origins(shape, tile=128, stride=None):
-    """``(y, x)`` origins of whole tiles on a grid from (0, 0); partial edge tiles dropped."""
+def grid_origins(shape: Sequence[int], tile: int = 128, stride: int | None = None) -> list[tuple[int, int]]:
+    """``(y, x)`` origins of whole tiles on a grid from (0, 0); partial edge tiles dropped.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image shape.
+    tile : int
+        Tile side.
+    stride : int, optional
+        Grid step (default ``tile``: non-overlapping, as bench-v1 scores).
+
+    Returns
+    -------
+    list of (int, int)
+
+    Raises
+    ------
+    ConfigError
+        ``tile`` or ``stride`` < 1.
+
+    Examples
+    --------
+    >>> grid_origins((300, 260))
+    [(0, 0), (0, 128), (128, 0), (128, 128)]
+    >>> grid_origins((256, 256), 128, stride=64)[:3]
+    [(0, 0), (0, 64), (0, 128)]
+    """
     stride = stride or tile
     if tile < 1 or stride < 1:
         raise ConfigError(f"tile and stride must be >= 1, got tile={tile}, stride={stride}")
@@ -29,14 +70,36 @@ def grid_origins(shape, tile=128, stride=None):
     return [(y, x) for y in ys for x in xs]
 
 
-def nan_free(image, origins, tile=128):
-    """The origins whose tile holds no NaN in ``image``."""
+def nan_free(image: np.ndarray, origins: Sequence[tuple[int, int]], tile: int = 128) -> list[tuple[int, int]]:
+    """The origins whose tile holds no NaN in ``image``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.zeros((256, 256))
+    >>> image[10, 200] = np.nan
+    >>> nan_free(image, grid_origins(image.shape))
+    [(0, 0), (128, 0), (128, 128)]
+    """
     bad = np.isnan(image)
     return [(y, x) for y, x in origins if not bad[y : y + tile, x : x + tile].any()]
 
 
-def extract_tiles(image, origins, tile=128):
-    """Stack of tiles ``(N, ty, tx)`` cut at ``origins`` (same dtype as ``image``); ``tile`` is a side or ``(ty, tx)``."""
+def extract_tiles(
+    image: np.ndarray, origins: Sequence[tuple[int, int]], tile: int | tuple[int, int] = 128
+) -> np.ndarray:
+    """Stack of tiles ``(N, ty, tx)`` cut at ``origins`` (same dtype as ``image``); ``tile`` is a side or ``(ty, tx)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> extract_tiles(np.arange(16.0).reshape(4, 4), [(0, 0), (2, 2)], 2)
+    array([[[ 0.,  1.],
+            [ 4.,  5.]],
+    <BLANKLINE>
+           [[10., 11.],
+            [14., 15.]]])
+    """
     ty, tx = _pair(tile)
     out = np.empty((len(origins), ty, tx), dtype=image.dtype)
     for i, (y, x) in enumerate(origins):
@@ -51,11 +114,23 @@ def _axis_starts(n, tile, step):
     return starts + [n - tile]
 
 
-def cover_origins(shape, tile=128, overlap=32):
+def cover_origins(
+    shape: Sequence[int], tile: int | tuple[int, int] = 128, overlap: int = 32
+) -> list[tuple[int, int]]:
     """Origins of overlapping tiles covering every pixel; the last row/column is flush with the edge.
 
     ``tile`` is a side or ``(ty, tx)``. The image must be at least that big
     (pad smaller images first).
+
+    Raises
+    ------
+    ConfigError
+        ``overlap`` is not in ``[0, tile)``, or the image is smaller than a tile.
+
+    Examples
+    --------
+    >>> cover_origins((300, 200), 128, 32)
+    [(0, 0), (0, 72), (96, 0), (96, 72), (172, 0), (172, 72)]
     """
     ty, tx = _pair(tile)
     if not 0 <= overlap < min(ty, tx):
@@ -65,12 +140,22 @@ def cover_origins(shape, tile=128, overlap=32):
     return [(y, x) for y in _axis_starts(shape[0], ty, ty - overlap) for x in _axis_starts(shape[1], tx, tx - overlap)]
 
 
-def fit_tile(n, max_tile, overlap, *, multiple=16):
+def fit_tile(n: int, max_tile: int, overlap: int, *, multiple: int = 16) -> int:
     """Tile side for an axis of ``n`` px: as few tiles as ``max_tile`` allows, each as small as covers ``n``.
 
     A fixed tile wastes work when the last tile is flush with the edge (a
     720 px axis needs four 256 px tiles, 1024 px of work); spreading the same
     number of tiles evenly needs only ``n + (count - 1) * overlap`` px.
+    The side is rounded up to a ``multiple``, never beyond ``max_tile`` or
+    ``n``, so a network that pads its input to a multiple of its downsampling
+    factor pads nothing.
+
+    Examples
+    --------
+    >>> fit_tile(720, 256, 32)  # four tiles of 208 px instead of 256
+    208
+    >>> fit_tile(100, 256, 32)  # an axis shorter than a tile is one tile
+    100
     """
     if n <= max_tile:
         return n
@@ -88,13 +173,29 @@ def _ramp(n, overlap):
     return ramp
 
 
-def blend_weights(tile=128, overlap=32):
-    """Separable weights: 1 in the middle, a sin^2 ramp over ``overlap`` px at each side, never 0."""
+def blend_weights(tile: int | tuple[int, int] = 128, overlap: int = 32) -> np.ndarray:
+    """Separable weights: 1 in the middle, a sin^2 ramp over ``overlap`` px at each side, never 0.
+
+    Examples
+    --------
+    >>> w = blend_weights(8, 2)
+    >>> w.shape, float(w.max()), bool(w.min() > 0)
+    ((8, 8), 1.0, True)
+    """
     ty, tx = _pair(tile)
     return np.outer(_ramp(ty, overlap), _ramp(tx, overlap))
 
 
-def map_tiles(image, fn, *, tile=128, overlap=32, batch=16, scale=1, progress=None):
+def map_tiles(
+    image: np.ndarray,
+    fn: Callable[[np.ndarray], np.ndarray],
+    *,
+    tile: int | tuple[int, int] = 128,
+    overlap: int = 32,
+    batch: int = 16,
+    scale: int = 1,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> np.ndarray:
     """Apply ``fn`` to overlapping tiles of ``image`` and blend the results into one image.
 
     Parameters
@@ -120,6 +221,18 @@ def map_tiles(image, fn, *, tile=128, overlap=32, batch=16, scale=1, progress=No
     ndarray (H*scale, W*scale)
         float32 when ``fn`` returns float32 (a blend of a few tiles needs no
         more, and a 10k x 10k image then holds 400 MB, not 1.6 GB), else float64.
+
+    Examples
+    --------
+    An identity ``fn`` gives the image back: the weights sum to 1 everywhere.
+
+    >>> import numpy as np
+    >>> image = np.random.default_rng(0).normal(size=(300, 200)).astype(np.float32)
+    >>> out = map_tiles(image, lambda tiles: tiles, tile=128, overlap=32)
+    >>> out.dtype, bool(np.allclose(out, image, atol=1e-5))
+    (dtype('float32'), True)
+    >>> map_tiles(image, lambda tiles: tiles.repeat(2, axis=1).repeat(2, axis=2), scale=2).shape
+    (600, 400)
     """
     origins = cover_origins(image.shape, tile, overlap)
     ty, tx = _pair(tile)

@@ -10,24 +10,31 @@ Two levels, both recorded in ``metrics.csv``:
   and noise, ``default_rng(0)``), restored by evaluate's path
   (:func:`astrosr.restore.restore_image`, data-consistency step on) and scored
   by :mod:`astrosr.metrics`: SSIM, MSE, median flux error and spurious
-  fraction. CONTRACTS.md 3 selects the best checkpoint on these.
+  fraction. The best checkpoint is chosen on these (:func:`is_better`).
 """
+
+from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
 from .files import sha256_file
+from .pairs import field_images
 
-__all__ = ["tile_validation", "ValImage", "load_val_images", "image_validation", "is_better", "describe"]
+__all__ = ["tile_validation", "ValImage", "load_val_images", "image_validation", "validate", "is_better", "describe"]
 
 
-def tile_validation(model, dataset, *, device, batch=16):
-    """``{'tile_ssim', 'tile_mse'}`` of the model's restorations of every tile of ``dataset``."""
+def tile_validation(model: torch.nn.Module, dataset, *, device, batch: int = 16) -> dict[str, float]:
+    """``{'tile_ssim', 'tile_mse'}`` of the model's restorations of every tile of ``dataset``.
+
+    ``dataset`` is a :class:`astrosr.dataset.PairsDataset`; each tile is
+    restored alone, mapped back to the file's units, clipped to [0, 1] and
+    scored against its ORI (skimage SSIM, data range 1; MSE), then averaged.
+    """
     ssim, mse = [], []
     model.eval()
     with torch.inference_mode():
@@ -53,7 +60,7 @@ class ValImage:
         self.name, self.ref, self.blu, self.kernel, self.fwhm = name, ref, blu, kernel, fwhm
 
 
-def load_val_images(dataset, *, field="val"):
+def load_val_images(dataset, *, field: str = "val") -> tuple[list[ValImage] | None, str | None]:
     """The whole val images behind ``dataset`` (a :class:`PairsDataset`), or ``(None, reason)``.
 
     Returns ``(list of ValImage, None)`` when every val image can be read and
@@ -63,26 +70,22 @@ def load_val_images(dataset, *, field="val"):
     from .degrade import bench_v1_degrade
     from .fits_io import read_image
 
-    images = dataset.images
-    fields = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in images["field"]])
-    wanted = np.flatnonzero(fields == field)
-    if len(wanted) == 0:
+    records = field_images(dataset.images, field)
+    if not records:
         return None, f"no {field} images in the pairs file"
     out = []
-    for k in wanted:
-        row = images[k]
-        path = Path(row["path"].decode())
+    for image in records:
+        path = image.path
         if not path.is_file():
             return None, f"{path}: val image not found"
-        if sha256_file(path) != row["sha256"].decode():
+        if sha256_file(path) != image.sha256:
             return None, f"{path}: val image changed since prepare (sha256 differs)"
-        tiles = dataset.all_tiles[dataset.all_tiles["image"] == k]
+        tiles = dataset.all_tiles[dataset.all_tiles["image"] == image.index]
         if len(tiles) == 0:
             return None, f"{path}: no tiles recorded"
         kernel = dataset.psfs[tiles["psf_index"][0]].astype(np.float64)
         kernel /= kernel.sum()
-        plane = None if int(row["plane"]) < 0 else int(row["plane"])
-        ori = read_image(path, hdu=int(row["hdu"]), plane=plane).data
+        ori = read_image(path, hdu=image.hdu, plane=image.plane).data
         s = dataset.scale
         blu, _ = bench_v1_degrade(ori, kernel, noise_std=float(tiles["noise_std"][0]), scale=s)
         ori = ori[: blu.shape[0] * s, : blu.shape[1] * s]
@@ -90,7 +93,7 @@ def load_val_images(dataset, *, field="val"):
     return out, None
 
 
-def image_validation(model, images, *, device, tile):
+def image_validation(model: torch.nn.Module, images: list[ValImage], *, device, tile: int) -> dict[str, float]:
     """Field scores of the model on whole val images: ``{'ssim', 'mse', 'flux_err', 'spurious'}``."""
     from . import metrics
     from .restore import restore_image
@@ -103,16 +106,40 @@ def image_validation(model, images, *, device, tile):
     return {"ssim": row.ssim, "mse": row.mse, "flux_err": row.flux_err, "spurious": row.spurious_frac}
 
 
+def validate(model: torch.nn.Module, val_set, images: list[ValImage] | None, *, step: int, device,
+             tile: int) -> dict:
+    """One validation record ``{'step', 'tile_ssim', 'tile_mse'[, 'ssim', 'mse', 'flux_err', 'spurious']}``.
+
+    Tile scores on ``val_set`` (a :class:`PairsDataset`), whole-image scores
+    when ``images`` are given; ``{'step'}`` alone without a val set. The
+    model is left in eval mode.
+    """
+    if val_set is None:
+        return {"step": step}
+    record = {"step": step, **tile_validation(model, val_set, device=device)}
+    if images:
+        record.update(image_validation(model, images, device=device, tile=tile))
+    return record
+
+
 def _num(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def is_better(record, best, *, flux_threshold):
-    """CONTRACTS.md 3: lowest MSE among validations with flux error <= threshold, else lowest flux error.
+def is_better(record: dict, best: dict | None, *, flux_threshold: float) -> bool:
+    """Whether validation ``record`` beats ``best``: the checkpoint selection rule.
 
-    ``record`` and ``best`` are validation dicts; whole-image ``mse`` /
-    ``flux_err`` are used when present, else the tile MSE; without any
-    metric (no validation) the newer record wins.
+    The best checkpoint has the lowest whole-image MSE among validations
+    whose median flux error is at most ``flux_threshold``; while none is
+    under it, the lowest flux error. Without whole-image scores the tile MSE
+    decides; without any metric (no validation) the newer record wins.
+
+    Examples
+    --------
+    >>> is_better({"mse": 0.01, "flux_err": 0.09}, {"mse": 0.02, "flux_err": 0.05}, flux_threshold=0.054)
+    False
+    >>> is_better({"tile_mse": 0.1}, {"tile_mse": 0.2}, flux_threshold=0.054)
+    True
     """
     def scored(r):
         return r.get("mse") is not None or r.get("tile_mse") is not None
@@ -132,6 +159,12 @@ def is_better(record, best, *, flux_threshold):
     return key(record) < key(best)
 
 
-def describe(record):
-    """Short text of a validation record for logs."""
+def describe(record: dict) -> str:
+    """Short text of a validation record for logs.
+
+    Examples
+    --------
+    >>> describe({"step": 4, "tile_mse": 0.0123456789})
+    '{"step": 4, "tile_mse": 0.01235}'
+    """
     return json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})

@@ -136,7 +136,9 @@ BAD = {
     "unknown-model": (lambda d: d["evaluate"].update(models=["resvea"]), "evaluate.models[0]: 'resvea' is neither"),
     "unknown-deblur-model": (lambda d: d["deblur"].update(model="resvea"), "deblur.model: 'resvea' is neither"),
     "test-seed-trains": (lambda d: d["simulate"]["test"].update(field="train"), "simulate.test: seed 1000"),
-    "bad-psf": (lambda d: d["evaluate"].update(psf_shape="airy"), "evaluate: psf_shape: expected moffat or gaussian"),
+    # one PSF specification: a pipeline takes every PSF the CLI does (airy too), with the same checks
+    "bad-psf": (lambda d: d["evaluate"].update(psf={"shape": "airy"}), "evaluate.psf: psf shape 'airy' needs a radius"),
+    "flat-psf-key": (lambda d: d["evaluate"].update(psf_shape="airy"), "evaluate.psf_shape: unknown key"),
     "not-a-mapping": (lambda d: d.update(train=["resvae"]), "train: expected a mapping of names"),
 }
 

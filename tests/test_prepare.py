@@ -16,7 +16,8 @@ from scipy import ndimage
 import astrosr.prepare as prepare_module
 from astrosr.config import from_dict
 from astrosr.errors import ConfigError, InputError
-from astrosr.prepare import PrepareConfig, pairs_summary, parse_range, prepare_pairs
+from astrosr.pairs import summary as pairs_summary
+from astrosr.prepare import PrepareConfig, parse_range, prepare_pairs
 
 SEED = 7
 

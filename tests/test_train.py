@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from astrosr.cli import cli
 from astrosr.config import from_dict
 from astrosr.dataset import PairsDataset
 from astrosr.errors import ConfigError, InputError
-from astrosr.train import TrainConfig, _lr_factor, load_config, ssim_loss, train
+from astrosr.losses import lr_factor, ssim_loss
+from astrosr.train import TrainConfig, load_config, train
 from astrosr.validation import image_validation, is_better, load_val_images
 
 TINY = {"width": 8, "levels": 2, "mid_blocks": 1}
@@ -70,6 +72,18 @@ def test_a_run_writes_every_promised_file(tiny_pairs, tmp_path):
     assert summary["best"]["step"] in (2, 4)
 
 
+def test_progress_goes_to_the_callback_and_validation_to_logging(tiny_pairs, tmp_path, caplog, capsys, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("astrosr"), "handlers", [])  # a CLI test may have installed its display
+    calls = []
+    with caplog.at_level(logging.INFO, logger="astrosr.train"):
+        train(tiny_pairs, _config(max_steps=2, progress=True), tmp_path / "p", progress=lambda *a: calls.append(a))
+    assert calls == [("steps", 0, 2), ("steps", 1, 2), ("steps", 2, 2)]
+    lines = [r.getMessage() for r in caplog.records if r.name == "astrosr.train"]
+    assert len(lines) == 1 and lines[0].startswith('step 2: val {"step": 2, "tile_ssim": ')
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # the library draws nothing
+
+
 def test_vae_trains_through_the_same_loop(tiny_pairs, tmp_path):
     summary = train(tiny_pairs, _config(model="vae", model_options={"latent": 8}, crop=0, loss="mse", beta=1.0),
                     tmp_path / "vae")
@@ -108,10 +122,10 @@ def test_ddp_two_processes_on_cpu_end_with_identical_weights(tiny_pairs, tmp_pat
 
 def test_lr_schedule_is_linear_warmup_then_cosine():
     cfg = TrainConfig(lr=1e-3, warmup=10, max_steps=110, min_lr_ratio=0.1)
-    assert _lr_factor(0, cfg) == pytest.approx(0.1)
-    assert _lr_factor(9, cfg) == pytest.approx(1.0)
-    assert _lr_factor(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert _lr_factor(110, cfg) == pytest.approx(0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(110, cfg) == pytest.approx(0.1)
 
 
 def test_ssim_loss_equals_skimage(rng):
