@@ -1,5 +1,8 @@
 """The ``astrosr`` command: thin click commands, each calling one library function.
 
+Kept together as one module: one short function per command, so the whole
+command line reads in one file.
+
 A stage's flags come from its options dataclass (:mod:`astrosr.cli_options`);
 the console, progress bars and tables are :mod:`astrosr.cli_display`'s.
 Errors a user can cause (:class:`astrosr.errors.AstrosrError`) print as one
@@ -7,6 +10,7 @@ red line, with the option keys the library names written as the flags that
 set them, and exit with code 2; anything else keeps its traceback.
 """
 
+import dataclasses
 import sys
 
 import click
@@ -19,11 +23,13 @@ from .cli_options import click_options, flag_message, flag_names, from_cli
 from .errors import AstrosrError
 from .deblur import DeblurOptions
 from .evaluate import EvaluateOptions
+from .prepare import PrepareOptions
+from .train_config import TrainConfig
 
 __all__ = ["cli", "main"]
 
 #: command name -> the options dataclass whose keys its errors may name
-OPTION_CLASSES = {"evaluate": EvaluateOptions, "deblur": DeblurOptions}
+OPTION_CLASSES = {"evaluate": EvaluateOptions, "deblur": DeblurOptions, "prepare": PrepareOptions, "train": TrainConfig}
 #: keys every command that has the flag shares
 COMMON_FLAGS = {"overwrite": "--overwrite", "data_dir": "--data-dir", "manifest": "--manifest", "n": "--n",
                 "seed": "--seed", "size": "--size"}
@@ -50,50 +56,6 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="astrosr")
 def cli():
     """astrosr: restore blurred astronomical images."""
-
-
-def psf_options(func):
-    """The PSF options every PSF-aware command shares (CONTRACTS.md section 1)."""
-    options = [
-        click.option("--psf", "psf_file", type=click.Path(dir_okay=False), help="PSF kernel from a FITS file."),
-        click.option("--psf-fwhm", type=float, default=None, help="Moffat/Gaussian FWHM in pixels [4]."),
-        click.option("--psf-beta", type=float, default=None, help="Moffat beta [3]."),
-        click.option("--psf-shape", type=click.Choice(["moffat", "gaussian", "airy"]), default=None, help="Analytic PSF shape [moffat]."),
-        click.option("--psf-radius", type=float, default=None, help="Airy first dark ring radius in pixels (--psf-shape airy)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def psf_from_options(psf_file=None, psf_fwhm=None, psf_beta=None, psf_shape=None, psf_radius=None, **extra):
-    """Build a :class:`astrosr.psf.PSF` from the shared options (bench-v1 defaults)."""
-    from .psf import PSF
-    from .errors import ConfigError
-
-    if psf_file:
-        # silently ignoring them would score or deblur with another PSF than the user asked for
-        given = [name for name, value in (("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta), ("--psf-shape", psf_shape),
-                                          ("--psf-radius", psf_radius)) if value is not None]
-        if given:
-            raise ConfigError(f"{given[0]}: not used with --psf {psf_file} (a PSF file is its own shape); drop one of them")
-        return PSF(shape="file", path=str(psf_file), **extra)
-    shape = psf_shape or "moffat"
-    unused = {"gaussian": (("--psf-beta", psf_beta), ("--psf-radius", psf_radius)),
-              "airy": (("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta)),
-              "moffat": (("--psf-radius", psf_radius),)}[shape]
-    given = [name for name, value in unused if value is not None]
-    if given:
-        raise ConfigError(f"{given[0]}: not used by --psf-shape {shape}; drop it")
-    kwargs = {"shape": shape}
-    if psf_radius is not None:
-        kwargs["radius"] = psf_radius
-    if psf_fwhm is not None:
-        kwargs["fwhm"] = psf_fwhm
-    if psf_beta is not None:
-        kwargs["beta"] = psf_beta
-    kwargs.update(extra)
-    return PSF(**kwargs)
 
 
 # --- prepare stage: simulate, fetch, prepare, info -------------------------
@@ -142,48 +104,33 @@ def fetch(manifest, data_dir, fields):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Manifest files' directory [$ASTROSR_DATA_DIR].")
 @click.option("--fields", default=None, help="Manifest fields, comma list (e.g. train,val) [all].")
 @click.option("--field", "image_field", default="train", show_default=True, help="Field of the IMAGES given directly.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML of PrepareConfig keys (options override).")
-@click.option("--hdu", default=None, help="HDU index or EXTNAME [first 2-D image].")
-@click.option("--plane", type=click.IntRange(0), default=None, help="Plane of a 3-D cube.")
-@click.option("--psf", "psf_file", default=None, help="PSF kernel FITS (a path, or a PSF named in the manifest).")
-@click.option("--psf-shape", default=None, help="moffat, gaussian, airy; a comma list draws per image/tile [moffat].")
-@click.option("--psf-fwhm", default=None, help="FWHM in px, or a range lo:hi [4].")
-@click.option("--psf-beta", default=None, help="Moffat beta, or a range lo:hi [3].")
-@click.option("--psf-radius", default=None, help="Airy first-zero radius in px, or a range.")
-@click.option("--psf-pixscale", type=float, default=None, help="PSF file pixel scale (arcsec/px): resample to each image.")
-@click.option("--image-pixscale", type=float, default=None, help="Image pixel scale (arcsec/px) when there is no WCS.")
-@click.option("--randomise", type=click.Choice(["image", "tile"]), default=None, help="Draw ranges per image or tile [image].")
-@click.option("--noise", default=None, help="Noise std / ORI background std, or a range [1].")
-@click.option("--poisson-gain", type=float, default=None, help="Add Poisson noise at this gain (e-/ADU), train images.")
-@click.option("--scale", type=click.IntRange(1), default=None, help="Block-average BLU by S (S-times super-resolution) [1].")
-@click.option("--seed", type=click.IntRange(0), default=None, help="Seed of the train images' noise and PSF draws (image i: SeedSequence(seed, spawn_key=(i,))) [0].")
-@click.option("--tile", type=click.IntRange(8), default=None, help="Tile side [128].")
-@click.option("--stride", type=click.IntRange(1), default=None, help="Grid step [tile].")
-@click.option("--compression", type=click.Choice(["lzf", "gzip", "none"]), default=None, help="HDF5 compression [lzf].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML of prepare keys, or a pipeline's prepare: section (flags override).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def prepare(images, out, manifest, data_dir, fields, image_field, config_file, overwrite, psf_file, **options):
+@click_options(PrepareOptions)
+def prepare(images, out, manifest, data_dir, fields, image_field, config_file, overwrite, **given):
     """Degrade FITS images and write 128x128 BLU/ORI tile pairs to an HDF5 file."""
     from pathlib import Path
 
     from rich.table import Table
 
-    from .config import from_dict, load_yaml, replace
+    from .config import load_yaml
     from .errors import ConfigError, InputError
-    from .manifest import load_manifest, psf_path, resolve
-    from .prepare import PrepareConfig, prepare_pairs
+    from .evaluate import resolve_psf
+    from .manifest import load_manifest, resolve
+    from .prepare import prepare_pairs
 
-    base = PrepareConfig()
+    keys = {}
     if config_file:
-        # a pipeline YAML's ``prepare:`` section, or a file of PrepareConfig keys alone
+        # a pipeline YAML's ``prepare:`` section, or a file of prepare keys alone
         data = load_yaml(config_file)
-        section = data["prepare"] if isinstance(data.get("prepare"), dict) else data
-        try:
-            base = from_dict(PrepareConfig, section)
-        except ConfigError as exc:
-            raise ConfigError(f"{config_file}: {exc}") from None
-    options = {k: v for k, v in options.items() if v is not None}
-    if "hdu" in options and options["hdu"].lstrip("-").isdigit():
-        options["hdu"] = int(options["hdu"])
+        keys = dict(data["prepare"] if isinstance(data.get("prepare"), dict) else data)
+    flags = from_cli(PrepareOptions, given, build=False)
+    psf_keys = {**(keys.pop("psf", None) or {}), **flags.pop("psf", {})}
+    try:
+        options = from_cli(PrepareOptions, {}, **keys, **flags, psf=psf_keys or None)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_file}: {exc}" if config_file and not flags else str(exc)) from None
     sources = []
     loaded = load_manifest(manifest) if manifest else None
     if loaded is not None:
@@ -193,21 +140,10 @@ def prepare(images, out, manifest, data_dir, fields, image_field, config_file, o
     sources += [(Path(p), image_field) for p in images]
     if not sources:
         raise InputError("no input images: give IMAGES or --manifest")
-    if psf_file:
-        if not Path(psf_file).is_file() and loaded is not None and any(e.file == psf_file for e in loaded.psfs):
-            psf_file = psf_path(loaded, psf_file, data_dir)
-        elif not Path(psf_file).is_file():
-            raise InputError(f"{psf_file}: PSF file not found")
-        unused = [k for k in ("psf_fwhm", "psf_beta", "psf_radius") if k in options]
-        if unused:  # a file PSF ignores them: say so rather than degrade with another PSF than asked
-            raise ConfigError(f"--{unused[0].replace('_', '-')}: not used with --psf {psf_file} (a PSF file is its own shape)")
-        options.update(psf_file=str(psf_file), psf_shape=options.get("psf_shape", "file"))
-    try:
-        config = replace(base, **options)
-    except ConfigError as exc:  # name the option, not the internal class
-        raise ConfigError(str(exc).removeprefix(f"{PrepareConfig.__name__}: ")) from None
-    console = Console(highlight=False, soft_wrap=True)
-    result = prepare_pairs(sources, out, config=config, overwrite=overwrite, progress=console.is_terminal)
+    # a PSF file may be named by the manifest's name for it, found in the data directory
+    options = dataclasses.replace(options, psf=resolve_psf(options.psf, loaded, data_dir))
+    with Bars({"images": "prepare"}) as bars:
+        result = prepare_pairs(sources, out, config=options, overwrite=overwrite, progress=bars)
     console.print(f"wrote {out}: {result['n_tiles']} tile pairs from {result['n_images']} images")
     table = Table()
     table.add_column("field")
@@ -225,7 +161,7 @@ def info(path):
 
     from rich.table import Table
 
-    from .pairs import summary
+    from .pairs import config_psf, summary
 
     s = summary(path)
     a = s["attrs"]
@@ -247,7 +183,8 @@ def info(path):
     console.print(images)
     c = s["config"]
     lo, hi = s["psf_fwhm_range"] or (float("nan"), float("nan"))
-    shape = f"file {c['psf_file']}" if c["psf_file"] else f"{c['psf_shape']} fwhm {c['psf_fwhm']} beta {c['psf_beta']}"
+    psf = config_psf(c)
+    shape = f"file {psf['path']}" if psf.get("path") else f"{psf['shape']} fwhm {psf['fwhm']} beta {psf['beta']}"
     console.print(f"degradation: psf {shape}; {s['psfs']['count']} kernel(s) "
                   f"{s['psfs']['size']}, tile FWHM {lo:.3g}-{hi:.3g} px; noise {c['noise']} x bg std, "
                   f"poisson gain {c['poisson_gain']}, randomise per {c['randomise']}, seed {c['seed']}")
@@ -261,20 +198,12 @@ def info(path):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Training config YAML (e.g. pipelines/train_resvae.yaml); default: OUT/config.yaml on --resume.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--model", type=click.Choice(["resvae", "vae"]), default=None, help="Model family.")
-@click.option("--max-steps", type=int, default=None, help="Optimiser steps (the LR schedule spans them).")
 @click.option("--stop-at", type=int, default=None, help="Stop after this step and save last.pt (resume later).")
-@click.option("--batch", type=int, default=None, help="Tiles per step per process.")
-@click.option("--lr", type=float, default=None, help="Peak learning rate.")
-@click.option("--seed", type=int, default=None, help="Seed of every random choice.")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=int, default=None, help="CPU threads (0: torch's default).")
-@click.option("--workers", "num_workers", type=int, default=None, help="DataLoader worker processes.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any other config key, value parsed as YAML (e.g. model_options.width=16). Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train_command(pairs, config_path, out, sets, resume, stop_at, no_progress, **options):
+@click_options(TrainConfig)
+def train_command(pairs, config_path, out, sets, resume, stop_at, **given):
     """Train a model on a pairs file from `astrosr prepare` (torchrun-ready for several processes)."""
     import os
     from pathlib import Path
@@ -284,6 +213,7 @@ def train_command(pairs, config_path, out, sets, resume, stop_at, no_progress, *
     from .errors import ConfigError, InputError
     from .train import load_config, train
 
+    options = from_cli(TrainConfig, given, build=False)
     run = Path(out)
     if config_path is None and resume and (run / "config.yaml").is_file():
         config_path = run / "config.yaml"
@@ -293,8 +223,6 @@ def train_command(pairs, config_path, out, sets, resume, stop_at, no_progress, *
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         overrides[key.strip()] = yaml.safe_load(value)
-    if no_progress:
-        overrides["progress"] = False
     config = load_config(config_path, overrides)
     # train() checks these too, naming the option; here the flags to use
     if resume and not (run / "last.pt").is_file():
@@ -382,7 +310,7 @@ def deblur(inputs, out_dir, **given):
         table.add_column(name, justify="right" if name in ("s", "Mpix") else "left")
     styles = {"done": "green", "skipped": "yellow", "failed": "red"}
     for r in results:
-        detail = Path(r.output).name if r.status == "done" else r.reason
+        detail = Path(r.output).name if r.status == "done" else flag_message(r.reason, flag_names(DeblurOptions))
         table.add_row(Path(r.input).name, f"[{styles[r.status]}]{r.status}[/]", escape(detail), f"{r.seconds:.1f}",
                       f"{r.megapixels:.2f}")
     console.print(table)

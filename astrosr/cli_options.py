@@ -115,7 +115,8 @@ def click_options(cls: type, *, only: tuple[str, ...] | None = None, exclude: tu
             else:
                 ctype = click.STRING
             decorators.append(click.option(_flag(field), field.name, type=ctype, default=None,
-                                           help=help_text + _default_text(field)))
+                                           help=help_text if help_text.rstrip(".").endswith("]")
+                                           else help_text + _default_text(field)))
 
     def apply(func):
         for decorator in reversed(decorators):
@@ -125,11 +126,13 @@ def click_options(cls: type, *, only: tuple[str, ...] | None = None, exclude: tu
     return apply
 
 
-def from_cli(cls: type, given: dict[str, Any], **extra: Any) -> Any:
+def from_cli(cls: type, given: dict[str, Any], *, build: bool = True, **extra: Any) -> Any:
     """``cls`` from the values of :func:`click_options`' flags (None: not given) plus ``extra`` keys.
 
     The keys go through :func:`astrosr.config.from_dict`, as a pipeline
-    YAML section does: a bad value is the same error either way.
+    YAML section does: a bad value is the same error either way. With
+    ``build=False`` the checked-for-type keys are returned as a dict, to be
+    merged with a YAML file's first.
     """
     hints = typing.get_type_hints(cls)
     data: dict[str, Any] = {}
@@ -146,8 +149,8 @@ def from_cli(cls: type, given: dict[str, Any], **extra: Any) -> Any:
         kind = _plain(hints[name])
         if kind is list:
             value = list(value)
-        elif kind is not str and isinstance(value, str) and re.fullmatch(r"-?\d+", value):
-            value = int(value)  # an HDU index typed as a number
+        elif int in typing.get_args(hints[name]) and isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+            value = int(value)  # an HDU index typed as a number, not an EXTNAME
         data[name] = value
     for outer, keys in nested.items():
         for key in ("pixscale", "image_pixscale", "radius"):
@@ -158,7 +161,7 @@ def from_cli(cls: type, given: dict[str, Any], **extra: Any) -> Any:
                     pass
         data[outer] = keys
     data.update({k: v for k, v in extra.items() if v is not None})
-    return from_dict(cls, data)
+    return from_dict(cls, data) if build else data
 
 
 def flag_names(cls: type) -> dict[str, str]:

@@ -162,7 +162,21 @@ def from_dict(cls: type, data: dict | None, *, where: str = "", build: bool = Tr
     try:
         return cls(**values)
     except ConfigError as exc:
-        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
+        raise ConfigError(_located(str(exc), where, fields)) from None
+
+
+def _located(message: str, where: str, keys) -> str:
+    """A class's own error placed in its section: ``noise: ...`` in ``prepare`` is ``prepare.noise: ...``."""
+    if not where:
+        return message
+    last = where.rsplit(".", 1)[-1]
+    if message.startswith(f"{where}.") or message.startswith(f"{where}:") or message.startswith(f"{where} "):
+        return message
+    if message.startswith(f"{last}.") or message.startswith(f"{last}:"):
+        return where + message[len(last):]
+    if any(message.startswith(f"{key}:") or message.startswith(f"{key}.") for key in keys):
+        return f"{where}.{message}"
+    return f"{where}: {message}"
 
 
 def load_yaml(path: str | Path) -> dict:

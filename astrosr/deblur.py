@@ -1,5 +1,8 @@
 """Deblurring survey images: FITS in, FITS out.
 
+Kept together as one module: :class:`DeblurOptions`, the in-memory entry
+point and the one-file entry point share every option and check.
+
 :func:`deblur_image` restores one array (for notebooks); :func:`deblur_file`
 turns one FITS file into ``OUT/<stem>_deblur.fits`` (``_deblur.fits.fz``
 when compressed) with the input's header and WCS, provenance cards, a
@@ -188,10 +191,6 @@ def trained_for(info: dict[str, Any]) -> str:
     except (TypeError, AstrosrError):
         text = f"PSF {psf}"
     return f"{text}, scale {scale}"
-
-
-# tests/test_weights.py imports the old private name; drop once it imports trained_for
-_trained_for = trained_for
 
 
 def deblur_image(

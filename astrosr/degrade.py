@@ -5,7 +5,8 @@ and Gaussian noise at the sigma-clipped background std of ORI drawn with
 ``numpy.random.default_rng(0)`` over the full image in C order
 (:func:`bench_v1_degrade`). prepare's training images use the same
 :func:`degrade` with their own random stream, randomised PSFs and noise, and
-optionally a Poisson term. The PSF itself is :mod:`astrosr.psf`.
+optionally a Poisson term. The PSF itself is :mod:`astrosr.psf`. The rules
+are ``benchmarks/README.md``, sections Loading and Degradation.
 
 Examples
 --------
@@ -41,6 +42,23 @@ def convolve_extend(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     Equal to ``scipy.ndimage.convolve(nan_to_num(image), kernel, mode='nearest')``
     for an odd kernel, computed by FFT of the edge-padded image (faster for
     41x41 kernels).
+
+    Raises
+    ------
+    ConfigError
+        A side of ``kernel`` is even (it would have no centre pixel).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import ndimage
+    >>> from astrosr.psf import moffat_psf
+    >>> image = np.random.default_rng(0).normal(size=(32, 32))
+    >>> image[3, 3] = np.nan
+    >>> kernel = moffat_psf(4.0, size=9)
+    >>> expected = ndimage.convolve(np.nan_to_num(image), kernel, mode="nearest")
+    >>> bool(np.allclose(convolve_extend(image, kernel), expected))
+    True
     """
     ky, kx = kernel.shape
     if ky % 2 == 0 or kx % 2 == 0:
@@ -57,6 +75,14 @@ def background_stats(image: np.ndarray, *, sigma: float = 3.0, maxiters: int = 5
     is then a slice, its median an index and each bound a binary search,
     4x faster than astropy's masked passes (restore runs it per image) with
     the same values to the last bit or two.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pixels = np.random.default_rng(0).normal(10.0, 2.0, 10000)
+    >>> pixels[:10] = 1e6  # a few saturated pixels are clipped away
+    >>> [round(v, 2) for v in background_stats(pixels)]
+    [10.02, 9.98, 1.97]
     """
     data = np.sort(image[np.isfinite(image)], axis=None)
     if data.size == 0:
@@ -78,14 +104,33 @@ def background_stats(image: np.ndarray, *, sigma: float = 3.0, maxiters: int = 5
 
 
 def percentile_limits(image: np.ndarray, lo: float = 0.5, hi: float = 99.9) -> tuple[float, float]:
-    """``(lo, hi)`` percentiles of the finite pixels: bench-v1's normalisation limits."""
+    """``(lo, hi)`` percentiles of the finite pixels: bench-v1's normalisation limits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.arange(1001.0)
+    >>> image[0] = np.nan
+    >>> [round(v, 6) for v in percentile_limits(image)]
+    [5.995, 999.001]
+    """
     finite = image[np.isfinite(image)]
     low, high = np.percentile(finite, [lo, hi])
     return float(low), float(high)
 
 
 def block_average(image: np.ndarray, scale: int) -> np.ndarray:
-    """Average ``scale x scale`` blocks (the image is cropped to a multiple of ``scale``)."""
+    """Average ``scale x scale`` blocks (the image is cropped to a multiple of ``scale``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> block_average(np.arange(16.0).reshape(4, 4), 2)
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    >>> block_average(np.ones((5, 7)), 2).shape  # the odd last row and column are dropped
+    (2, 3)
+    """
     if scale == 1:
         return image
     h, w = (image.shape[0] // scale) * scale, (image.shape[1] // scale) * scale
@@ -128,6 +173,26 @@ def degrade(
         ``ori`` already carries the kernel's half-width of (edge-extended)
         context on each side, which the convolution consumes: one tile of a
         large image is degraded without padding the whole image again.
+
+    Returns
+    -------
+    ndarray
+        BLU, float64; ``scale`` times smaller on each side (and, with
+        ``margin``, less the margins).
+
+    Raises
+    ------
+    ConfigError
+        ``scale`` is not a positive integer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astrosr.psf import moffat_psf
+    >>> ori = np.zeros((32, 32))
+    >>> blu = degrade(ori, moffat_psf(4.0, size=9), noise_std=1.0, rng=np.random.default_rng(0), scale=2)
+    >>> blu.shape
+    (16, 16)
     """
     if int(scale) != scale or scale < 1:
         raise ConfigError(f"scale must be a positive integer, got {scale}")
@@ -147,6 +212,18 @@ def bench_v1_degrade(
     ``noise_std`` is given, drawn from a fresh ``default_rng(0)``: every image
     of a test field gets exactly this, in prepare, evaluate, training
     validation and the pipeline.
+
+    Examples
+    --------
+    The same image always gets the same noise:
+
+    >>> import numpy as np
+    >>> from astrosr.psf import moffat_psf
+    >>> ori = np.random.default_rng(1).normal(100.0, 5.0, (64, 64))
+    >>> first, std = bench_v1_degrade(ori, moffat_psf(4.0, size=9))
+    >>> again, _ = bench_v1_degrade(ori, moffat_psf(4.0, size=9))
+    >>> bool(np.array_equal(first, again)), round(std, 3)
+    (True, 4.925)
     """
     if noise_std is None:
         noise_std = noise * background_stats(ori)[2]

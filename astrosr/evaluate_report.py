@@ -3,7 +3,8 @@
 Kept apart from :mod:`astrosr.evaluate` (which computes) so the scoring path
 stays short; every file goes through :func:`astrosr.files.atomic_path`. The
 rows are bench-v1's (``benchmarks/README.md``, section Report rows and
-baselines).
+baselines). The writers are kept together in one module because report.md,
+metrics.csv and summary.json must print the same rows the same way.
 
 Examples
 --------

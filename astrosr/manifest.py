@@ -1,5 +1,9 @@
 """Data manifests: which files a benchmark uses, where they came from, and their checksums.
 
+Loading, resolving and fetching are kept together in one module: all three
+check the same entries against the same data directory, and a rule changed
+in one (a checksum, a simulated field's place) must change in all.
+
 A manifest is a small YAML file (``data_manifests/bench_v1.yaml``)::
 
     name: bench-v1
@@ -16,7 +20,17 @@ came from and the sha256 of the file as it sits in the data directory; a
 ``.bz2`` download is decompressed before it is verified. Simulated fields are deterministic in their seed:
 they are taken from the data directory when present, otherwise generated once
 into a cache directory (``ASTROSR_CACHE_DIR``, default ``~/.cache/astrosr``).
+bench-v1's fields are ``benchmarks/README.md``, section Fields.
+
+Examples
+--------
+>>> from astrosr.manifest import default_manifest, load_manifest
+>>> manifest = load_manifest(default_manifest())
+>>> manifest.name, manifest.fields
+('bench-v1', ['train', 'val', 'other_sky', 'simulated'])
 """
+
+from __future__ import annotations
 
 import bz2
 import contextlib
@@ -25,6 +39,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -85,8 +100,14 @@ class SimulateEntry:
     seed: int = 1000
     size: int = 512
 
-    def files(self):
-        """File names the simulation writes, in order."""
+    def files(self) -> list[str]:
+        """File names the simulation writes, in order.
+
+        Examples
+        --------
+        >>> SimulateEntry(field="simulated", n=2, seed=1000).files()
+        ['sim_s1000_000.fits', 'sim_s1000_001.fits']
+        """
         from .simulate import sim_name
 
         return [sim_name(self.seed, i) for i in range(self.n)]
@@ -104,7 +125,7 @@ class Manifest:
     description: str | None = None
 
     @property
-    def fields(self):
+    def fields(self) -> list[str]:
         """Field names in first-appearance order."""
         names = [e.field for e in self.images] + [s.field for s in self.simulate]
         return list(dict.fromkeys(names))
@@ -150,7 +171,7 @@ def _entries(raw, kind, path, section):
     return tuple(entries)
 
 
-def load_manifest(path):
+def load_manifest(path: str | Path) -> Manifest:
     """Load and validate a manifest YAML.
 
     Parameters
@@ -166,6 +187,16 @@ def load_manifest(path):
     ConfigError
         Missing file, bad YAML, an unknown or mistyped key (named), a
         malformed sha256, or a file listed twice.
+
+    Examples
+    --------
+    >>> manifest = load_manifest(default_manifest())
+    >>> [e.file for e in manifest.images if e.field == "val"]
+    ['M13_blue_0005.fits', 'reprojected_sdss_i.fits']
+    >>> load_manifest("no/such.yaml")
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: no/such.yaml: manifest not found
     """
     path = Path(path)
     if not path.is_file():
@@ -188,11 +219,16 @@ def load_manifest(path):
                     description=data.get("description"))
 
 
-def default_manifest():
+def default_manifest() -> Path:
     """``data_manifests/bench_v1.yaml`` of the current directory, else of the astrosr checkout.
 
     So evaluating the ``val`` field works from any directory of a source
     install; the returned path may not exist (then loading it names it).
+
+    Examples
+    --------
+    >>> default_manifest().name
+    'bench_v1.yaml'
     """
     local = Path("data_manifests") / "bench_v1.yaml"
     shipped = Path(__file__).resolve().parents[1] / local
@@ -207,13 +243,21 @@ def _data_dir_setting(data_dir):
     return Path(data_dir)
 
 
-def data_dir_from(data_dir=None):
+def data_dir_from(data_dir: str | Path | None = None) -> Path:
     """The data directory: ``data_dir`` if given, else ``$ASTROSR_DATA_DIR``.
 
     Raises
     ------
     ConfigError
         Neither is set, or the directory does not exist.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> here = tempfile.mkdtemp()
+    >>> data_dir_from(here) == Path(here)
+    True
     """
     data_dir = _data_dir_setting(data_dir)
     if not data_dir.is_dir():
@@ -221,8 +265,14 @@ def data_dir_from(data_dir=None):
     return data_dir
 
 
-def cache_dir():
-    """Where generated data (simulated fields) is kept: ``$ASTROSR_CACHE_DIR`` or ``~/.cache/astrosr``."""
+def cache_dir() -> Path:
+    """Where generated data (simulated fields) is kept: ``$ASTROSR_CACHE_DIR`` or ``~/.cache/astrosr``.
+
+    Examples
+    --------
+    >>> isinstance(cache_dir(), Path)
+    True
+    """
     return Path(os.environ.get("ASTROSR_CACHE_DIR") or Path.home() / ".cache" / "astrosr")
 
 
@@ -256,7 +306,13 @@ def _simulated(spec, data_dir):
     return paths
 
 
-def resolve(manifest, data_dir=None, fields=None, *, verify=True):
+def resolve(
+    manifest: Manifest | str | Path,
+    data_dir: str | Path | None = None,
+    fields: list[str] | None = None,
+    *,
+    verify: bool = True,
+) -> list[Source]:
     """The images of ``fields`` as :class:`Source` pairs, checked against the manifest.
 
     Parameters
@@ -279,6 +335,12 @@ def resolve(manifest, data_dir=None, fields=None, *, verify=True):
         An unknown field.
     DataError
         A missing file (named with its URL) or a checksum mismatch (both sums).
+
+    Examples
+    --------
+    >>> resolve(default_manifest(), "/data/bench_v1", ["val"])  # doctest: +SKIP
+    [Source(path=PosixPath('/data/bench_v1/M13_blue_0005.fits'), field='val'),
+     Source(path=PosixPath('/data/bench_v1/reprojected_sdss_i.fits'), field='val')]
     """
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
@@ -300,8 +362,21 @@ def resolve(manifest, data_dir=None, fields=None, *, verify=True):
     return sources
 
 
-def psf_path(manifest, name, data_dir=None, *, verify=True):
-    """Path of the manifest's PSF file ``name`` in the data directory (checked like images)."""
+def psf_path(manifest: Manifest, name: str, data_dir: str | Path | None = None, *, verify: bool = True) -> Path:
+    """Path of the manifest's PSF file ``name`` in the data directory (checked like images).
+
+    Raises
+    ------
+    ConfigError
+        The manifest has no PSF of that name.
+    DataError
+        The file is missing or its sha256 does not match.
+
+    Examples
+    --------
+    >>> psf_path(load_manifest(default_manifest()), "irac_ch1_flight.fits", "/data/bench_v1")  # doctest: +SKIP
+    PosixPath('/data/bench_v1/irac_ch1_flight.fits')
+    """
     data_dir = data_dir_from(data_dir)
     for entry in manifest.psfs:
         if entry.file == name:
@@ -333,7 +408,13 @@ def _download(entry, target):
         tmp.unlink(missing_ok=True)
 
 
-def fetch(manifest, data_dir, *, fields=None, progress=None):
+def fetch(
+    manifest: Manifest | str | Path,
+    data_dir: str | Path | None,
+    *,
+    fields: list[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[tuple[Path, str]]:
     """Make ``data_dir`` complete: download missing files, verify all, write simulated fields.
 
     Parameters
@@ -355,6 +436,19 @@ def fetch(manifest, data_dir, *, fields=None, progress=None):
     ------
     DataError
         A download failed or a file's sha256 does not match (both sums named).
+
+    Examples
+    --------
+    A manifest of simulated fields only needs no network:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "sims.yaml").write_text("{name: sims, simulate: [{field: val, n: 1, seed: 500, size: 128}]}")
+    >>> [(path.name, what) for path, what in fetch(root / "sims.yaml", root / "data")]
+    [('sim_s500_000.fits', 'simulated')]
+    >>> [(source.path.name, source.field) for source in resolve(root / "sims.yaml", root / "data")]
+    [('sim_s500_000.fits', 'val')]
     """
     from .simulate import write_simulated
 

@@ -6,7 +6,9 @@ percentiles map every image to [0, 1] (clipped) for the pixel metrics on
 128x128 non-overlapping tiles, while the flux error and the spurious-source
 count work on linear, background-subtracted pixels. What depends on ORI alone
 (tiles, source lists, ORI's aperture fluxes) is computed once in a
-:class:`Reference` and reused for every method scored against it.
+:class:`Reference` and reused for every method scored against it. The
+scorer is kept together in one module so that every number of a bench-v1
+row can be checked against the protocol in one place.
 
 Examples
 --------

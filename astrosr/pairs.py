@@ -56,7 +56,7 @@ from .errors import ConfigError, InputError
 from .files import atomic_path
 
 __all__ = ["SCHEMA_VERSION", "DATASETS", "COMPRESSION", "TILE_DTYPE", "IMAGE_FIELDS", "image_dtype", "as_text",
-           "fields", "PairsWriter", "PairsMeta", "read_meta", "summary", "trained_psf", "ImageRecord",
+           "fields", "PairsWriter", "PairsMeta", "read_meta", "summary", "trained_psf", "config_psf", "ImageRecord",
            "field_images"]
 
 #: version of the layout described above; readers refuse any other
@@ -356,16 +356,32 @@ def trained_psf(meta: PairsMeta, psf_fwhm: np.ndarray) -> dict:
 
     Examples
     --------
-    >>> meta = PairsMeta(None, None, None, {"config": '{"psf_shape": "moffat,gaussian", "psf_beta": 3.0}'},
+    >>> meta = PairsMeta(None, None, None, {"config": '{"psf": {"shape": "moffat,gaussian", "beta": 3.0}}'},
     ...                  [{"shape": "moffat"}, {"shape": "gaussian"}])
     >>> trained_psf(meta, np.array([3.0, 4.0, 5.0]))
     {'shape': 'moffat,gaussian', 'fwhm': 4.0, 'beta': 3.0, 'fwhm_range': [3.0, 5.0]}
     """
     if len(meta.psf_params) == 1:
         return meta.psf_params[0]
-    config = json.loads(meta.attrs.get("config", "{}"))
-    return {"shape": str(config.get("psf_shape", "mixed")), "fwhm": float(np.median(psf_fwhm)),
-            "beta": config.get("psf_beta"), "fwhm_range": [float(psf_fwhm.min()), float(psf_fwhm.max())]}
+    psf = config_psf(json.loads(meta.attrs.get("config", "{}")))
+    return {"shape": str(psf.get("shape") or "mixed"), "fwhm": float(np.median(psf_fwhm)),
+            "beta": psf.get("beta"), "fwhm_range": [float(psf_fwhm.min()), float(psf_fwhm.max())]}
+
+
+def config_psf(config: dict) -> dict:
+    """The degradation PSF's keys in a file's prepare config (``psf``; files written before it had flat ``psf_*`` keys).
+
+    Examples
+    --------
+    >>> config_psf({"psf": {"shape": "gaussian", "fwhm": 3.0}})
+    {'shape': 'gaussian', 'fwhm': 3.0}
+    >>> config_psf({"psf_shape": "moffat", "psf_fwhm": "2.5:5.5", "psf_beta": 3.0, "psf_file": None})
+    {'shape': 'moffat', 'fwhm': '2.5:5.5', 'beta': 3.0, 'path': None}
+    """
+    if isinstance(config.get("psf"), dict):
+        return dict(config["psf"])
+    return {"shape": config.get("psf_shape"), "fwhm": config.get("psf_fwhm"), "beta": config.get("psf_beta"),
+            "path": config.get("psf_file")}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """``astrosr run PIPELINE.yaml``: simulate, data, prepare, train, evaluate and deblur in one run directory.
 
+Kept together as one module: the runner's stages, its resume records and
+the run summary are one piece of bookkeeping.
+
 The file format is :mod:`astrosr.pipeline_config`. Outputs go under the run
 directory: ``simulate/<set>/``, ``data.json``, ``prepare/pairs.h5``,
 ``train/<model>/``, ``evaluate/`` (``evaluate_fwhm<F>/`` for ``extra_fwhm``),

@@ -9,7 +9,7 @@ is not run::
       train: {n: 4, seed: 0, size: 256, field: train}
       test:  {n: 2, seed: 1000, size: 256}        # no field: not prepared
     data: {manifest: data_manifests/bench_v1.yaml, prepare_fields: [train, val]}
-    prepare: {psf_fwhm: "2.5:5.5"}  # PrepareConfig keys (as ``astrosr prepare --config``)
+    prepare: {psf: {fwhm: "2.5:5.5"}}   # PrepareOptions keys (as ``astrosr prepare --config``)
     train:                          # model name -> train config (inline, a YAML path,
       resvae: {model: resvae, max_steps: 300}    #  or {config: PATH, ...overrides})
     evaluate: {models: [resvae], images: [test], psf: {fwhm: 4}}   # EvaluateOptions keys
@@ -213,7 +213,7 @@ def find_path(value, base, key):
 
 
 def _train_config(name, value, base):
-    from .train import load_config
+    from .train_config import load_config
 
     key = f"train.{name}"
     if isinstance(value, str):
@@ -223,7 +223,7 @@ def _train_config(name, value, base):
             raise ConfigError(f"{key}.config: expected a path, got {value['config']!r}")
         rest = {k: v for k, v in value.items() if k != "config"}
         return load_config(find_path(value["config"], base, f"{key}.config"), rest)
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     return from_dict(TrainConfig, value, where=key)
 

@@ -8,7 +8,7 @@ ORI skipped), normalised with ORI's 0.5/99.9 percentiles *without* the clip,
 and appended to the file through :class:`astrosr.pairs.PairsWriter` (the
 file's layout is documented in :mod:`astrosr.pairs`).
 
-Noise and randomisation (CONTRACTS.md 2): images of a test field (anything
+Noise and randomisation: images of a test field (anything
 but ``train``) get exactly bench-v1's recipe with the config's fixed PSF and
 noise factor and a fresh ``default_rng(0)``; a parameter given as a range
 (``'2.5:5.5'``) takes bench-v1's value there (Moffat, FWHM 4, beta 3, noise
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import to_dict
-from .degrade import background_stats, block_average, degrade, percentile_limits
-from .psf import PSF
+from .config import check_options, option, to_dict
+from .degrade import background_stats, degrade, percentile_limits
+from .psf import BENCH_V1_PSF, PSF, parse_range
 from .errors import ConfigError, InputError
 from .files import check_not_input, sha256_file
 from .fits_io import read_image
@@ -40,53 +40,27 @@ from .pairs import COMPRESSION, PairsWriter
 from .progress import report
 from .tiling import extract_tiles, grid_origins, nan_free
 
-__all__ = ["PrepareConfig", "prepare_pairs", "parse_range", "TRAIN_FIELD"]
+__all__ = ["PrepareOptions", "PrepareConfig", "prepare_pairs", "TRAIN_FIELD"]
 
 TRAIN_FIELD = "train"
-_BENCH = {"psf_fwhm": 4.0, "psf_beta": 3.0, "noise": 1.0}
-_COMPRESSION = COMPRESSION  # the pairs file's filters, by PrepareConfig.compression
-
-
-def parse_range(value, key):
-    """``4`` -> ``(4.0, 4.0)``; ``'2.5:5.5'`` -> ``(2.5, 5.5)``; anything else is a ConfigError naming ``key``."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        lo = hi = float(value)
-    else:
-        parts = str(value).split(":")
-        try:
-            lo, hi = (float(parts[0]), float(parts[-1])) if len(parts) in (1, 2) else (None, None)
-        except ValueError:
-            lo = hi = None
-        if lo is None:
-            raise ConfigError(f"{key}: expected a number or a range 'lo:hi', got {value!r}")
-    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
-        raise ConfigError(f"{key}: expected 0 < lo <= hi, got {value!r}")
-    return lo, hi
+#: the noise multiple a test field takes where a training range was given (bench-v1's)
+BENCH_NOISE = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
-class PrepareConfig:
-    """Everything that decides a pairs file (recorded in its ``config`` attribute).
+class PrepareOptions:
+    """Everything that decides a pairs file: the library argument, the pipeline's ``prepare:`` keys and the CLI flags.
+
+    Recorded in the pairs file's ``config`` attribute.
 
     Parameters
     ----------
-    psf_shape : str
-        ``moffat``, ``gaussian``, ``airy`` or ``file``; a comma list
-        (``'moffat,gaussian'``) draws one per image/tile for train images.
-    psf_fwhm, psf_beta : float or str
-        Moffat/Gaussian FWHM (px) and Moffat beta, or ranges ``'lo:hi'``.
-    psf_radius : float or str or None
-        Airy first-zero radius (px), or a range.
-    psf_file : str or None
-        FITS PSF kernel (``psf_shape='file'`` is implied).
-    psf_pixscale : float or None
-        The PSF file's pixel scale (arcsec/px): resample it to each image's scale.
-    image_pixscale : float or None
-        Image pixel scale (arcsec/px) when the header has no celestial WCS.
-    psf_size : int
-        Side of analytic kernels (odd).
+    psf : PSF
+        The degradation PSF. For train images it may be a distribution: a
+        comma list of shapes (``'moffat,gaussian'``) and ranges ``'lo:hi'``
+        of FWHM, beta or radius, drawn per image or tile; test fields take
+        :meth:`PSF.nominal` (bench-v1's Moffat FWHM 4, beta 3 where a range
+        was given).
     randomise : {'image', 'tile'}
         Draw ranged parameters once per train image or once per tile.
     noise : float or str
@@ -102,97 +76,64 @@ class PrepareConfig:
     tile, stride : int
         Tile side and grid step (default: ``tile``, non-overlapping).
     hdu : int or str or None
+        HDU index or EXTNAME of every image (default: the first 2-D image).
     plane : int or None
+        Plane of a 3-D cube.
     compression : {'lzf', 'gzip', 'none'}
+        HDF5 compression of the tiles.
+
+    Examples
+    --------
+    >>> from astrosr.prepare import PrepareOptions
+    >>> from astrosr.psf import PSF
+    >>> PrepareOptions(psf=PSF(shape="moffat,gaussian", fwhm="2.5:5.5"), randomise="tile").randomised
+    True
     """
 
-    psf_shape: str = "moffat"
-    psf_fwhm: float | str = 4.0
-    psf_beta: float | str = 3.0
-    psf_radius: float | str | None = None
-    psf_file: str | None = None
-    psf_pixscale: float | None = None
-    image_pixscale: float | None = None
-    psf_size: int = 41
-    randomise: str = "image"
-    noise: float | str = 1.0
-    poisson_gain: float | None = None
-    scale: int = 1
-    seed: int = 0
-    tile: int = 128
-    stride: int | None = None
-    hdu: int | str | None = None
-    plane: int | None = None
-    compression: str = "lzf"
+    psf: PSF = option(BENCH_V1_PSF, help="The degradation PSF (ranges and shape lists draw per image/tile).")
+    randomise: str = option("image", choices=("image", "tile"), help="Draw ranges per image or per tile [image].")
+    noise: float | str = option(1.0, help="Noise std / ORI's background std, or a range lo:hi [1].")
+    poisson_gain: float | None = option(None, help="Add Poisson noise at this gain (e-/ADU) to train images.")
+    scale: int = option(1, minimum=1, help="Block-average BLU by S (S-times super-resolution) [1].")
+    seed: int = option(0, minimum=0, help="Seed of the train images' noise and PSF draws "
+                                          "(image i: SeedSequence(seed, spawn_key=(i,))) [0].")
+    tile: int = option(128, minimum=8, help="Tile side [128].")
+    stride: int | None = option(None, minimum=1, help="Grid step [tile].")
+    hdu: int | str | None = option(None, help="HDU index or EXTNAME [first 2-D image].")
+    plane: int | None = option(None, minimum=0, help="Plane of a 3-D cube.")
+    compression: str = option("lzf", choices=tuple(COMPRESSION), help="HDF5 compression [lzf].")
 
     def __post_init__(self):
-        if self.psf_file and self.psf_shape == "moffat":
-            object.__setattr__(self, "psf_shape", "file")
-        for shape in self.shapes:
-            if shape not in ("moffat", "gaussian", "airy", "file"):
-                raise ConfigError(f"psf_shape: expected moffat, gaussian, airy or file, got {shape!r}")
-        if "file" in self.shapes and (len(self.shapes) > 1 or not self.psf_file):
-            raise ConfigError("psf_shape: 'file' needs psf_file and cannot be mixed with other shapes")
-        if self.psf_file and self.shapes != ["file"]:
-            raise ConfigError(f"psf_file: given with psf_shape {self.psf_shape!r}; a PSF file is its own shape")
-        if "airy" in self.shapes and self.psf_radius is None:
-            raise ConfigError("psf_radius: required for the airy shape")
-        for key in ("psf_fwhm", "psf_beta", "psf_radius", "noise"):
-            parse_range(getattr(self, key), key)
-        if parse_range(self.psf_beta, "psf_beta")[0] <= 1:
-            raise ConfigError(f"psf_beta: must be > 1, got {self.psf_beta!r}")
-        if self.randomise not in ("image", "tile"):
-            raise ConfigError(f"randomise: expected 'image' or 'tile', got {self.randomise!r}")
-        if self.compression not in _COMPRESSION:
-            raise ConfigError(f"compression: expected lzf, gzip or none, got {self.compression!r}")
+        check_options(self)
+        if isinstance(self.noise, str):  # '1.5' from a command line is the number 1.5
+            try:
+                object.__setattr__(self, "noise", float(self.noise))
+            except ValueError:
+                pass
+        parse_range(self.noise, "noise")
         stride = self.stride or self.tile
-        if self.scale < 1 or self.tile < 8 or stride < 1 or self.tile % self.scale or stride % self.scale:
+        if self.tile % self.scale or stride % self.scale:
             raise ConfigError(f"scale: tile ({self.tile}) and stride ({stride}) must be multiples of scale "
                               f"({self.scale}) >= 1, tile >= 8")
-        if self.psf_size < 3 or self.psf_size % 2 == 0:
-            raise ConfigError(f"psf_size: must be an odd integer >= 3, got {self.psf_size}")
         if self.poisson_gain is not None and not self.poisson_gain > 0:
             raise ConfigError(f"poisson_gain: must be > 0, got {self.poisson_gain}")
-        if self.seed < 0:
-            raise ConfigError(f"seed: must be >= 0, got {self.seed}")
+
+    def noise_factor(self, rng: np.random.Generator | None) -> float:
+        """The noise multiple of one train image or tile (``rng``), or of a test field (None: bench-v1's 1 for a range)."""
+        lo, hi = parse_range(self.noise, "noise")
+        if lo == hi:
+            return lo
+        return float(rng.uniform(lo, hi)) if rng is not None else BENCH_NOISE
 
     @property
-    def shapes(self):
-        return [s.strip() for s in str(self.psf_shape).split(",")]
+    def randomised(self) -> bool:
+        """True when train images draw their PSF or noise (a distribution, not one value)."""
+        lo, hi = parse_range(self.noise, "noise")
+        return self.psf.ranged or lo != hi
 
-    def _ranged(self, key):
-        value = parse_range(getattr(self, key), key)
-        return value is not None and value[0] != value[1]
 
-    def nominal(self):
-        """``(psf_params, noise_factor)`` for test fields: fixed values kept, ranges -> bench-v1's."""
-        def pick(key):
-            lo, hi = parse_range(getattr(self, key), key)
-            return _BENCH.get(key, 0.5 * (lo + hi)) if lo != hi else lo
-
-        shape = self.shapes[0] if len(self.shapes) == 1 else ("moffat" if "moffat" in self.shapes else self.shapes[0])
-        params = {"shape": shape, "fwhm": pick("psf_fwhm"), "beta": pick("psf_beta")}
-        if self.psf_radius is not None:
-            params["radius"] = pick("psf_radius")
-        return params, pick("noise")
-
-    def draw(self, rng):
-        """``(psf_params, noise_factor)`` for a train image or tile; only ranged values consume ``rng``."""
-        def pick(key):
-            if getattr(self, key) is None:
-                return None
-            lo, hi = parse_range(getattr(self, key), key)
-            return float(rng.uniform(lo, hi)) if lo != hi else lo
-
-        shape = self.shapes[int(rng.integers(len(self.shapes)))] if len(self.shapes) > 1 else self.shapes[0]
-        params = {"shape": shape, "fwhm": pick("psf_fwhm"), "beta": pick("psf_beta")}
-        if self.psf_radius is not None:
-            params["radius"] = pick("psf_radius")
-        return params, pick("noise")
-
-    @property
-    def randomised(self):
-        return len(self.shapes) > 1 or any(self._ranged(k) for k in ("psf_fwhm", "psf_beta", "psf_radius", "noise"))
+#: the name pipelines and older code know
+PrepareConfig = PrepareOptions
 
 
 class _Psfs:
@@ -203,14 +144,10 @@ class _Psfs:
         self.index = {}
         self.kernels, self.params, self.fwhm = [], [], []
 
-    def get(self, params, image_pixscale=None):
-        """``(index, kernel, fwhm)`` for PSF parameters (built once, then reused)."""
-        c = self.config
-        if params["shape"] == "file":
-            psf = PSF(shape="file", path=str(c.psf_file), pixscale=c.psf_pixscale, image_pixscale=image_pixscale)
-        else:
-            psf = PSF(shape=params["shape"], fwhm=params["fwhm"], beta=params["beta"],
-                      radius=params.get("radius"), size=c.psf_size)
+    def get(self, psf, image_pixscale=None):
+        """``(index, kernel, fwhm)`` of one drawn PSF (built once, then reused); a file PSF at the image's scale."""
+        if psf.shape == "file":
+            psf = dataclasses.replace(psf, image_pixscale=image_pixscale)
         key = json.dumps(psf.to_dict(), sort_keys=True)
         if key not in self.index:
             kernel = psf.kernel()
@@ -233,10 +170,10 @@ class _Psfs:
 
 
 def _image_pixscale(image, config):
-    if config.psf_pixscale is None:
+    if config.psf.pixscale is None:
         return None
-    if config.image_pixscale is not None:
-        return config.image_pixscale
+    if config.psf.image_pixscale is not None:
+        return config.psf.image_pixscale
     from astropy.wcs import WCS, FITSFixedWarning
     from astropy.wcs.utils import proj_plane_pixel_scales
 
@@ -248,7 +185,7 @@ def _image_pixscale(image, config):
             return float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
     except Exception:  # a broken WCS is the same as none for this purpose
         pass
-    raise InputError(f"{image.path}: no celestial WCS to resample the PSF to; give --image-pixscale")
+    raise InputError(f"{image.path}: no celestial WCS to resample the PSF to; give psf.image_pixscale")
 
 
 def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson):
@@ -259,8 +196,8 @@ def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson):
     """
     bg_median, bg_std = bg
     tile, s = config.tile, config.scale
-    drawn = [config.draw(rng) for _ in origins]
-    built = [psfs.get(params, pixscale) for params, _ in drawn]
+    drawn = [(config.psf.draw(rng), config.noise_factor(rng)) for _ in origins]
+    built = [psfs.get(psf, pixscale) for psf, _ in drawn]
     r = max(k.shape[0] for _, k, _ in built) // 2
     padded = np.pad(np.nan_to_num(ori, nan=0.0), r, mode="edge")
     blu = np.empty((len(origins), tile // s, tile // s))
@@ -280,7 +217,7 @@ def _one_image(i, path, field, sha256, config, psfs):
     sim_seed = image.header.get("SIMSEED")
     if field == TRAIN_FIELD and isinstance(sim_seed, int) and sim_seed >= 1000:
         raise InputError(f"{path}: simulated with seed {sim_seed}; seeds >= 1000 are the simulated test field "
-                         "and never go into training (CONTRACTS.md 5)")
+                         "and never go into training")
     ori = image.data
     lo, hi = percentile_limits(ori)
     if not hi > lo:
@@ -289,7 +226,7 @@ def _one_image(i, path, field, sha256, config, psfs):
     origins = nan_free(ori, grid_origins(ori.shape, config.tile, config.stride), config.tile)
     if not origins:
         raise InputError(f"{path}: no {config.tile}x{config.tile} tile without NaN pixels")
-    pixscale = _image_pixscale(image, config) if "file" in config.shapes else None
+    pixscale = _image_pixscale(image, config) if config.psf.shape == "file" else None
     train = field == TRAIN_FIELD
     rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(i,)) if train else 0)
     poisson = config.poisson_gain if train else None
@@ -298,8 +235,8 @@ def _one_image(i, path, field, sha256, config, psfs):
         blu_tiles, rows = _tile_degrade(ori, origins, config, psfs, rng, (bg_median, bg_std), pixscale, poisson)
         blu_stats_from = blu_tiles
     else:
-        params, factor = config.draw(rng) if train else config.nominal()
-        index, kernel, fwhm = psfs.get(params, pixscale)
+        psf, factor = (config.psf.draw(rng), config.noise_factor(rng)) if train else (config.psf.nominal(), config.noise_factor(None))
+        index, kernel, fwhm = psfs.get(psf, pixscale)
         blu = degrade(ori, kernel, noise_std=factor * bg_std, rng=rng, poisson_gain=poisson,
                       background=bg_median, scale=s)
         blu_tiles = extract_tiles(blu, [(y // s, x // s) for y, x in origins], t // s)
@@ -368,7 +305,7 @@ def prepare_pairs(sources, out, *, config=None, overwrite=False, progress=None):
         path means field ``train``.
     out : str or Path
         Output HDF5 file, written atomically.
-    config : PrepareConfig, optional
+    config : PrepareOptions, optional
         Default: bench-v1's degradation.
     overwrite : bool
         Replace an existing ``out``.
@@ -386,10 +323,10 @@ def prepare_pairs(sources, out, *, config=None, overwrite=False, progress=None):
     InputError
         A bad input image (named), or ``out`` exists without ``overwrite``.
     """
-    config = config or PrepareConfig()
+    config = config or PrepareOptions()
     progress = progress if callable(progress) else None
     sources = _normalise_sources(sources)
-    check_not_input(out, [path for path, _, _ in sources] + ([config.psf_file] if config.psf_file else []))
+    check_not_input(out, [path for path, _, _ in sources] + ([config.psf.path] if config.psf.path else []))
     psfs = _Psfs(config)
     counts = {}
     with _sigterm_as_interrupt(), PairsWriter(out, tile=config.tile, scale=config.scale, compression=config.compression,

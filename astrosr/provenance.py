@@ -1,4 +1,19 @@
-"""What every output records about the software and machine that made it."""
+"""What every output records about the software and machine that made it.
+
+bench-v1 rows state the hardware and thread count beside every time
+(``benchmarks/README.md``, section Report rows and baselines), and the
+library versions that decide the figures.
+
+Examples
+--------
+>>> from astrosr.provenance import hardware, versions
+>>> sorted(versions())[:3]
+['astropy', 'astrosr', 'numpy']
+>>> hardware("cpu")["device"]
+'cpu'
+"""
+
+from __future__ import annotations
 
 import os
 import platform
@@ -7,8 +22,14 @@ from pathlib import Path
 __all__ = ["cpu_name", "versions", "hardware"]
 
 
-def cpu_name():
-    """The CPU model as the OS names it (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+def cpu_name() -> str:
+    """The CPU model as the OS names it (``/proc/cpuinfo``), else what :mod:`platform` knows.
+
+    Examples
+    --------
+    >>> isinstance(cpu_name(), str)
+    True
+    """
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -18,8 +39,14 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def versions():
-    """Versions of astrosr and the libraries whose behaviour decides its numbers."""
+def versions() -> dict[str, str]:
+    """Versions of astrosr and the libraries whose behaviour decides its numbers.
+
+    Examples
+    --------
+    >>> sorted(versions())
+    ['astropy', 'astrosr', 'numpy', 'photutils', 'python', 'scipy', 'skimage', 'torch']
+    """
     import astropy
     import numpy
     import photutils
@@ -41,8 +68,24 @@ def versions():
     }
 
 
-def hardware(device=None):
-    """CPU, core count, GPU (if any), the torch device used and torch's thread count."""
+def hardware(device: object = None) -> dict[str, object]:
+    """CPU, core count, GPU (if any), the torch device used and torch's thread count.
+
+    Parameters
+    ----------
+    device : str or torch.device, optional
+        The device the run used (recorded as a string).
+
+    Returns
+    -------
+    dict
+        ``cpu``, ``cpu_count``, ``gpu`` (None without CUDA), ``device``, ``threads``.
+
+    Examples
+    --------
+    >>> sorted(hardware("cpu"))
+    ['cpu', 'cpu_count', 'device', 'gpu', 'threads']
+    """
     import torch
 
     return {

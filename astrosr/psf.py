@@ -1,5 +1,8 @@
 """The PSF: one specification, its kernels, and measurements on a kernel.
 
+Kept together as one module: every PSF astrosr handles is stated, built and
+measured here.
+
 :class:`PSF` is the one way a PSF is stated anywhere in astrosr: the library
 argument, the ``psf:`` section of a pipeline YAML and the ``--psf*`` flags of
 the CLI all build one. A PSF is analytic (Moffat, Gaussian, Airy) or a FITS

@@ -8,7 +8,9 @@ scored by :mod:`astrosr.metrics` against ORI. ORI's work (tiles, source
 lists) is done once per image and shared by every method.
 :func:`astrosr.evaluate.evaluate` runs this over a field and
 :mod:`astrosr.evaluate_report` writes the files. The protocol is bench-v1's
-(``benchmarks/README.md``, section bench-v1).
+(``benchmarks/README.md``, section bench-v1). Degrading, restoring, timing
+and scoring one image are kept together in one module: every method must
+see the same BLU and be timed the same way.
 
 Examples
 --------

@@ -17,180 +17,30 @@ Multi-process: ``torchrun --no-python --nproc_per_node N astrosr train ...``
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from . import __version__
 from .checkpoint import save_checkpoint
-from .config import from_dict, load_yaml, to_dict
+from .config import to_dict
 from .dataset import PairsDataset, TileSampler
 from .errors import ConfigError
 from .files import make_dir
 from .losses import batch_loss, make_optimizer
-from .models import MODELS, build_model
-from .operators import blur
+from .models import build_model
 from .pairs import trained_psf
 from .progress import ProgressCallback, report
 from .provenance import hardware, versions
 from .train_log import MetricsLog, write_config, write_json
 from .train_runtime import (init_processes, out_of_time, resume_point, rng_state, seed_everything, select_device,
                             set_rng_state, step_seed)
+from .train_config import RUNTIME_KEYS, TrainConfig, load_config
 from .validation import describe, is_better, load_val_images, validate
 
 __all__ = ["TrainConfig", "load_config", "train", "RUNTIME_KEYS"]
 
 logger = logging.getLogger(__name__)
-_losses = batch_loss  # old name, still imported by tests/test_models.py and benchmarks/train_speed.py
-
-# Options that only say how to run, not what is trained: they may change when a run is resumed.
-RUNTIME_KEYS = ("max_steps", "device", "threads", "num_workers", "val_every", "log_every", "in_memory",
-                "max_minutes", "val_images", "progress")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run (saved in ``config.yaml`` and in every checkpoint).
-
-    Parameters
-    ----------
-    model : str
-        ``'resvae'`` or ``'vae'``.
-    model_options : dict
-        Keyword options of the model class (``width``, ``asinh_scale``...);
-        ``scale`` is taken from the pairs file.
-    loss : {'l1', 'mse'}
-        Reconstruction loss in the model's intensity space, mean over pixels.
-    ssim_weight, consistency_weight : float
-        Weights of the optional SSIM and data-consistency terms.
-    beta : float
-        KL weight; ``kl_warmup`` steps of linear ramp from 0.
-    batch : int
-        Tiles per step per process.
-    crop : int
-        Random square crop of the tiles (ORI pixels; 0 = whole tiles).
-    max_steps : int
-        Optimiser steps; the cosine schedule spans them.
-    lr, warmup, min_lr_ratio, weight_decay, grad_clip : float/int
-        AdamW and schedule.
-    seed : int
-    augment : bool
-        Random flips / rot90 (the 8 symmetries).
-    train_field, val_field : str
-        Fields of the pairs file to train and validate on (``val_field: ''``:
-        no validation, best.pt is the latest).
-    val_every, log_every : int
-        Validation / logging period in steps.
-    val_images : bool
-        Also validate on the whole val images (evaluate's path) when readable.
-    flux_threshold : float
-        Checkpoint selection: lowest val MSE among validations with val flux
-        error <= this (RL n=20's on bench-v1 val, 0.054), else lowest flux error.
-    device : {'auto', 'cpu', 'cuda'} or 'cuda:N'
-    threads : int
-        CPU threads (0: torch's default, divided among local processes).
-    num_workers : int
-        DataLoader workers.
-    in_memory : bool
-        Read the training tiles into memory once.
-    max_minutes : float
-        Stop (and save) after this much wall time (0: no limit).
-    progress : bool
-        Whether ``astrosr train`` shows a progress bar (:func:`train` itself
-        never draws one: it reports to its ``progress`` callback).
-    """
-
-    model: str = "resvae"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    loss: str = "l1"
-    ssim_weight: float = 0.0
-    consistency_weight: float = 0.0
-    beta: float = 0.01
-    kl_warmup: int = 200
-    batch: int = 16
-    crop: int = 0
-    max_steps: int = 2000
-    lr: float = 2e-3
-    warmup: int = 100
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    seed: int = 0
-    augment: bool = True
-    train_field: str = "train"
-    val_field: str = "val"
-    val_every: int = 250
-    log_every: int = 10
-    val_images: bool = True
-    flux_threshold: float = 0.054
-    device: str = "auto"
-    threads: int = 0
-    num_workers: int = 0
-    in_memory: bool = True
-    max_minutes: float = 0.0
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.model not in MODELS:
-            raise ConfigError(f"model: expected one of {', '.join(MODELS)}, got {self.model!r}")
-        if self.loss not in ("l1", "mse"):
-            raise ConfigError(f"loss: expected 'l1' or 'mse', got {self.loss!r}")
-        for key in ("batch", "max_steps", "val_every", "log_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup", "kl_warmup", "crop", "threads", "num_workers", "seed", "ssim_weight",
-                    "consistency_weight", "beta", "weight_decay", "grad_clip", "max_minutes"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if "scale" in self.model_options:
-            raise ConfigError("model_options.scale: set by the pairs file (its prepare scale), not here")
-
-
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A :class:`TrainConfig` from a YAML file (flat, or under a ``train:`` key) plus overrides.
-
-    ``overrides`` maps keys (dotted for model options: ``model_options.width``)
-    to values (None: not given); unknown keys and wrong types are
-    ConfigErrors naming the key and where it came from.
-
-    Examples
-    --------
-    >>> load_config(None, {"model": "vae", "model_options.latent": 16, "seed": None}).model_options
-    {'latent': 16}
-    >>> load_config(None, {"bach": 3})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    astrosr.errors.ConfigError: command line: bach: unknown key (known: augment, batch, ...)
-    """
-    data = load_yaml(path) if path else {}
-    if set(data) == {"train"}:
-        data = data["train"] or {}
-    data = dict(data)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key.startswith("model_options."):
-            options = dict(data.get("model_options") or {})
-            options[key.split(".", 1)[1]] = value
-            data["model_options"] = options
-        else:
-            data[key] = value
-    try:
-        return from_dict(TrainConfig, data)
-    except ConfigError as exc:
-        # name where the bad key came from: the YAML file, or an option / --set on the command line
-        message = str(exc).removeprefix(f"{TrainConfig.__name__}: ")
-        key = message.replace(":", " ").split(" ", 1)[0]
-        given = {k for k, v in (overrides or {}).items() if v is not None}
-        source = "command line" if key in given else (str(path) if path else "train config")
-        raise ConfigError(f"{source}: {message}") from None
-
 
 # --- the steps of train(), in the order it takes them --------------------------
 

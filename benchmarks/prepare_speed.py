@@ -98,10 +98,10 @@ def main(argv=None):
 
     from astrosr import __version__
     from astrosr.manifest import resolve
-    from astrosr.prepare import PrepareConfig, prepare_pairs
+    from astrosr.prepare import PrepareOptions, prepare_pairs
 
     sources = resolve(REPO / "data_manifests" / "bench_v1.yaml", args.data_dir, ["train", "val"])
-    config = PrepareConfig(compression=args.compression)
+    config = PrepareOptions(compression=args.compression)
     times = {"astrosr prepare": [], "baseline": []}
     sizes = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py [--steps 20] [--threads 2] [--out benchmarks/results/train_speed.md]
 
-Each training step (median over ``--steps`` timed steps after 3 warm-up steps) is exactly the loop's work (astrosr.train._losses: forward,
+Each training step (median over ``--steps`` timed steps after 3 warm-up steps) is exactly the loop's work (astrosr.losses.batch_loss: forward,
 loss, backward, gradient clipping, AdamW step) on batches of 128x128 tiles of
 the configs in pipelines/train_{vae,resvae}.yaml. Tiles are cut from a real
 bench-v1 image (synth.fits, BLU-normalised); throughput does not depend on
@@ -24,7 +24,8 @@ from astrosr.degrade import convolve_extend
 from astrosr.psf import BENCH_V1_PSF
 from astrosr.fits_io import read_image
 from astrosr.models import build_model
-from astrosr.train import _losses, load_config
+from astrosr.losses import batch_loss as _losses
+from astrosr.train_config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -53,15 +53,16 @@ def test_prepare_from_manifest_fields(tmp_path, data_dir):
 def test_prepare_options_reach_the_config(tmp_path, data_dir):
     out = tmp_path / "o.h5"
     config = tmp_path / "prep.yaml"
-    config.write_text(yaml.safe_dump({"prepare": {"seed": 11, "psf_beta": 2.5}, "train": {"steps": 1}}))
+    # the YAML's psf keys and the --psf-* flags merge into one PSF specification
+    config.write_text(yaml.safe_dump({"prepare": {"seed": 11, "psf": {"beta": 2.5}}, "train": {"steps": 1}}))
     result = run("prepare", data_dir / "M51.fits", "-o", out, "--config", config, "--scale", "2", "--psf-shape",
-                 "gaussian", "--field", "val", "--compression", "gzip", "--hdu", "0", "--tile", "64", "--stride", "32")
+                 "moffat,gaussian", "--field", "val", "--compression", "gzip", "--hdu", "0", "--tile", "64", "--stride", "32")
     assert result.exit_code == 0, result.output
     with h5py.File(out) as h5:
         assert h5["blu"].shape[1:] == (32, 32) and h5["ori"].shape == (225, 64, 64)
         assert h5["ori"].compression == "gzip" and set(h5["tiles"]["field"]) == {b"val"}
         c = json.loads(h5.attrs["config"])
-        assert (c["seed"], c["psf_beta"], c["psf_shape"], c["scale"], c["hdu"]) == (11, 2.5, "gaussian", 2, 0)
+        assert (c["seed"], c["psf"]["beta"], c["psf"]["shape"], c["scale"], c["hdu"]) == (11, 2.5, "moffat,gaussian", 2, 0)
 
 
 def test_prepare_psf_named_in_manifest(tmp_path, data_dir):
@@ -136,7 +137,7 @@ def _bad_inputs(tmp_path, data_dir, rng):
         "plane-out-of-range": ([fits_file("cube2.fits", rng.normal(size=(2, 130, 130))), "--plane", "5"], "cube2.fits"),
         "manifest-missing-file": (["--manifest", manifest, "--data-dir", tmp_path], "gone.fits"),
         "psf-missing": ([good, "--psf", tmp_path / "nopsf.fits"], "nopsf.fits"),
-        "bad-range": ([good, "--psf-fwhm", "6:2"], "psf_fwhm"),
+        "bad-range": ([good, "--psf-fwhm", "6:2"], "--psf-fwhm"),
         "bad-config-key": ([good, "--config", bad_config], "psf_fwhmm"),
     }
 
@@ -204,5 +205,5 @@ def test_psf_file_with_analytic_options_and_config_errors_name_the_option(tmp_pa
     assert result.exit_code == 2 and "--psf-fwhm: not used with --psf" in result.stderr, result.output
     result = run("prepare", image, "--psf-shape", "airy", "-o", out)
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == "error: psf_radius: required for the airy shape"  # no internal class name
+    assert result.stderr.strip() == "error: psf shape 'airy' needs a radius (--psf-radius R)"  # no internal class name
     assert not out.exists()

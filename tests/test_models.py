@@ -8,7 +8,8 @@ from astrosr.dataset import PairsDataset
 from astrosr.psf import moffat_psf
 from astrosr.errors import ConfigError
 from astrosr.models import MODELS, VAE, ResVAE, build_model
-from astrosr.train import TrainConfig, _losses
+from astrosr.losses import batch_loss as _losses
+from astrosr.train_config import TrainConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

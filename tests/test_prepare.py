@@ -1,5 +1,6 @@
 """The pairs file: bench-v1 degradation and normalisation, provenance, randomisation, atomicity."""
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -17,7 +18,8 @@ import astrosr.prepare as prepare_module
 from astrosr.config import from_dict
 from astrosr.errors import ConfigError, InputError
 from astrosr.pairs import summary as pairs_summary
-from astrosr.prepare import PrepareConfig, parse_range, prepare_pairs
+from astrosr.prepare import PrepareOptions, prepare_pairs
+from astrosr.psf import PSF, parse_range
 
 SEED = 7
 
@@ -44,7 +46,7 @@ def _bench(path):
 def pairs(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("pairs") / "pairs.h5"
     sources = [(data_dir / "reprojected_sdss_i.fits", "val"), (data_dir / "M13_blue_0001.fits", "train")]
-    result = prepare_pairs(sources, out, config=PrepareConfig(seed=SEED), progress=False)
+    result = prepare_pairs(sources, out, config=PrepareOptions(seed=SEED), progress=False)
     return out, result
 
 
@@ -61,8 +63,8 @@ def test_layout_and_counts(pairs):
                 "bg_std", "blu_bg_std", "hdu", "plane"} <= set(images.dtype.names)
         assert list(tiles["field"][:15]) == [b"val"] * 15 and list(tiles["image"][15:]) == [1] * 80
         assert h5.attrs["schema_version"] == 1 and h5.attrs["scale"] == 1 and h5.attrs["astrosr_version"]
-        config = from_dict(PrepareConfig, json.loads(h5.attrs["config"]))
-        assert config == PrepareConfig(seed=SEED)
+        config = from_dict(PrepareOptions, json.loads(h5.attrs["config"]))
+        assert config == PrepareOptions(seed=SEED)
         created = datetime.datetime.fromisoformat(h5.attrs["created"])
         assert created.utcoffset() == datetime.timedelta(0)
 
@@ -143,7 +145,7 @@ def test_round_trip_is_bit_exact(tmp_path, monkeypatch, data_dir):
 
     monkeypatch.setattr(prepare_module, "_one_image", spy)
     out = tmp_path / "rt.h5"
-    prepare_pairs([data_dir / "M51.fits", data_dir / "synth.fits"], out, config=PrepareConfig(compression="gzip"),
+    prepare_pairs([data_dir / "M51.fits", data_dir / "synth.fits"], out, config=PrepareOptions(compression="gzip"),
                   progress=False)
     with h5py.File(out) as h5:
         assert h5["ori"].compression == "gzip"
@@ -181,7 +183,7 @@ def test_mostly_empty_msx_image_gives_its_one_tile(tmp_path, data_dir):
 def test_scale_block_averages_blu(tmp_path, data_dir):
     path = data_dir / "M51.fits"
     prepare_pairs([(path, "val")], tmp_path / "s1.h5", progress=False)
-    prepare_pairs([(path, "val")], tmp_path / "s2.h5", config=PrepareConfig(scale=2), progress=False)
+    prepare_pairs([(path, "val")], tmp_path / "s2.h5", config=PrepareOptions(scale=2), progress=False)
     with h5py.File(tmp_path / "s1.h5") as a, h5py.File(tmp_path / "s2.h5") as b:
         assert b["blu"].shape == (16, 64, 64) and b["ori"].shape == (16, 128, 128) and b.attrs["scale"] == 2
         np.testing.assert_array_equal(a["ori"][:], b["ori"][:])
@@ -191,7 +193,7 @@ def test_scale_block_averages_blu(tmp_path, data_dir):
 
 
 def test_randomised_per_image_train_only_and_reproducible(tmp_path, data_dir):
-    config = PrepareConfig(psf_fwhm="2.5:5.5", noise="0.5:2", psf_shape="moffat,gaussian", seed=3)
+    config = PrepareOptions(psf=PSF(fwhm="2.5:5.5", shape="moffat,gaussian"), noise="0.5:2", seed=3)
     sources = [(data_dir / "M51.fits", "train"), (data_dir / "synth.fits", "train"),
                (data_dir / "gc_2mass_j.fits", "other_sky")]
     prepare_pairs(sources, tmp_path / "a.h5", config=config, progress=False)
@@ -214,7 +216,7 @@ def test_randomised_per_image_train_only_and_reproducible(tmp_path, data_dir):
 def test_randomised_per_tile_matches_whole_image_convolution(tmp_path, data_dir):
     from astrosr.degrade import convolve_extend
 
-    config = PrepareConfig(psf_fwhm="2.5:5.5", randomise="tile", noise="1e-9:2e-9")
+    config = PrepareOptions(psf=PSF(fwhm="2.5:5.5"), randomise="tile", noise="1e-9:2e-9")
     out = tmp_path / "tile.h5"
     prepare_pairs([data_dir / "M51.fits"], out, config=config, progress=False)
     ori, lo, hi, _ = _bench(data_dir / "M51.fits")
@@ -228,7 +230,7 @@ def test_randomised_per_tile_matches_whole_image_convolution(tmp_path, data_dir)
         np.testing.assert_allclose(blu[n], (whole - lo) / (hi - lo), atol=2e-6)
     # the Poisson term adds shot noise where there is signal above ORI's background, and none on the sky
     shot = tmp_path / "shot.h5"
-    prepare_pairs([data_dir / "M51.fits"], shot, config=PrepareConfig(**{**config.__dict__, "poisson_gain": 1.0}),
+    prepare_pairs([data_dir / "M51.fits"], shot, config=dataclasses.replace(config, poisson_gain=1.0),
                   progress=False)
     with h5py.File(shot) as h5:
         extra = (h5["blu"][:] - blu) * (hi - lo)
@@ -239,9 +241,9 @@ def test_randomised_per_tile_matches_whole_image_convolution(tmp_path, data_dir)
 def test_poisson_only_on_train(tmp_path, data_dir):
     path = data_dir / "M51.fits"
     prepare_pairs([(path, "val")], tmp_path / "v0.h5", progress=False)
-    prepare_pairs([(path, "val")], tmp_path / "v1.h5", config=PrepareConfig(poisson_gain=0.01), progress=False)
+    prepare_pairs([(path, "val")], tmp_path / "v1.h5", config=PrepareOptions(poisson_gain=0.01), progress=False)
     prepare_pairs([(path, "train")], tmp_path / "t0.h5", progress=False)
-    prepare_pairs([(path, "train")], tmp_path / "t1.h5", config=PrepareConfig(poisson_gain=0.01), progress=False)
+    prepare_pairs([(path, "train")], tmp_path / "t1.h5", config=PrepareOptions(poisson_gain=0.01), progress=False)
     read = lambda name: h5py.File(tmp_path / name)["blu"][:]  # noqa: E731
     np.testing.assert_array_equal(read("v0.h5"), read("v1.h5"))
     assert np.abs(read("t1.h5") - read("t0.h5")).max() > 0.1
@@ -251,7 +253,7 @@ def test_file_psf_resampled_and_measured(tmp_path, data_dir):
     from astrosr.psf import measure_fwhm, read_psf
 
     psf = data_dir / "irac_ch1_flight.fits"
-    config = PrepareConfig(psf_file=str(psf), psf_pixscale=0.30525)
+    config = PrepareOptions(psf=PSF(path=str(psf), shape="file", pixscale=0.30525))
     out = tmp_path / "irac.h5"
     prepare_pairs([data_dir / "reprojected_sdss_g.fits"], out, config=config, progress=False)
     kernel = read_psf(psf, pixscale=0.30525, image_pixscale=1.1877)  # sdss: 1.1877 arcsec/px from its WCS
@@ -365,38 +367,39 @@ def test_parse_range():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(psf_fwhm="5:2"), r"psf_fwhm: expected 0 < lo <= hi, got '5:2'"),
-        (dict(psf_fwhm="wide"), r"psf_fwhm: expected a number or a range 'lo:hi', got 'wide'"),
+        # the degradation PSF is the one PSF specification (astrosr.psf), under the key psf
+        (dict(psf={"fwhm": "5:2"}), r"psf\.fwhm: expected 0 < lo <= hi, got '5:2'"),
+        (dict(psf={"fwhm": "wide"}), r"psf\.fwhm: expected a number or a range 'lo:hi', got 'wide'"),
         (dict(noise="1:2:3"), r"noise: expected a number or a range"),
-        (dict(psf_beta=1.0), r"psf_beta: must be > 1"),
-        (dict(psf_shape="boxy"), r"psf_shape: expected moffat, gaussian, airy or file, got 'boxy'"),
-        (dict(psf_shape="airy"), r"psf_radius: required for the airy shape"),
-        (dict(psf_shape="file"), r"psf_shape: 'file' needs psf_file"),
-        (dict(psf_shape="gaussian", psf_file="k.fits"), r"psf_file: given with psf_shape 'gaussian'"),
-        (dict(randomise="pixel"), r"randomise: expected 'image' or 'tile', got 'pixel'"),
-        (dict(compression="zstd"), r"compression: expected lzf, gzip or none, got 'zstd'"),
+        (dict(psf={"beta": 1.0}), r"psf\.beta: must be > 1"),
+        (dict(psf={"shape": "boxy"}), r"psf shape must be one of moffat, gaussian, airy, file, got 'boxy'"),
+        (dict(psf={"shape": "airy"}), r"psf shape 'airy' needs a radius"),
+        (dict(psf={"shape": "file"}), r"psf shape 'file' needs a path"),
+        (dict(psf={"shape": "gaussian", "path": "k.fits"}), r"psf\.shape: 'gaussian' given with psf\.path"),
+        (dict(randomise="pixel"), r"randomise: expected one of image, tile, got 'pixel'"),
+        (dict(compression="zstd"), r"compression: expected one of lzf, gzip, none, got 'zstd'"),
         (dict(scale=3), r"scale: tile \(128\) and stride \(128\) must be multiples of scale \(3\)"),
-        (dict(psf_size=40), r"psf_size: must be an odd integer >= 3, got 40"),
+        (dict(psf={"size": 40}), r"psf\.size: must be an odd integer >= 3, got 40"),
         (dict(poisson_gain=0.0), r"poisson_gain: must be > 0, got 0.0"),
         (dict(seed=-2), r"seed: must be >= 0, got -2"),
     ],
 )
 def test_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        PrepareConfig(**kwargs)
+        from_dict(PrepareOptions, kwargs)
 
 
 def test_config_from_yaml_mapping_names_the_key():
     with pytest.raises(ConfigError, match=r"prepare\.psf_fwhmm: unknown key"):
-        from_dict(PrepareConfig, {"psf_fwhmm": 3}, where="prepare")
-    assert from_dict(PrepareConfig, {"psf_fwhm": "2:6", "hdu": "SCI"}).psf_fwhm == "2:6"
+        from_dict(PrepareOptions, {"psf_fwhmm": 3}, where="prepare")
+    assert from_dict(PrepareOptions, {"psf": {"fwhm": "2:6"}, "hdu": "SCI"}).psf.fwhm == "2:6"
 
 
 def test_no_train_image_shares_the_val_noise_field(tmp_path, data_dir):
     # seed 0, image 0: a plain seed + index would give train image 0 bench-v1's default_rng(0)
     out = tmp_path / "p.h5"
     sources = [(data_dir / "M13_blue_0001.fits", "train"), (data_dir / "M13_blue_0005.fits", "val")]
-    prepare_pairs(sources, out, config=PrepareConfig(seed=0), progress=False)
+    prepare_pairs(sources, out, config=PrepareOptions(seed=0), progress=False)
     with h5py.File(out) as h5:
         images, tiles = h5["images"][:], h5["tiles"][:]
         noise = []

@@ -39,7 +39,7 @@ def test_default_model_restores_a_real_tile_better_than_blu(data_dir):
 
 
 def test_default_model_history_names_its_randomised_training_psfs():
-    from astrosr.deblur import _trained_for
+    from astrosr.deblur import trained_for as _trained_for
 
     _, info = load_model("default")
     assert _trained_for(info) == "moffat,gaussian PSFs FWHM 2.50-5.50px, scale 1"
