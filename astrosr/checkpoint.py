@@ -13,9 +13,12 @@ weights alone as ``.safetensors`` with a sibling ``.json`` config, which
 :func:`load_model` accepts as well.
 """
 
+from __future__ import annotations
+
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,8 +41,37 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safeten
 REQUIRED_KEYS = ("model", "model_config", "state_dict")
 
 
-def save_checkpoint(path, payload):
-    """Write ``payload`` (a plain dict) to ``path`` atomically (temp file + rename)."""
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (a plain dict) to ``path`` atomically (temp file + rename).
+
+    An existing file is replaced only once the new one is complete, so a
+    killed save leaves the previous checkpoint intact.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``best.pt`` / ``last.pt``).
+    payload : dict
+        Tensors, numbers, strings, lists and dicts only (what
+        :func:`load_checkpoint` reads back with ``weights_only=True``); at least
+        ``model``, ``model_config`` and ``state_dict``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.checkpoint import load_model, save_checkpoint
+    >>> model, info = load_model("default")
+    >>> payload = {"model": info["model"], "model_config": info["model_config"],
+    ...            "state_dict": model.state_dict(), "step": 0}
+    >>> save_checkpoint(Path(tempfile.mkdtemp()) / "best.pt", payload).name
+    'best.pt'
+    """
     with atomic_path(path, overwrite=True) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -69,8 +101,44 @@ def _load_failure(path, exc):
     return reason[:120]
 
 
-def load_checkpoint(path):
-    """The checkpoint dict at ``path`` (tensors on CPU); any bad file is a one-line CheckpointError."""
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict at ``path`` (tensors on CPU); any bad file is a one-line CheckpointError.
+
+    The file is read with ``torch.load(weights_only=True)``: a file holding
+    other Python objects is refused without running them.
+
+    Parameters
+    ----------
+    path : str or Path
+        A checkpoint written by :func:`save_checkpoint` (or by training).
+
+    Returns
+    -------
+    dict
+        At least ``model``, ``model_config`` and ``state_dict``.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, truncated or corrupt file, foreign content, unknown model.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.checkpoint import load_checkpoint, load_model, save_checkpoint
+    >>> model, info = load_model("default")
+    >>> path = save_checkpoint(Path(tempfile.mkdtemp()) / "best.pt",
+    ...                        {"model": "resvae", "model_config": info["model_config"],
+    ...                         "state_dict": model.state_dict(), "step": 7})
+    >>> payload = load_checkpoint(path)
+    >>> sorted(payload), payload["step"]
+    (['model', 'model_config', 'state_dict', 'step'], 7)
+    >>> load_checkpoint(path.with_name("missing.pt"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.CheckpointError: ...missing.pt: checkpoint not found
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -105,7 +173,8 @@ def _load_safetensors(path):
     return payload
 
 
-def load_model(path, *, device="cpu"):
+def load_model(path: str | os.PathLike, *,
+               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the model stored at ``path`` and load its weights, in eval mode.
 
     Parameters
@@ -122,6 +191,19 @@ def load_model(path, *, device="cpu"):
         ``path``, ``sha256`` (of the weights file), ``model``, ``model_config``,
         ``psf`` (the PSF it was trained for, if recorded), ``step``,
         ``astrosr_version``.
+
+    Raises
+    ------
+    CheckpointError
+        A missing or unreadable file, or weights that do not fit the config.
+
+    Examples
+    --------
+    >>> from astrosr.checkpoint import load_model
+    >>> model, info = load_model("default")
+    >>> type(model).__name__, model.training, info["model"]
+    ('ResVAE', False, 'resvae')
+    >>> model, info = load_model("runs/quickstart/train/resvae/best.pt", device="cuda")  # doctest: +SKIP
     """
     if str(path) == "default":
         if not DEFAULT_WEIGHTS.is_file():
@@ -182,21 +264,62 @@ def load_model_cached(path: str | Path, *, device: str | torch.device = "cpu") -
 
 
 def clear_model_cache() -> None:
-    """Drop the model :func:`load_model_cached` keeps (before handing the work to other processes)."""
+    """Drop the model :func:`load_model_cached` keeps (before handing the work to other processes).
+
+    Examples
+    --------
+    >>> from astrosr.checkpoint import clear_model_cache, load_model_cached
+    >>> model, _ = load_model_cached("default")
+    >>> clear_model_cache()
+    >>> load_model_cached("default")[0] is model  # loaded afresh
+    False
+    """
     _MODEL_CACHE.clear()
 
 
-def export_model(checkpoint, out_dir, *, name="model", overwrite=False):
+def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, name: str = "model",
+                 overwrite: bool = False) -> Path:
     """Write a checkpoint's weights as ``OUT/<name>.safetensors`` + ``OUT/<name>.json``.
 
     The JSON holds everything :func:`load_model` needs (model name and
     config) plus provenance: the PSF, step, best validation, training config
     and the sha256 of the source checkpoint. Both files are written atomically.
 
+    Parameters
+    ----------
+    checkpoint : str or Path
+        A training checkpoint (``best.pt`` / ``last.pt``).
+    out_dir : str or Path
+        Output directory (created if needed).
+    name : str
+        Stem of the two files.
+    overwrite : bool
+        Replace existing files (otherwise an :class:`~astrosr.errors.InputError`).
+
     Returns
     -------
     Path
         The ``.safetensors`` path.
+
+    Raises
+    ------
+    CheckpointError
+        ``checkpoint`` is not a readable checkpoint.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.checkpoint import export_model, load_model, save_checkpoint
+    >>> model, info = load_model("default")
+    >>> out = Path(tempfile.mkdtemp())
+    >>> ckpt = save_checkpoint(out / "best.pt", {"model": "resvae", "model_config": info["model_config"],
+    ...                                          "state_dict": model.state_dict(), "step": 7})
+    >>> weights = export_model(ckpt, out / "export")
+    >>> sorted(p.name for p in weights.parent.iterdir())
+    ['model.json', 'model.safetensors']
+    >>> load_model(weights)[1]["step"]
+    7
     """
     from safetensors.torch import save_file
 

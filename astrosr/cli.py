@@ -24,12 +24,14 @@ from .errors import AstrosrError
 from .deblur import DeblurOptions
 from .evaluate import EvaluateOptions
 from .prepare import PrepareOptions
+from .simulate import SimulateOptions
 from .train_config import TrainConfig
 
 __all__ = ["cli", "main"]
 
 #: command name -> the options dataclass whose keys its errors may name
-OPTION_CLASSES = {"evaluate": EvaluateOptions, "deblur": DeblurOptions, "prepare": PrepareOptions, "train": TrainConfig}
+OPTION_CLASSES = {"evaluate": EvaluateOptions, "deblur": DeblurOptions, "prepare": PrepareOptions, "train": TrainConfig,
+                  "simulate": SimulateOptions}
 #: keys every command that has the flag shares
 COMMON_FLAGS = {"overwrite": "--overwrite", "data_dir": "--data-dir", "manifest": "--manifest", "n": "--n",
                 "seed": "--seed", "size": "--size"}
@@ -63,17 +65,16 @@ def cli():
 
 @cli.command()
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--n", "n", type=click.IntRange(1), default=4, show_default=True, help="Number of images.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seeds >= 1000 are the simulated test field.")
-@click.option("--size", type=click.IntRange(128), default=512, show_default=True, help="Image side in pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
-def simulate(out_dir, n, seed, size, overwrite):
+@click_options(SimulateOptions)
+def simulate(out_dir, overwrite, **given):
     """Write simulated star/galaxy fields OUT/sim_s<SEED>_<i>.fits."""
     from .simulate import simulate_fields
 
+    options = from_cli(SimulateOptions, given)
     with Bars({"images": "simulate"}) as bars:
-        paths = simulate_fields(out_dir, n=n, seed=seed, size=size, overwrite=overwrite, progress=bars)
-    console.print(f"wrote {len(paths)} simulated images to {out_dir} (seed {seed})")
+        paths = simulate_fields(out_dir, options, overwrite=overwrite, progress=bars)
+    console.print(f"wrote {len(paths)} simulated images to {out_dir} (seed {options.seed})")
 
 
 @cli.command()
@@ -116,8 +117,7 @@ def prepare(images, out, manifest, data_dir, fields, image_field, config_file, o
 
     from .config import load_yaml
     from .errors import ConfigError, InputError
-    from .evaluate import resolve_psf
-    from .manifest import load_manifest, resolve
+    from .manifest import load_manifest, resolve, resolve_psf
     from .prepare import prepare_pairs
 
     keys = {}

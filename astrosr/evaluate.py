@@ -19,7 +19,7 @@ from .files import make_dir
 from .progress import ProgressCallback, report
 from .psf import BENCH_V1_PSF, PSF
 
-__all__ = ["BENCH_FIELDS", "EvaluateOptions", "evaluate", "load_sources", "resolve_psf"]
+__all__ = ["BENCH_FIELDS", "EvaluateOptions", "evaluate", "load_sources"]
 
 BENCH_FIELDS = ("train", "val", "other_sky", "simulated")
 IMAGES_FIELD = "images"
@@ -69,21 +69,6 @@ def load_sources(*, fields=None, images=None, manifest=None, data_dir=None):
     for f in fields:
         wanted.extend([x for x in BENCH_FIELDS if x in manifest.fields] if f == "all" else [f])
     return [(Path(p), f) for p, f in resolve(manifest, data_dir, list(dict.fromkeys(wanted)))]
-
-
-def resolve_psf(psf, manifest, data_dir):
-    """``psf`` with a file PSF that is not a path looked up by name in the manifest's PSFs."""
-    from dataclasses import replace
-
-    from .manifest import psf_path
-
-    if psf.shape != "file" or Path(psf.path).is_file():
-        return psf
-    names = [e.file for e in manifest.psfs] if manifest is not None else []
-    if psf.path not in names:
-        where = f"in {manifest.path}" if manifest is not None else "in any manifest"
-        raise InputError(f"{psf.path}: PSF file not found, nor a PSF named {where} ({', '.join(names) or 'none'})")
-    return replace(psf, path=str(psf_path(manifest, psf.path, data_dir)))
 
 
 @dataclass(frozen=True)
@@ -190,6 +175,8 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
     psf_by_name = o.psf.shape == "file" and not Path(o.psf.path).is_file()
     loaded = _manifest(o.manifest, required=bool(o.fields)) if o.fields or psf_by_name else None
     sources = load_sources(fields=o.fields or None, images=o.images or None, manifest=loaded, data_dir=o.data_dir)
+    from .manifest import resolve_psf
+
     psf = resolve_psf(o.psf, loaded, o.data_dir)
     loaded_models = load_models(o.models, o.device)
     kernel = psf.kernel()

@@ -235,14 +235,14 @@ def _calibration_lines(summary):
                  if row["calibration_1sigma"] is not None]
     lines = [
         "",
-        f"## Uncertainty calibration (--samples {samples})",
+        f"## Uncertainty calibration ({samples} posterior draws)",
         "",
         f"sigma is each model's per-pixel std over {samples} posterior draws of the network "
         f"(torch seed {summary['provenance']['options'].get('sample_seed')} per model and image), taken before the "
         "data-consistency step; both SR rows of a model are compared with that same sigma map (the step is not "
         "applied per draw, so for the with-step row it is the network's spread, not the step's). Fraction of the "
         "scored tiles' pixels with |SR - ORI| <= sigma, physical units; a calibrated Gaussian map gives 0.683. "
-        "With --samples the SR rows' s/Mpix include the draws.",
+        "With posterior draws the SR rows' s/Mpix include them.",
         "",
     ]
     if not per_field:

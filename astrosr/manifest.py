@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import from_dict, load_yaml
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, InputError
 from .files import atomic_path, sha256_file
 from .progress import report
+from .psf import PSF
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ __all__ = [
     "Manifest",
     "Source",
     "load_manifest",
+    "resolve_psf",
     "default_manifest",
     "data_dir_from",
     "cache_dir",
@@ -383,6 +385,32 @@ def psf_path(manifest: Manifest, name: str, data_dir: str | Path | None = None, 
             return _existing(data_dir / entry.file, entry, manifest, data_dir, verify)
     known = ", ".join(e.file for e in manifest.psfs) or "none"
     raise ConfigError(f"{manifest.path}: no PSF named {name!r} (PSFs: {known})")
+
+
+def resolve_psf(psf: PSF, manifest: Manifest | None, data_dir: str | Path | None = None) -> PSF:
+    """``psf``, with a file PSF whose path is not a file looked up by name among the manifest's PSFs.
+
+    So ``--psf irac_ch1_flight.fits`` (prepare, evaluate) finds the kernel
+    in the data directory, checked like the images.
+
+    Raises
+    ------
+    InputError
+        Neither a file nor a PSF the manifest names.
+
+    Examples
+    --------
+    >>> from astrosr.psf import PSF
+    >>> resolve_psf(PSF(fwhm=3.0), None)  # analytic PSFs pass through
+    PSF(shape='moffat', fwhm=3.0, beta=3.0, radius=None, path=None, pixscale=None, image_pixscale=None, size=41)
+    """
+    if psf.shape != "file" or Path(psf.path).is_file():
+        return psf
+    names = [e.file for e in manifest.psfs] if manifest is not None else []
+    if psf.path not in names:
+        where = f"in {manifest.path}" if manifest is not None else "in any manifest"
+        raise InputError(f"{psf.path}: PSF file not found, nor a PSF named {where} ({', '.join(names) or 'none'})")
+    return dataclasses.replace(psf, path=str(psf_path(manifest, psf.path, data_dir)))
 
 
 def _download(entry, target):

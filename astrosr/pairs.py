@@ -33,7 +33,7 @@ images, BLU block-averaged by ``S`` (``scale``) and ``P`` distinct PSFs:
     (float32 (P,), px).
 
 Root attributes: ``schema_version`` (int), ``astrosr_version``, ``config``
-(JSON of the :class:`~astrosr.prepare.PrepareConfig`), ``created`` (UTC,
+(JSON of the :class:`~astrosr.prepare.PrepareOptions`), ``created`` (UTC,
 ISO 8601 to the second), ``scale`` and ``tile`` (ints).
 
 Text columns are fixed-width bytes; :func:`as_text` decodes them.
@@ -63,7 +63,7 @@ __all__ = ["SCHEMA_VERSION", "DATASETS", "COMPRESSION", "TILE_DTYPE", "IMAGE_FIE
 SCHEMA_VERSION = 1
 #: the datasets every pairs file holds
 DATASETS = ("blu", "ori", "tiles", "images", "psfs")
-#: h5py filter options of the ``blu``/``ori`` datasets, by ``PrepareConfig.compression``
+#: h5py filter options of the ``blu``/``ori`` datasets, by ``PrepareOptions.compression``
 COMPRESSION = {"lzf": {"compression": "lzf", "shuffle": True},
                "gzip": {"compression": "gzip", "compression_opts": 4, "shuffle": True},
                "none": {}}

@@ -171,10 +171,10 @@ class _Runner:
 
     # stages ------------------------------------------------------------------
     def simulate(self, name, s):
-        from .simulate import simulate_fields
+        from .simulate import SimulateOptions, simulate_fields
 
         out = _fresh(self.run / "simulate" / name)
-        return simulate_fields(out, n=s.n, seed=s.seed, size=s.size, overwrite=True, progress=self.progress)
+        return simulate_fields(out, SimulateOptions(n=s.n, seed=s.seed, size=s.size), overwrite=True, progress=self.progress)
 
     def check_data(self):
         from .manifest import data_dir_from, fetch, resolve

@@ -31,7 +31,8 @@ from .config import from_dict, load_yaml, to_dict
 from .errors import ConfigError
 from .deblur import DeblurOptions
 from .evaluate import EvaluateOptions
-from .prepare import PrepareConfig
+from .prepare import PrepareOptions
+from .simulate import SimulateOptions
 
 __all__ = ["STAGES", "SimulateSet", "DataStage", "EvaluateStage", "DeblurStage", "Pipeline", "load_pipeline",
            "find_path", "path_exists"]
@@ -40,27 +41,22 @@ STAGES = ("simulate", "data", "prepare", "train", "evaluate", "deblur")
 TOP_KEYS = ("name", "description", "run_dir")
 
 
-@dataclass
-class SimulateSet:
-    """``n`` simulated images of ``seed`` (:func:`astrosr.simulate.simulate_fields`).
+@dataclass(frozen=True)
+class SimulateSet(SimulateOptions):
+    """One set of simulated images: :class:`astrosr.simulate.SimulateOptions` plus the field they enter.
 
     Parameters
     ----------
-    n, seed, size : int
     field : str or None
         Field these images enter the pairs file with (``train``, ``val``...);
         None keeps them out of prepare (test images for evaluate / deblur).
         Seeds >= 1000 are the simulated test field and never train.
     """
 
-    n: int = 4
-    seed: int = 0
-    size: int = 512
     field: str | None = None
 
     def __post_init__(self):
-        if self.n < 1 or self.seed < 0 or self.size < 128:
-            raise ConfigError(f"need n >= 1, seed >= 0 and size >= 128, got {self.n}, {self.seed}, {self.size}")
+        super().__post_init__()
         if self.field == "train" and self.seed >= 1000:
             raise ConfigError(f"seed {self.seed} >= 1000 is the simulated test field; it never trains")
 
@@ -164,7 +160,7 @@ class Pipeline:
     run_dir: str | None
     simulate: dict = field(default_factory=dict)
     data: DataStage | None = None
-    prepare: PrepareConfig | None = None
+    prepare: PrepareOptions | None = None
     train: dict = field(default_factory=dict)
     evaluate: EvaluateStage | None = None
     deblur: DeblurStage | None = None
@@ -310,7 +306,7 @@ def load_pipeline(path):
 
             load_manifest(find_path(pipeline.data.manifest, base, "data.manifest"))
         if "prepare" in data:
-            pipeline.prepare = from_dict(PrepareConfig, data["prepare"], where="prepare")
+            pipeline.prepare = from_dict(PrepareOptions, data["prepare"], where="prepare")
         pipeline.train = {k: _train_config(k, v, base) for k, v in _mapping(data, "train").items()}
         if "evaluate" in data:
             pipeline.evaluate = from_dict(EvaluateStage, data["evaluate"], where="evaluate")

@@ -20,6 +20,8 @@ whose bytes also appear in a test field cannot be a train image, and simulated
 images of seed >= 1000 (the simulated test field) cannot either.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import signal as _signal
@@ -27,6 +29,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,7 +43,13 @@ from .pairs import COMPRESSION, PairsWriter
 from .progress import report
 from .tiling import extract_tiles, grid_origins, nan_free
 
-__all__ = ["PrepareOptions", "PrepareConfig", "prepare_pairs", "TRAIN_FIELD"]
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable
+
+    from .progress import ProgressCallback
+
+__all__ = ["PrepareOptions", "prepare_pairs", "TRAIN_FIELD"]
 
 TRAIN_FIELD = "train"
 #: the noise multiple a test field takes where a training range was given (bench-v1's)
@@ -130,10 +139,6 @@ class PrepareOptions:
         """True when train images draw their PSF or noise (a distribution, not one value)."""
         lo, hi = parse_range(self.noise, "noise")
         return self.psf.ranged or lo != hi
-
-
-#: the name pipelines and older code know
-PrepareConfig = PrepareOptions
 
 
 class _Psfs:
@@ -295,7 +300,9 @@ def _normalise_sources(sources):
     return out
 
 
-def prepare_pairs(sources, out, *, config=None, overwrite=False, progress=None):
+def prepare_pairs(sources: Iterable[str | os.PathLike | tuple[str | os.PathLike, str]], out: str | os.PathLike, *,
+                  config: PrepareOptions | None = None, overwrite: bool = False,
+                  progress: ProgressCallback | bool = None) -> dict[str, Any]:
     """Write the pairs file for ``sources``.
 
     Parameters
@@ -322,6 +329,22 @@ def prepare_pairs(sources, out, *, config=None, overwrite=False, progress=None):
     ------
     InputError
         A bad input image (named), or ``out`` exists without ``overwrite``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.prepare import PrepareOptions, prepare_pairs
+    >>> from astrosr.simulate import write_simulated
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> _ = write_simulated(tmp / "train.fits", seed=3, index=0, size=256)
+    >>> _ = write_simulated(tmp / "val.fits", seed=500, index=0, size=256)
+    >>> result = prepare_pairs([tmp / "train.fits", (tmp / "val.fits", "val")], tmp / "pairs.h5")
+    >>> result["n_images"], result["tiles_per_field"]  # 128-px tiles, non-overlapping
+    (2, {'train': 4, 'val': 4})
+    >>> prepare_pairs([tmp / "train.fits"], tmp / "pairs.h5", config=PrepareOptions(stride=64),
+    ...               overwrite=True)["n_tiles"]  # overlapping tiles: 3 x 3
+    9
     """
     config = config or PrepareOptions()
     progress = progress if callable(progress) else None

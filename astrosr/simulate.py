@@ -26,7 +26,7 @@ Examples
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,13 @@ from astropy.wcs import WCS
 from scipy import signal
 
 from . import __version__
-from .progress import report
+from .config import check_options, option, replace
+from .progress import ProgressCallback, report
 from .psf import moffat_psf
 from .errors import ConfigError, InputError
 from .files import atomic_path
 
-__all__ = ["sim_name", "simulate_image", "write_simulated", "simulate_fields"]
+__all__ = ["SimulateOptions", "sim_name", "simulate_image", "write_simulated", "simulate_fields"]
 
 PIXSCALE_ARCSEC = 0.4
 
@@ -218,21 +219,12 @@ def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512,
     return params
 
 
-def simulate_fields(
-    out_dir: str | Path,
-    *,
-    n: int = 4,
-    seed: int = 0,
-    size: int = 512,
-    overwrite: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> list[Path]:
-    """Write ``n`` simulated images ``sim_s{seed}_{i:03d}.fits`` into ``out_dir``.
+@dataclass(frozen=True)
+class SimulateOptions:
+    """Which simulated fields to write: the library argument, a pipeline's ``simulate:`` sets and the CLI flags.
 
     Parameters
     ----------
-    out_dir : str or Path
-        Created if missing.
     n : int
         Number of images.
     seed : int
@@ -240,6 +232,39 @@ def simulate_fields(
         fields (never trained on).
     size : int
         Image side in pixels.
+
+    Examples
+    --------
+    >>> SimulateOptions(n=0)
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: n: must be >= 1, got 0
+    """
+
+    n: int = option(4, minimum=1, help="Number of images.")
+    seed: int = option(0, minimum=0, help="Seeds >= 1000 are the simulated test field.")
+    size: int = option(512, minimum=128, help="Image side in pixels.")
+
+    def __post_init__(self):
+        check_options(self)
+
+
+def simulate_fields(
+    out_dir: str | Path,
+    options: SimulateOptions | None = None,
+    *,
+    overwrite: bool = False,
+    progress: ProgressCallback = None,
+    **keys,
+) -> list[Path]:
+    """Write ``n`` simulated images ``sim_s{seed}_{i:03d}.fits`` into ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Created if missing.
+    options : SimulateOptions, optional
+        ``n``, ``seed`` and ``size``; ``keys`` (``n=2``...) override its fields.
     overwrite : bool
         Replace existing files (otherwise an existing file is an error).
     progress : callable, optional
@@ -262,10 +287,8 @@ def simulate_fields(
     >>> [p.name for p in simulate_fields(tempfile.mkdtemp(), n=1, seed=1000, size=128)]
     ['sim_s1000_000.fits']
     """
-    if n < 1:
-        raise ConfigError(f"n: must be >= 1, got {n}")
-    if seed < 0:
-        raise ConfigError(f"seed: must be >= 0, got {seed}")
+    o = replace(options or SimulateOptions(), **keys) if keys or options is None else options
+    n, seed, size = o.n, o.seed, o.size
     out_dir = Path(out_dir)
     paths = [out_dir / sim_name(seed, i) for i in range(n)]
     existing = [p for p in paths if p.exists()]

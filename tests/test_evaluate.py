@@ -323,7 +323,7 @@ def test_samples_report_the_fraction_of_pixels_within_one_sigma(data_dir, spread
     for method, (inside, total) in pooled.items():
         assert summary["fields"]["images"][method]["calibration_1sigma"] == pytest.approx(inside / total, abs=1e-9)
     report = (tmp_path / "report.md").read_text()
-    assert "## Uncertainty calibration (--samples 3)" in report and "before the data-consistency step" in report
+    assert "## Uncertainty calibration (3 posterior draws)" in report and "before the data-consistency step" in report
     frac = summary["images"]["gc_msx_e"]["methods"]["SR spread"]["calibration_1sigma"]
     assert f"| gc_msx_e (images) | SR spread | 16384 | {frac:.4f} |" in report
 

@@ -99,7 +99,7 @@ def test_existing_output_is_an_error_unless_overwrite(sims):
     [
         (dict(n=0), r"n: must be >= 1, got 0"),
         (dict(seed=-1), r"seed: must be >= 0, got -1"),
-        (dict(size=100), r"simulate size must be an integer >= 128, got 100"),
+        (dict(size=100), r"size: must be >= 128, got 100"),
     ],
 )
 def test_bad_options(tmp_path, kwargs, message):
