@@ -66,6 +66,26 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
         Smallest allowed value of a number (the CLI checks it too).
     choices : tuple of str, optional
         The allowed values of a string.
+
+    ``minimum`` and ``choices`` are enforced where the class's
+    ``__post_init__`` calls :func:`check_options` (every stage's options do).
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> from astrosr.config import check_options, option
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Demo:
+    ...     samples: int = option(0, minimum=0, help="Posterior draws.")
+    ...     device: str = option("cpu", choices=("cpu", "cuda"), flag="--on", help="Device.")
+    ...     def __post_init__(self):
+    ...         check_options(self)
+    >>> dataclasses.fields(Demo)[1].metadata["flag"], Demo().samples
+    ('--on', 0)
+    >>> Demo(device="tpu")
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: device: expected one of cpu, cuda, got 'tpu'
     """
     metadata = {"help": help, "flag": flag, "cli": cli, "minimum": minimum, "choices": choices}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
@@ -140,6 +160,29 @@ def from_dict(cls: type, data: dict | None, *, where: str = "", build: bool = Tr
     build : bool
         A class with its own ``from_keys(data, where=...)`` (the PSF, whose
         keys depend on its shape) is built by it unless False.
+
+    Returns
+    -------
+    object
+        An instance of ``cls`` (``data`` itself when it already is one).
+
+    Raises
+    ------
+    ConfigError
+        An unknown key, a missing required key or a value of the wrong type,
+        named ``where.key``.
+
+    Examples
+    --------
+    >>> from astrosr.config import from_dict
+    >>> from astrosr.train_config import TrainConfig
+    >>> config = from_dict(TrainConfig, {"max_steps": 300, "lr": 1})  # an int where a float is expected is fine
+    >>> config.max_steps, config.lr
+    (300, 1.0)
+    >>> from_dict(TrainConfig, {"max_steps": "300"}, where="train")
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: train.max_steps: expected int, got '300'
     """
     if isinstance(data, cls):
         return data
@@ -180,7 +223,24 @@ def _located(message: str, where: str, keys) -> str:
 
 
 def load_yaml(path: str | Path) -> dict:
-    """Parse a YAML file into a dict; a missing file or bad YAML is a ConfigError naming it."""
+    """Parse a YAML file into a dict; a missing file or bad YAML is a ConfigError naming it.
+
+    An empty file is ``{}``; a top level other than a mapping is an error.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.config import load_yaml
+    >>> path = Path(tempfile.mkdtemp()) / "train.yaml"
+    >>> _ = path.write_text("train:\\n  lr: 0.001\\n")
+    >>> load_yaml(path)
+    {'train': {'lr': 0.001}}
+    >>> load_yaml(path.with_name("missing.yaml"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: ...missing.yaml: config file not found
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -196,12 +256,34 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def to_dict(config: Any) -> dict:
-    """A dataclass config as plain JSON-able dicts."""
+    """A dataclass config as plain JSON-able dicts.
+
+    Examples
+    --------
+    >>> from astrosr.config import to_dict
+    >>> from astrosr.train_config import TrainConfig
+    >>> values = to_dict(TrainConfig(model_options={"width": 8}))
+    >>> values["model"], values["model_options"]
+    ('resvae', {'width': 8})
+    """
     return dataclasses.asdict(config)
 
 
 def replace(config: Any, **overrides: Any) -> Any:
-    """A copy of ``config`` with the non-None ``overrides`` applied and checked (errors name the key)."""
+    """A copy of ``config`` with the non-None ``overrides`` applied and checked (errors name the key).
+
+    Examples
+    --------
+    >>> from astrosr.config import replace
+    >>> from astrosr.train_config import TrainConfig
+    >>> config = replace(TrainConfig(), batch=4, lr=None)  # None: not given, the value is kept
+    >>> config.batch, config.lr
+    (4, 0.002)
+    >>> replace(config, batch=2.5)
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: batch: expected int, got 2.5
+    """
     merged = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
     merged.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(type(config), merged)

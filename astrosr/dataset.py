@@ -28,6 +28,7 @@ torch.Size([16, 1, 64, 64])
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -36,6 +37,9 @@ from torch.utils.data import Dataset, Sampler
 
 from . import pairs as pairs_file
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["PairsDataset", "TileSampler", "augment"]
 
@@ -90,6 +94,34 @@ class PairsDataset(Dataset):
         Their row numbers in the file.
     scale : int
         The file's BLU block-average factor.
+
+    Raises
+    ------
+    InputError
+        No tile of ``field`` in the file, or a ``crop`` that does not fit the tiles.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.dataset import PairsDataset
+    >>> from astrosr.prepare import prepare_pairs
+    >>> from astrosr.simulate import write_simulated
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> _ = write_simulated(tmp / "sim.fits", seed=3, index=0, size=256)
+    >>> _ = prepare_pairs([tmp / "sim.fits"], tmp / "pairs.h5")
+    >>> ds = PairsDataset(tmp / "pairs.h5", field="train")
+    >>> len(ds), sorted(ds[0])
+    (4, ['affine', 'blu', 'cond', 'index', 'ori', 'psf'])
+    >>> ds[0]["blu"].shape, ds[0]["cond"].shape
+    (torch.Size([1, 128, 128]), torch.Size([2]))
+    >>> cropped = PairsDataset(tmp / "pairs.h5", augment=True, crop=64)
+    >>> cropped[0, 12345]["ori"].shape  # the code 12345 picks the flip/rotation and the crop
+    torch.Size([1, 64, 64])
+    >>> PairsDataset(tmp / "pairs.h5", field="val")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.InputError: ...pairs.h5: no tiles of field 'val' (fields present: train)
     """
 
     def __init__(self, path: str | os.PathLike, *, field: str | list[str] | None = "train", in_memory: bool = False,
@@ -142,7 +174,7 @@ class PairsDataset(Dataset):
         lo, hi = self.rows.min(), self.rows.max() + 1
         return ds[lo:hi][self.rows - lo]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.rows)
 
     def __getstate__(self):
@@ -218,6 +250,20 @@ class TileSampler(Sampler):
         This process and the number of processes W.
     start_step : int
         First step to yield.
+
+    Examples
+    --------
+    >>> from astrosr.dataset import TileSampler
+    >>> stream = iter(TileSampler(4, batch=2, seed=0))
+    >>> first = [next(stream) for _ in range(4)]  # steps 0 and 1: (index, code) pairs
+    >>> sorted(index for index, _ in first)  # one epoch visits every tile once
+    [0, 1, 2, 3]
+    >>> resumed = iter(TileSampler(4, batch=2, seed=0, start_step=1))
+    >>> [next(resumed) for _ in range(2)] == first[2:]  # a resumed run sees the same step 1
+    True
+    >>> rank1 = iter(TileSampler(4, batch=1, seed=0, rank=1, world=2))
+    >>> next(rank1) == first[1]  # two ranks of batch 1 share the global batch of 2
+    True
     """
 
     def __init__(self, n: int, *, batch: int, seed: int = 0, rank: int = 0, world: int = 1, start_step: int = 0):
@@ -240,7 +286,7 @@ class TileSampler(Sampler):
         perm, codes = self._epoch(g // self.n)
         return perm[g % self.n], codes[g % self.n]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         step = self.start_step
         while True:
             first = (step * self.world + self.rank) * self.batch

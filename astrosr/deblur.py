@@ -281,15 +281,8 @@ def deblur_image(
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         return restore_image(
-            image,
-            model,
-            psf_kernel=kernel,
-            psf_fwhm=fwhm,
-            consistency=consistency,
-            overlap=overlap,
-            samples=samples,
-            device=device,
-            progress=progress,
+            image, model, psf_kernel=kernel, psf_fwhm=fwhm, consistency=consistency, overlap=overlap,
+            samples=samples, device=device, progress=progress,
         )
 
 

@@ -12,12 +12,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import check_options, option, replace
 from .errors import ConfigError, InputError
 from .files import make_dir
 from .progress import ProgressCallback, report
 from .psf import BENCH_V1_PSF, PSF
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+
+    from .manifest import Manifest
 
 __all__ = ["BENCH_FIELDS", "EvaluateOptions", "evaluate", "load_sources"]
 
@@ -40,7 +47,9 @@ def _manifest(manifest, *, required):
     return load_manifest(manifest)
 
 
-def load_sources(*, fields=None, images=None, manifest=None, data_dir=None):
+def load_sources(*, fields: Sequence[str] | None = None, images: Sequence[str | os.PathLike] | None = None,
+                 manifest: Manifest | None = None,
+                 data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
     """The images to score as ``[(path, field)]``.
 
     Parameters
@@ -53,6 +62,42 @@ def load_sources(*, fields=None, images=None, manifest=None, data_dir=None):
         Needed with ``fields``.
     data_dir : path, optional
         Where the manifest's files are (default ``$ASTROSR_DATA_DIR``).
+
+    Returns
+    -------
+    list of (Path, str)
+        Each image and its field: images in the order given; fields one
+        after the other, each in the manifest's order.
+
+    Raises
+    ------
+    ConfigError
+        Neither or both of ``fields`` and ``images``, or ``fields`` without a manifest.
+    InputError
+        A missing image file.
+    DataError
+        A manifest file missing from ``data_dir`` or with the wrong sha256.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.evaluate import load_sources
+    >>> image = Path(tempfile.mkdtemp()) / "M51.fits"
+    >>> _ = image.write_bytes(b"")  # only its existence is checked here
+    >>> load_sources(images=[image]) == [(image, "images")]
+    True
+    >>> load_sources(images=[image], fields=["val"])
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: fields, images: give exactly one of them
+
+    bench-v1's fields, from the manifest and the downloaded files:
+
+    >>> from astrosr.manifest import load_manifest
+    >>> manifest = load_manifest("data_manifests/bench_v1.yaml")  # doctest: +SKIP
+    >>> load_sources(fields=["val"], manifest=manifest, data_dir="data/fits")  # doctest: +SKIP
+    [(PosixPath('data/fits/M13_blue_0005.fits'), 'val'), (PosixPath('data/fits/reprojected_sdss_i.fits'), 'val')]
     """
     from .manifest import resolve
 
@@ -106,6 +151,20 @@ class EvaluateOptions:
         get ``calibration_1sigma``: the fraction of the scored tiles' pixels
         with ``|SR - ORI| <= sigma`` (about 0.683 for a calibrated Gaussian
         map). The SR rows' s/Mpix then include the draws.
+
+    Examples
+    --------
+    >>> from astrosr.config import replace
+    >>> from astrosr.evaluate import EvaluateOptions
+    >>> options = EvaluateOptions(images=["M51.fits"], models=[])  # BLU, Richardson-Lucy and Wiener only
+    >>> options.fields, options.psf.describe()
+    ([], 'Moffat FWHM=4px beta=3 41x41')
+    >>> replace(options, samples=4).samples
+    4
+    >>> EvaluateOptions(fields=["test"])
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: fields: expected train, val, other_sky, simulated or all, got 'test'
     """
 
     fields: list[str] = option(default_factory=list, flag="--field",

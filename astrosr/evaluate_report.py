@@ -137,19 +137,16 @@ def rows(results: Sequence[ImageResult], methods: Sequence[str]) -> tuple[dict[s
 
     Examples
     --------
-    >>> import tempfile
-    >>> from pathlib import Path
     >>> from astrosr.baselines import default_choice
     >>> from astrosr.psf import moffat_psf
     >>> from astrosr.scoring import method_names, score_image
-    >>> from astrosr.simulate import write_simulated
-    >>> path = Path(tempfile.mkdtemp()) / "sim.fits"
-    >>> _ = write_simulated(path, seed=500, index=0, size=128)
+    >>> from astrosr.simulate import example_field
+    >>> path = example_field()
     >>> choice = default_choice("example")
     >>> result = score_image(path, "val", moffat_psf(4.0, size=9), [], 4.0, choice, True, "cpu", 1)
     >>> fields, images = rows([result], method_names([], choice))
     >>> list(fields["val"]), list(images)
-    (['BLU', 'RL n=20', 'Wiener b=0.1'], ['sim'])
+    (['BLU', 'RL n=20', 'Wiener b=0.1'], ['sim_s500_000'])
     """
     fields = {}
     for field in dict.fromkeys(r.field for r in results):

@@ -16,6 +16,8 @@ whose inputs were not remade since; anything else runs again (an interrupted
 training of the same hash continues from its ``last.pt``).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import datetime
 import glob
@@ -25,6 +27,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -34,6 +37,11 @@ from .errors import ConfigError, DataError
 from .files import atomic_path, make_dir, sha256_file
 from .provenance import hardware, versions
 from .pipeline_config import Pipeline, find_path, load_pipeline, path_exists
+
+if TYPE_CHECKING:
+    import os
+
+    from .progress import ProgressCallback
 
 __all__ = ["run_pipeline", "load_pipeline"]
 
@@ -303,12 +311,16 @@ def _panel(truth, blu, sr):
     return str(target)
 
 
-def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_dir=None, progress=None):
+def run_pipeline(pipeline: str | os.PathLike | Pipeline, *, run_dir: str | os.PathLike | None = None,
+                 max_steps: int | None = None, force: bool = False, data_dir: str | os.PathLike | None = None,
+                 progress: ProgressCallback = None) -> dict[str, Any]:
     """Run a pipeline's stages in order, skipping those finished before with the same config.
 
     Parameters
     ----------
     pipeline : str or Path or Pipeline
+        A pipeline YAML (:func:`astrosr.pipeline_config.load_pipeline`) or a
+        loaded :class:`~astrosr.pipeline_config.Pipeline`.
     run_dir : str or Path, optional
         Default: the YAML's ``run_dir``, else ``runs/<name>``.
     max_steps : int, optional
@@ -327,6 +339,30 @@ def run_pipeline(pipeline, *, run_dir=None, max_steps=None, force=False, data_di
     dict
         The content of ``RUN/summary.json``: per stage its status, seconds and
         outputs, the total time, hardware and versions.
+
+    Raises
+    ------
+    ConfigError
+        An invalid pipeline file or ``max_steps`` below 1.
+
+    Examples
+    --------
+    A pipeline of one simulate stage; the rerun skips it:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.pipeline import run_pipeline
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> _ = (tmp / "sim.yaml").write_text("simulate:\\n  test: {n: 1, seed: 1000, size: 128}\\n")
+    >>> summary = run_pipeline(tmp / "sim.yaml", run_dir=tmp / "run")
+    >>> [(row["stage"], row["status"]) for row in summary["stages"]]
+    [('simulate.test', 'done')]
+    >>> [row["status"] for row in run_pipeline(tmp / "sim.yaml", run_dir=tmp / "run")["stages"]]
+    ['skipped']
+
+    The quickstart (simulate, prepare, train, evaluate, deblur: minutes on a CPU):
+
+    >>> summary = run_pipeline("pipelines/quickstart.yaml", max_steps=50)  # doctest: +SKIP
     """
     p = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
     if max_steps is not None:

@@ -20,12 +20,18 @@ Every section is validated on load by :func:`astrosr.config.from_dict`
 (their ``best.pt``), weight files or ``default``; ``images`` / ``inputs`` name
 simulate sets or files. Relative paths are taken from the current directory,
 else from the pipeline file's directory or its parent.
+
+Kept together as one module: the stage sections, the loader and the checks
+of the references between sections are one file format.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import from_dict, load_yaml, to_dict
 from .errors import ConfigError
@@ -33,6 +39,9 @@ from .deblur import DeblurOptions
 from .evaluate import EvaluateOptions
 from .prepare import PrepareOptions
 from .simulate import SimulateOptions
+
+if TYPE_CHECKING:
+    import os
 
 __all__ = ["STAGES", "SimulateSet", "DataStage", "EvaluateStage", "DeblurStage", "Pipeline", "load_pipeline",
            "find_path", "path_exists"]
@@ -51,6 +60,16 @@ class SimulateSet(SimulateOptions):
         Field these images enter the pairs file with (``train``, ``val``...);
         None keeps them out of prepare (test images for evaluate / deblur).
         Seeds >= 1000 are the simulated test field and never train.
+
+    Examples
+    --------
+    >>> from astrosr.pipeline_config import SimulateSet
+    >>> SimulateSet(n=2, seed=1000, size=256)
+    SimulateSet(n=2, seed=1000, size=256, field=None)
+    >>> SimulateSet(seed=1000, field="train")
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: seed 1000 >= 1000 is the simulated test field; it never trains
     """
 
     field: str | None = None
@@ -76,6 +95,17 @@ class DataStage:
         Download missing files (``astrosr fetch``) instead of failing.
     data_dir : str or None
         Default ``$ASTROSR_DATA_DIR`` (``astrosr run --data-dir`` overrides).
+
+    Examples
+    --------
+    >>> from astrosr.config import from_dict
+    >>> from astrosr.pipeline_config import DataStage
+    >>> from_dict(DataStage, {"fields": ["val"]}, where="data").prepare_fields
+    ['train', 'val']
+    >>> from_dict(DataStage, {"feilds": ["val"]}, where="data")
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: data.feilds: unknown key (known: data_dir, fetch, fields, manifest, prepare_fields)
     """
 
     manifest: str = "data_manifests/bench_v1.yaml"
@@ -98,6 +128,19 @@ class EvaluateStage(EvaluateOptions):
     extra_fwhm : list of float
         Further runs with the PSF's shape at these FWHMs (robustness),
         written to ``evaluate_fwhm<F>/``.
+
+    Examples
+    --------
+    >>> from astrosr.config import from_dict
+    >>> from astrosr.pipeline_config import EvaluateStage
+    >>> stage = from_dict(EvaluateStage, {"models": ["default"], "images": ["test"], "extra_fwhm": [3, 5]},
+    ...                   where="evaluate")
+    >>> stage.extra_fwhm, stage.options(images=["test_000.fits"]).images
+    ([3.0, 5.0], ['test_000.fits'])
+    >>> EvaluateStage(models=["default"])
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: fields, images: give exactly one of them
     """
 
     models: list[str] = field(default_factory=list)
@@ -133,6 +176,17 @@ class DeblurStage(DeblurOptions):
         Blur the (sharp, e.g. simulated) inputs first with this PSF and
         bench-v1 noise, into ``deblur/blurred/``, and draw an ORI / BLU / SR
         panel per image: a demonstration with the truth at hand.
+
+    Examples
+    --------
+    >>> from astrosr.pipeline_config import DeblurStage
+    >>> stage = DeblurStage(inputs=["sky"], degrade=True)
+    >>> stage.model is None, stage.options(model="default").model
+    (True, 'default')
+    >>> DeblurStage()
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: inputs: at least one input (a simulate set or a file)
     """
 
     inputs: list[str] = field(default_factory=list)
@@ -152,7 +206,23 @@ class DeblurStage(DeblurOptions):
 
 @dataclass
 class Pipeline:
-    """A validated pipeline file; stage attributes are None (or empty) when absent."""
+    """A validated pipeline file; stage attributes are None (or empty) when absent.
+
+    Built by :func:`load_pipeline`. ``simulate`` maps set names to
+    :class:`SimulateSet`, ``train`` model names to
+    :class:`astrosr.train_config.TrainConfig`.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> import astrosr
+    >>> from astrosr.pipeline_config import load_pipeline
+    >>> pipeline = load_pipeline(Path(astrosr.__file__).resolve().parents[1] / "pipelines" / "quickstart.yaml")
+    >>> pipeline.data is None, list(pipeline.train), pipeline.deblur.inputs
+    (True, ['resvae'], ['sky'])
+    >>> sorted(pipeline.to_dict())
+    ['deblur', 'description', 'evaluate', 'name', 'prepare', 'run_dir', 'simulate', 'train']
+    """
 
     path: Path
     name: str
@@ -165,7 +235,7 @@ class Pipeline:
     evaluate: EvaluateStage | None = None
     deblur: DeblurStage | None = None
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The validated configuration as plain data (written to ``RUN/pipeline.yaml``)."""
         out = {"name": self.name, "description": self.description, "run_dir": self.run_dir}
         for stage in STAGES:
@@ -181,7 +251,7 @@ class Pipeline:
 # --- loading --------------------------------------------------------------------
 
 
-def find_path(value, base, key):
+def find_path(value: str | os.PathLike, base: Path, key: str) -> Path:
     """An existing path named in a pipeline file.
 
     Parameters
@@ -194,10 +264,31 @@ def find_path(value, base, key):
     key : str
         The config key, for the error message.
 
+    Returns
+    -------
+    Path
+        ``value`` itself when absolute or found from the current directory,
+        else joined to the directory it was found in.
+
     Raises
     ------
     ConfigError
         Found nowhere.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.pipeline_config import find_path
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "pipelines").mkdir()
+    >>> _ = (root / "bench.yaml").write_text("")
+    >>> find_path("bench.yaml", root / "pipelines", "data.manifest") == root / "bench.yaml"
+    True
+    >>> find_path("missing.yaml", root / "pipelines", "data.manifest")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: data.manifest: missing.yaml not found (relative paths: from the current directory ...)
     """
     path = Path(value)
     if path.is_absolute() or path.exists():
@@ -233,8 +324,19 @@ def _mapping(data, key):
     return value
 
 
-def path_exists(value, base):
-    """Whether ``value`` is an existing path (as :func:`find_path` looks) or a glob that matches files."""
+def path_exists(value: str, base: Path) -> bool:
+    """Whether ``value`` is an existing path (as :func:`find_path` looks) or a glob that matches files.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astrosr.pipeline_config import path_exists
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "m51.fits").write_bytes(b"")
+    >>> path_exists("m51.fits", root), path_exists(str(root / "*.fits"), root), path_exists("m31.fits", root)
+    (True, True, False)
+    """
     try:
         find_path(value, base, value)
         return True
@@ -269,12 +371,14 @@ def _check_refs(pipeline, base):
         raise ConfigError("prepare: no inputs (a data section, or simulate sets with a field)")
 
 
-def load_pipeline(path):
+def load_pipeline(path: str | os.PathLike) -> Pipeline:
     """Read and validate a pipeline YAML.
 
     Parameters
     ----------
     path : str or Path
+        The pipeline file; relative paths inside it are found as
+        :func:`find_path` does.
 
     Returns
     -------
@@ -285,6 +389,23 @@ def load_pipeline(path):
     ConfigError
         An unknown stage, unknown key or wrong type (named ``file: section.key``),
         or a reference to a model / simulate set / file that does not exist.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import astrosr
+    >>> from astrosr.pipeline_config import load_pipeline
+    >>> repo = Path(astrosr.__file__).resolve().parents[1]
+    >>> pipeline = load_pipeline(repo / "pipelines" / "quickstart.yaml")
+    >>> pipeline.name, list(pipeline.simulate), pipeline.train["resvae"].max_steps
+    ('quickstart', ['train', 'val', 'test', 'sky'], 500)
+    >>> bad = Path(tempfile.mkdtemp()) / "bad.yaml"
+    >>> _ = bad.write_text("simulate:\\n  test: {n: 2, seed: 1000}\\nprepare: {nosie: 2}\\n")
+    >>> load_pipeline(bad)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: .../bad.yaml: prepare.nosie: unknown key (known: compression, hdu, ...)
     """
     path = Path(path)
     data = load_yaml(path)

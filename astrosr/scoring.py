@@ -14,14 +14,11 @@ see the same BLU and be timed the same way.
 
 Examples
 --------
->>> import tempfile
->>> from pathlib import Path
 >>> from astrosr import baselines
 >>> from astrosr.psf import moffat_psf
 >>> from astrosr.scoring import score_image
->>> from astrosr.simulate import write_simulated
->>> path = Path(tempfile.mkdtemp()) / "sim.fits"
->>> _ = write_simulated(path, seed=500, index=0, size=128)
+>>> from astrosr.simulate import example_field
+>>> path = example_field()
 >>> choice = baselines.default_choice("example: no val images")
 >>> result = score_image(path, "val", moffat_psf(4.0, size=9), [], 4.0, choice, True, "cpu", 1)
 >>> list(result.scores)
@@ -165,12 +162,9 @@ def degraded(path: str | Path, kernel: np.ndarray) -> tuple[np.ndarray, metrics.
 
     Examples
     --------
-    >>> import tempfile
-    >>> from pathlib import Path
     >>> from astrosr.psf import moffat_psf
-    >>> from astrosr.simulate import write_simulated
-    >>> path = Path(tempfile.mkdtemp()) / "sim.fits"
-    >>> _ = write_simulated(path, seed=500, index=0, size=128)
+    >>> from astrosr.simulate import example_field
+    >>> path = example_field()
     >>> ori, ref, blu = degraded(path, moffat_psf(4.0, size=9))
     >>> ori.shape, blu.shape, len(ref.origins)
     ((128, 128), (128, 128), 1)
@@ -433,14 +427,11 @@ def score_image(
 
     Examples
     --------
-    >>> import tempfile
-    >>> from pathlib import Path
     >>> from astrosr.baselines import default_choice
     >>> from astrosr.models import ResVAE
     >>> from astrosr.psf import moffat_psf
-    >>> from astrosr.simulate import write_simulated
-    >>> path = Path(tempfile.mkdtemp()) / "sim.fits"
-    >>> _ = write_simulated(path, seed=500, index=0, size=128)
+    >>> from astrosr.simulate import example_field
+    >>> path = example_field()
     >>> result = score_image(path, "val", moffat_psf(4.0, size=9), [("untrained", ResVAE())], 4.0,
     ...                      default_choice("example"), True, "cpu", 1)
     >>> list(result.scores)

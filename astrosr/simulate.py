@@ -42,7 +42,7 @@ from .psf import moffat_psf
 from .errors import ConfigError, InputError
 from .files import atomic_path
 
-__all__ = ["SimulateOptions", "sim_name", "simulate_image", "write_simulated", "simulate_fields"]
+__all__ = ["SimulateOptions", "sim_name", "simulate_image", "write_simulated", "simulate_fields", "example_field"]
 
 PIXSCALE_ARCSEC = 0.4
 
@@ -298,3 +298,21 @@ def simulate_fields(
         write_simulated(path, seed=seed, index=i, size=size, overwrite=overwrite)
         report(progress, "images", i + 1, n)
     return paths
+
+
+def example_field(*, seed: int = 500, size: int = 128) -> Path:
+    """A small simulated field in a new temporary directory: the image the docstring examples use.
+
+    Seed 500 is a development field (never a training or test image).
+
+    Examples
+    --------
+    >>> from astrosr.simulate import example_field
+    >>> example_field().name
+    'sim_s500_000.fits'
+    """
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="astrosr-example-")) / sim_name(seed, 0)
+    write_simulated(path, seed=seed, index=0, size=size)
+    return path

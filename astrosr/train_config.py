@@ -77,6 +77,22 @@ class TrainConfig:
     progress : bool
         Whether ``astrosr train`` shows a progress bar (:func:`train` itself
         never draws one: it reports to its ``progress`` callback).
+
+    Examples
+    --------
+    >>> from astrosr.config import from_dict
+    >>> from astrosr.train_config import TrainConfig
+    >>> config = TrainConfig(max_steps=300, model_options={"width": 8})
+    >>> config.model, config.batch, config.lr, config.max_steps
+    ('resvae', 16, 0.002, 300)
+    >>> TrainConfig(loss="huber")
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: loss: expected 'l1' or 'mse', got 'huber'
+    >>> from_dict(TrainConfig, {"lr": "fast"}, where="train")  # a YAML section is checked key by key
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: train.lr: expected float, got 'fast'
     """
 
     model: str = option("resvae", help="Model family: resvae or vae [resvae].")
