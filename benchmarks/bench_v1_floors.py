@@ -4,7 +4,7 @@
         [--samples FWHM4_SAMPLES/summary.json] [--model 'SR resvae/best'] [--vae 'SR vae/best']
 
 The default model's row is the one with the data-consistency step; its own '(no DC)' variant is
-not a competitor (CONTRACTS.md 4). Every comparison prints the numbers it used.
+not a competitor. Every comparison prints the numbers it used.
 """
 
 import argparse
@@ -14,7 +14,7 @@ FIELDS = ("val", "other_sky", "simulated")
 
 
 def _competitors(rows, vae):
-    """BLU, RL, Wiener and the seed VAE's row with the step (CONTRACTS.md 4: the floors' rivals)."""
+    """BLU, RL, Wiener and the seed VAE's row with the step (the floors' rivals; a model's own variants are not)."""
     return {name: row for name, row in rows.items()
             if name == "BLU" or name.startswith(("RL ", "Wiener ")) or name == vae}
 

@@ -10,9 +10,14 @@ installed astrosr. ``compare A B`` then checks, and prints one line per output:
 - the pairs files' ``blu``, ``ori``, ``tiles``, ``images`` and ``psfs`` datasets and PSF parameters;
 - the trained checkpoints' weights and step.
 
-Run ``make`` once on the commit before a change and once after (with the same thread count), then
-``compare``: ``python benchmarks/same_outputs.py make /tmp/before``, ...,
-``python benchmarks/same_outputs.py compare /tmp/before /tmp/after``. Needs the bench-v1 files
+Run ``make`` once with the commit before a change and once after (same thread count), then
+``compare``::
+
+    git worktree add /tmp/old <commit before>
+    python benchmarks/same_outputs.py make /tmp/before --checkout /tmp/old
+    python benchmarks/same_outputs.py make /tmp/after
+    python benchmarks/same_outputs.py compare /tmp/before /tmp/after
+ Needs the bench-v1 files
 (``ASTROSR_DATA_DIR``); takes about a minute on 2 cores.
 """
 
@@ -54,7 +59,7 @@ def _commands(data):
     ]
 
 
-def make(out, data):
+def make(out, data, checkout=None):
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -62,8 +67,19 @@ def make(out, data):
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     for args in _commands(data):
         print("astrosr", " ".join(args), flush=True)
-        subprocess.run(["astrosr", *args], cwd=out, env=env, check=True, stdout=subprocess.DEVNULL)
+        command = [sys.executable, "-c", _RUNNER, str(Path(checkout).resolve()) if checkout else ""]
+        subprocess.run([*command, *args], cwd=out, env=env, check=True, stdout=subprocess.DEVNULL)
 
+
+#: runs the CLI of the astrosr in a given checkout (first on sys.path), or the installed one
+_RUNNER = """import sys
+checkout = sys.argv.pop(1)
+if checkout:
+    sys.path.insert(0, checkout)
+sys.argv[0] = "astrosr"
+from astrosr.cli import main
+main()
+"""
 
 TIMING = {"seconds", "s_per_mpix", "elapsed_s", "tiles_per_s"}
 VOLATILE = TIMING | {"date", "created", "hardware", "versions", "path", "pairs", "note"}
@@ -129,13 +145,14 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("make", help="run the commands into OUT")
     m.add_argument("out")
+    m.add_argument("--checkout", default=None, help="run the astrosr of this checkout [the installed one]")
     m.add_argument("--data-dir", default=os.environ.get("ASTROSR_DATA_DIR", str(ROOT.parent / "shared/data/fits")))
     c = sub.add_parser("compare", help="compare two OUT directories")
     c.add_argument("a")
     c.add_argument("b")
     args = parser.parse_args()
     if args.command == "make":
-        make(args.out, Path(args.data_dir).resolve())
+        make(args.out, Path(args.data_dir).resolve(), args.checkout)
         return 0
     return compare(args.a, args.b)
 
