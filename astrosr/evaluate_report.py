@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # annotations only: writing a report needs none of these at r
     from .psf import PSF
     from .scoring import ImageResult
 
-__all__ = ["write_outputs", "provenance", "rows", "format_row", "fmt", "HEADER"]
+__all__ = ["write_outputs", "provenance", "rows", "format_row", "fmt", "HEADER", "truth_panel"]
 
 SCHEMA = "astrosr-evaluate/1"
 
@@ -440,3 +440,32 @@ def write_outputs(
         tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))
     _write_report(out / "report.md", summary, figures)
     return summary
+
+
+def truth_panel(truth: str | Path, blu: str | Path, sr: str | Path) -> str:
+    """ORI | BLU | SR of three FITS files side by side, one asinh stretch from ORI's percentiles: ``<sr>.png``.
+
+    The picture of a demonstration with the truth at hand (``astrosr run``'s deblur stage with ``degrade``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .degrade import percentile_limits
+    from .fits_io import read_image, strip_fits_suffix
+
+    images = [read_image(p).data for p in (truth, blu, sr)]
+    lo, hi = percentile_limits(images[0], 0.5, 99.9)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.3))
+    for ax, image, title in zip(axes, images, ("ORI (truth)", "BLU (input)", "SR (astrosr deblur)")):
+        ax.imshow(np.arcsinh(10 * np.clip((image - lo) / (hi - lo), 0, 1)), origin="lower", cmap="gray")
+        ax.set_title(title)
+        ax.set_axis_off()
+    fig.tight_layout()
+    target = Path(sr).parent / f"{strip_fits_suffix(Path(sr).name)}.png"
+    with atomic_path(target, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return str(target)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["atomic_path", "make_dir", "check_not_input", "sha256_file"]
+__all__ = ["atomic_path", "make_dir", "check_not_input", "sha256_file", "sigterm_as_interrupt"]
 
 
 def make_dir(path: str | Path) -> Path:
@@ -153,3 +153,31 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """A plain ``kill`` unwinds like Ctrl-C inside this block, so temporary outputs are removed.
+
+    Only in the main thread (signal handlers can be set nowhere else).
+
+    Examples
+    --------
+    >>> with sigterm_as_interrupt():
+    ...     pass
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

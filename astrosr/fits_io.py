@@ -33,7 +33,7 @@ from astropy.io.fits.verify import VerifyWarning
 
 from .errors import InputError
 
-__all__ = ["FitsImage", "read_image", "FITS_SUFFIXES", "STRUCTURAL", "strip_fits_suffix"]
+__all__ = ["FitsImage", "read_image", "FITS_SUFFIXES", "STRUCTURAL", "strip_fits_suffix", "pixel_scale"]
 
 #: cards that describe a HDU's on-disk layout (or, DATAMIN/MAX, its stored pixels), not the sky
 STRUCTURAL = re.compile(
@@ -207,3 +207,29 @@ def read_image(
     if finite.min() == finite.max():
         raise InputError(f"{path}: image is constant ({finite.min():g} everywhere): zero dynamic range")
     return FitsImage(data=data, header=header, path=path, hdu=index, plane=plane)
+
+
+def pixel_scale(header: fits.Header) -> float | None:
+    """The mean pixel scale (arcsec/px) of a header's celestial WCS, or None without a usable one.
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CDELT1": -1 / 3600, "CDELT2": 1 / 3600})
+    >>> round(pixel_scale(header), 6)
+    1.0
+    >>> pixel_scale(fits.Header()) is None
+    True
+    """
+    from astropy.wcs import WCS, FITSFixedWarning
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    try:
+        with warnings.catch_warnings():  # astropy's notes on fixing old headers are not the user's concern here
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header).celestial
+        if wcs.naxis == 2:
+            return float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
+    except Exception:  # a broken WCS is the same as none for this purpose
+        pass
+    return None

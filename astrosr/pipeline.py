@@ -244,6 +244,7 @@ class _Runner:
 
     def deblur(self):
         from .batch import deblur_batch
+        from .evaluate_report import truth_panel
 
         d = self.p.deblur
         out = _fresh(self.run / "deblur")
@@ -262,7 +263,7 @@ class _Runner:
             log.info("%s -> %s (%.1f s)", Path(r.input).name, r.output, r.seconds)
         if d.degrade:
             for truth, blu, r in zip(truths, inputs, results):
-                outputs.append(_panel(truth, blu, r.output))
+                outputs.append(truth_panel(truth, blu, r.output))
             outputs += inputs
         return outputs
 
@@ -282,32 +283,6 @@ def _blurred(path, psf, out_dir):
     target = out_dir / f"{strip_fits_suffix(Path(path).name)}_blu.fits"
     with atomic_path(target, overwrite=True) as tmp:
         fits.PrimaryHDU(blu.astype(np.float32), header=header).writeto(tmp)
-    return str(target)
-
-
-def _panel(truth, blu, sr):
-    """ORI | BLU | SR side by side, one asinh stretch from ORI's percentiles: ``<sr>.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .degrade import percentile_limits
-    from .fits_io import read_image, strip_fits_suffix
-
-    images = [read_image(p).data for p in (truth, blu, sr)]
-    lo, hi = percentile_limits(images[0], 0.5, 99.9)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.3))
-    for ax, image, title in zip(axes, images, ("ORI (truth)", "BLU (input)", "SR (astrosr deblur)")):
-        ax.imshow(np.arcsinh(10 * np.clip((image - lo) / (hi - lo), 0, 1)), origin="lower", cmap="gray")
-        ax.set_title(title)
-        ax.set_axis_off()
-    fig.tight_layout()
-    target = Path(sr).parent / f"{strip_fits_suffix(Path(sr).name)}.png"
-    with atomic_path(target, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return str(target)
 
 

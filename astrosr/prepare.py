@@ -24,10 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal as _signal
-import threading
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +33,8 @@ from .config import check_options, option, to_dict
 from .degrade import background_stats, degrade, percentile_limits
 from .psf import BENCH_V1_PSF, PSF, parse_range
 from .errors import ConfigError, InputError
-from .files import check_not_input, sha256_file
-from .fits_io import read_image
+from .files import check_not_input, sha256_file, sigterm_as_interrupt
+from .fits_io import pixel_scale, read_image
 from .pairs import COMPRESSION, PairsWriter
 from .progress import report
 from .tiling import extract_tiles, grid_origins, nan_free
@@ -175,22 +171,15 @@ class _Psfs:
 
 
 def _image_pixscale(image, config):
+    """The image's arcsec/px for resampling a PSF file: given, else from its WCS."""
     if config.psf.pixscale is None:
         return None
     if config.psf.image_pixscale is not None:
         return config.psf.image_pixscale
-    from astropy.wcs import WCS, FITSFixedWarning
-    from astropy.wcs.utils import proj_plane_pixel_scales
-
-    try:
-        with warnings.catch_warnings():  # astropy's notes on fixing old headers are not the user's concern here
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(image.header).celestial
-        if wcs.naxis == 2:
-            return float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
-    except Exception:  # a broken WCS is the same as none for this purpose
-        pass
-    raise InputError(f"{image.path}: no celestial WCS to resample the PSF to; give psf.image_pixscale")
+    scale = pixel_scale(image.header)
+    if scale is None:
+        raise InputError(f"{image.path}: no celestial WCS to resample the PSF to; give psf.image_pixscale")
+    return scale
 
 
 def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson):
@@ -257,23 +246,6 @@ def _one_image(i, path, field, sha256, config, psfs):
                  blu_lo, blu_hi, bg_mean, bg_median, bg_std, blu_bg_std, image.hdu,
                  -1 if image.plane is None else image.plane)
     return image_row, blu_tiles, ori_tiles, tile_rows
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """A plain ``kill`` unwinds like Ctrl-C, so the temporary output is removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = _signal.signal(_signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        _signal.signal(_signal.SIGTERM, previous)
 
 
 def _normalise_sources(sources):
@@ -352,7 +324,7 @@ def prepare_pairs(sources: Iterable[str | os.PathLike | tuple[str | os.PathLike,
     check_not_input(out, [path for path, _, _ in sources] + ([config.psf.path] if config.psf.path else []))
     psfs = _Psfs(config)
     counts = {}
-    with _sigterm_as_interrupt(), PairsWriter(out, tile=config.tile, scale=config.scale, compression=config.compression,
+    with sigterm_as_interrupt(), PairsWriter(out, tile=config.tile, scale=config.scale, compression=config.compression,
                                               overwrite=overwrite) as writer:
         report(progress, "images", 0, len(sources))
         for i, (path, field, digest) in enumerate(sources):
