@@ -1,96 +1,15 @@
-"""PSF kernels and the bench-v1 degradation, checked against independent computations."""
+"""The bench-v1 degradation, checked against independent computations."""
 
 import numpy as np
 import pytest
 from astropy.convolution import convolve as astropy_convolve
 from astropy.io import fits
-from astropy.modeling import fitting, models
 from astropy.stats import sigma_clipped_stats
-from scipy import ndimage, special
+from scipy import ndimage
 
-from astrosr.degrade import background_stats, block_average, convolve_extend, degrade, percentile_limits
-from astrosr.psf import BENCH_V1_PSF, PSF, airy_psf, gaussian_psf, measure_fwhm, moffat_psf, read_psf
-from astrosr.errors import ConfigError, InputError
-
-
-def _fit(kernel, model):
-    half = kernel.shape[0] // 2
-    y, x = np.mgrid[-half : half + 1, -half : half + 1]
-    return fitting.LevMarLSQFitter()(model, x, y, kernel, maxiter=2000)
-
-
-@pytest.mark.parametrize("fwhm", [2.5, 3.3, 4.0, 5.5])
-def test_moffat_fwhm_measured_by_a_fit(fwhm):
-    kernel = moffat_psf(fwhm, beta=3.0)
-    assert kernel.shape == (41, 41)
-    assert kernel.sum() == pytest.approx(1.0, abs=1e-12)
-    fit = _fit(kernel, models.Moffat2D(amplitude=kernel.max(), x_0=0.3, y_0=-0.2, gamma=2.0, alpha=2.0))
-    assert abs(fit.fwhm / fwhm - 1) < 0.01
-    assert fit.alpha.value == pytest.approx(3.0, rel=0.01)
-
-
-@pytest.mark.parametrize("fwhm", [2.5, 4.0, 5.5])
-def test_gaussian_fwhm_measured_by_a_fit(fwhm):
-    kernel = gaussian_psf(fwhm)
-    assert kernel.shape[0] % 2 == 1 and kernel.sum() == pytest.approx(1.0, abs=1e-12)
-    fit = _fit(kernel, models.Gaussian2D(amplitude=kernel.max(), x_mean=0.2, y_mean=0.1, x_stddev=1.0, y_stddev=1.5))
-    assert abs(fit.x_fwhm / fwhm - 1) < 0.01 and abs(fit.y_fwhm / fwhm - 1) < 0.01
-
-
-def test_bench_v1_psf_is_moffat_4_3_41():
-    gamma = 4.0 / (2 * np.sqrt(2 ** (1 / 3) - 1))
-    assert gamma == pytest.approx(3.923, abs=5e-4)  # the figure BENCHMARK.md prints
-    y, x = np.mgrid[-20:21, -20:21]
-    expected = (1 + (x**2 + y**2) / gamma**2) ** -3.0
-    np.testing.assert_allclose(BENCH_V1_PSF.kernel(), expected / expected.sum(), rtol=1e-12)
-
-
-def test_airy_first_dark_ring_at_radius():
-    kernel = airy_psf(5.0, size=41)
-    assert kernel.sum() == pytest.approx(1.0)
-    assert kernel[20, 25] < 1e-12 * kernel.max()  # exactly on the first zero
-    x = special.jn_zeros(1, 1)[0] * 3 / 5.0
-    assert kernel[20, 23] / kernel[20, 20] == pytest.approx((2 * special.j1(x) / x) ** 2, rel=1e-12)
-
-
-def test_measure_fwhm_of_known_kernels():
-    for fwhm in (2.5, 4.0, 6.0):
-        assert measure_fwhm(gaussian_psf(fwhm, size=41)) == pytest.approx(fwhm, rel=0.01)
-    # Airy FWHM = 1.029 lambda/D, first zero at 1.2197 lambda/D
-    assert measure_fwhm(airy_psf(6.0)) == pytest.approx(6.0 * 1.029 / 1.2197, rel=0.02)
-
-
-def test_read_psf_file_unit_sum_and_resampled(data_dir):
-    path = data_dir / "irac_ch1_flight.fits"
-    kernel = read_psf(path)
-    raw = fits.getdata(path).astype(np.float64)
-    assert kernel.shape == (81, 81) and kernel.sum() == pytest.approx(1.0)
-    np.testing.assert_allclose(kernel, np.clip(raw, 0, None) / np.clip(raw, 0, None).sum(), rtol=1e-6)
-    coarse = read_psf(path, pixscale=0.30525, image_pixscale=1.2)
-    assert coarse.shape[0] % 2 == 1 and coarse.shape[1] % 2 == 1 and coarse.shape[0] < 25
-    assert coarse.sum() == pytest.approx(1.0) and coarse.min() >= 0
-    assert measure_fwhm(coarse) == pytest.approx(measure_fwhm(kernel) * 0.30525 / 1.2, rel=0.1)
-
-
-def test_psf_dataclass_builds_records_and_describes(data_dir):
-    psf = PSF(shape="gaussian", fwhm=3.0)
-    np.testing.assert_array_equal(psf.kernel(), gaussian_psf(3.0, size=41))
-    assert psf.to_dict()["fwhm"] == 3.0 and "Gaussian FWHM=3px" in psf.describe()
-    assert PSF(shape="file", path=str(data_dir / "irac_ch2_flight.fits")).kernel().shape == (81, 81)
-    assert PSF(shape="airy", radius=4.0).kernel().shape == (41, 41)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(shape="boxy"), r"psf shape must be one of moffat, gaussian, airy, file, got 'boxy'"),
-        (dict(shape="file"), r"psf shape 'file' needs a path"),
-        (dict(shape="airy"), r"psf shape 'airy' needs a radius"),
-    ],
-)
-def test_psf_dataclass_errors(kwargs, message):
-    with pytest.raises(ConfigError, match=message):
-        PSF(**kwargs)
+from astrosr.degrade import background_stats, bench_v1_degrade, block_average, convolve_extend, degrade, percentile_limits
+from astrosr.errors import ConfigError
+from astrosr.psf import BENCH_V1_PSF, airy_psf, gaussian_psf, moffat_psf
 
 
 @pytest.mark.parametrize(
@@ -109,13 +28,6 @@ def test_psf_dataclass_errors(kwargs, message):
 def test_kernel_errors(call, message):
     with pytest.raises(ConfigError, match=message):
         call()
-
-
-def test_psf_without_positive_pixels(tmp_path):
-    path = tmp_path / "neg.fits"
-    fits.PrimaryHDU(-np.abs(np.random.default_rng(1).normal(size=(9, 9))) - 1).writeto(path)
-    with pytest.raises(InputError, match=r"neg\.fits: PSF has no positive pixels"):
-        read_psf(path)
 
 
 def test_degradation_equals_bench_v1_recipe_on_a_real_image(data_dir):
@@ -194,10 +106,35 @@ def test_background_stats_match_astropy_on_heavy_tails(rng, n):
     assert background_stats(np.full((4, 4), 5.0)) == (5.0, 5.0, 0.0)
 
 
-def test_psf_fwhm_px_is_analytic_or_measured(data_dir):
+def test_bench_v1_degrade_is_rng0_noise_at_oris_background_std(data_dir):
+    ori = fits.getdata(data_dir / "M51.fits").astype(float)
+    blu, std = bench_v1_degrade(ori, BENCH_V1_PSF.kernel())
+    _, _, expected_std = sigma_clipped_stats(ori, sigma=3.0, maxiters=5)
+    assert std == pytest.approx(expected_std, rel=1e-9)
+    expected = ndimage.convolve(ori, BENCH_V1_PSF.kernel(), mode="nearest") + np.random.default_rng(0).normal(0, std, ori.shape)
+    np.testing.assert_allclose(blu, expected, rtol=0, atol=1e-8)
+    twice, _ = bench_v1_degrade(ori, BENCH_V1_PSF.kernel(), noise=2.0)
+    np.testing.assert_allclose(twice - blu, expected - ndimage.convolve(ori, BENCH_V1_PSF.kernel(), mode="nearest"),
+                               atol=1e-8)
 
-    assert PSF(fwhm=3.5).fwhm_px() == 3.5 and PSF(shape="gaussian", fwhm=2.0).fwhm_px() == 2.0
-    airy = PSF(shape="airy", radius=4.0)
-    assert airy.fwhm_px() == measure_fwhm(airy.kernel())
-    # Airy FWHM = 1.029 lambda/D and first zero 1.22 lambda/D: FWHM / radius = 0.843
-    assert abs(airy.fwhm_px() / 4.0 - 0.843) < 0.03
+
+def test_a_tile_with_its_margin_is_degraded_as_the_whole_image(rng):
+    """prepare's per-tile path: the window with the kernel's half-width of context gives the whole image's pixels."""
+    ori = rng.normal(100.0, 10.0, (96, 96))
+    kernel = moffat_psf(3.0, size=9)
+    whole = convolve_extend(ori, kernel)
+    padded = np.pad(ori, 4, mode="edge")
+    y, x, side = 30, 50, 32
+    window = padded[y : y + side + 8, x : x + side + 8]
+    tile = degrade(window, kernel, noise_std=0.0, rng=np.random.default_rng(0), margin=True)
+    np.testing.assert_allclose(tile, whole[y : y + side, x : x + side], rtol=0, atol=1e-9)
+
+
+def test_poisson_term_counts_only_signal_above_the_sky_level():
+    ori = np.full((200, 200), 500.0)  # all sky: a background of 500 carries no shot noise above itself
+    blu = degrade(ori, moffat_psf(3.0), noise_std=1.0, rng=np.random.default_rng(3), poisson_gain=1.0, background=500.0)
+    plain = degrade(ori, moffat_psf(3.0), noise_std=1.0, rng=np.random.default_rng(3))
+    # only the clipped half of the Gaussian noise (at most a few ADU above the sky) adds a term of ~sqrt(1)
+    assert np.std(blu - plain) < 1.0
+    loud = degrade(ori, moffat_psf(3.0), noise_std=1.0, rng=np.random.default_rng(3), poisson_gain=1.0)
+    assert np.std(loud - plain) == pytest.approx(np.sqrt(500.0), rel=0.05)
