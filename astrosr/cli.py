@@ -14,14 +14,13 @@ import dataclasses
 import sys
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
 from .cli_display import Bars, console, err_console, evaluate_tables, log_to
 from .cli_options import click_options, flag_message, flag_names, from_cli
-from .errors import AstrosrError
 from .deblur import DeblurOptions
+from .errors import AstrosrError
 from .evaluate import EvaluateOptions
 from .prepare import PrepareOptions
 from .simulate import SimulateOptions
@@ -32,9 +31,8 @@ __all__ = ["cli", "main"]
 #: command name -> the options dataclass whose keys its errors may name
 OPTION_CLASSES = {"evaluate": EvaluateOptions, "deblur": DeblurOptions, "prepare": PrepareOptions, "train": TrainConfig,
                   "simulate": SimulateOptions}
-#: keys every command that has the flag shares
-COMMON_FLAGS = {"overwrite": "--overwrite", "data_dir": "--data-dir", "manifest": "--manifest", "n": "--n",
-                "seed": "--seed", "size": "--size"}
+#: keys whose flags several commands declare by hand (the library names them in its messages)
+COMMON_FLAGS = {"overwrite": "--overwrite", "data_dir": "--data-dir", "manifest": "--manifest"}
 
 
 class _Group(click.Group):
@@ -261,7 +259,7 @@ def export_command(checkpoint, out, name, overwrite):
     from .checkpoint import export_model
 
     weights = export_model(checkpoint, out, name=name, overwrite=overwrite)
-    Console().print(f"wrote {weights} and {weights.with_suffix('.json')}")
+    console.print(f"wrote {weights} and {weights.with_suffix('.json')}")
 
 
 # --- evaluate stage ----------------------------------------------------------
