@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import replace
-from .deblur import DeblurOptions, FileResult, deblur_file, resolve_device
+from .deblur import DeblurOptions, FileResult, deblur_file
 from .errors import AstrosrError, ConfigError, InputError
 from .fits_io import FITS_SUFFIXES
 from .fits_out import output_path
@@ -232,16 +232,17 @@ def deblur_batch(
     >>> sum(r.status == "failed" for r in results)  # doctest: +SKIP
     0
     """
-    from .checkpoint import clear_model_cache, load_model_cached
+    from .checkpoint import clear_model_cache, load_model_cached, resolve_device
 
     o = replace(options or DeblurOptions(), **keys) if keys or options is None else options
+    device = resolve_device(o.device)  # a device this machine lacks: one error before any work
     pairs = _plan(expand_inputs(inputs), out_dir, o.compress)
     parallel = o.workers > 1 or o.scheduler or o.dask_local
     # absolute paths: a Dask worker may run in another directory (on a shared file system)
     model = str(Path(o.model).resolve()) if Path(o.model).is_file() else str(o.model)
     o = dataclasses.replace(o, model=model, psf=o.psf.absolute())
     # load the model here first: a bad model file is one error, not a failed row per image
-    load_model_cached(model, device="cpu" if parallel else resolve_device(o.device))
+    load_model_cached(model, device="cpu" if parallel else device)
     o.psf.identity()  # a missing PSF file fails here too
     if parallel:
         clear_model_cache()  # the workers load their own; this process need not hold one meanwhile

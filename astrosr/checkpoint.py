@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .files import atomic_path, sha256_file
 from .models import MODELS
 
@@ -34,8 +34,7 @@ __all__ = [
     "load_model_cached",
     "clear_model_cache",
     "export_model",
-    "DEFAULT_WEIGHTS",
-]
+    "DEFAULT_WEIGHTS", "resolve_device"]
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
 REQUIRED_KEYS = ("model", "model_config", "state_dict")
@@ -237,6 +236,40 @@ def load_model(path: str | os.PathLike, *,
 
 #: (path, device, (size, mtime_ns) of the file) -> (model, info); at most one entry
 _MODEL_CACHE = {}
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    """The torch device to run on: ``'auto'`` (or None) is CUDA when a GPU is visible, else the CPU.
+
+    A device this machine does not have is an error naming the ``device``
+    option, before any work: ``'cuda'`` on a CPU-only torch, ``'cuda:3'``
+    with two GPUs, ``'mps'`` off Apple silicon.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    >>> resolve_device("auto") in ("cpu", "cuda")
+    True
+    >>> resolve_device("tpu")
+    Traceback (most recent call last):
+    ...
+    astrosr.errors.ConfigError: device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'
+    """
+    from .config import check_device
+
+    name = check_device("auto" if device is None else str(device))
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r} asked for but CUDA is not available (torch {torch.__version__})")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {name!r} asked for but this machine has {torch.cuda.device_count()} GPU(s)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device: 'mps' asked for but the Metal backend is not available")
+    return name
 
 
 def load_model_cached(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

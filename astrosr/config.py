@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -43,7 +44,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["option", "from_dict", "load_yaml", "to_dict", "replace"]
+__all__ = ["option", "check_options", "check_device", "from_dict", "load_yaml", "to_dict", "replace"]
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
@@ -89,6 +90,23 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
     """
     metadata = {"help": help, "flag": flag, "cli": cli, "minimum": minimum, "choices": choices}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+#: the device names astrosr accepts (whether this machine has it is checked when a model is loaded)
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def check_device(device: str, key: str = "device") -> str:
+    """``device`` if it names a torch device astrosr runs on, else a ConfigError naming ``key``.
+
+    Examples
+    --------
+    >>> check_device("cuda:1")
+    'cuda:1'
+    """
+    if not isinstance(device, str) or not DEVICE.match(device):
+        raise ConfigError(f"{key}: expected auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    return device
 
 
 def check_options(options: Any) -> None:
@@ -247,7 +265,13 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        # the problem and where it is (1-based, as editors count), not PyYAML's multi-line report
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8), so not YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

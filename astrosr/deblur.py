@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .config import check_options, option, replace
+from .config import check_device, check_options, option, replace
 from .errors import AstrosrError, ConfigError, InputError
 from .fits_io import read_image
 from .fits_out import add_provenance, clean_header, existing_matches, output_path, rescale_wcs, write_output
@@ -54,7 +54,6 @@ __all__ = [
     "deblur_image",
     "deblur_file",
     "output_path",
-    "resolve_device",
     "trained_for",
 ]
 
@@ -121,6 +120,7 @@ class DeblurOptions:
 
     def __post_init__(self):
         check_options(self)
+        check_device(self.device)
         if self.psf.ranged:
             raise ConfigError(f"psf: {self.psf.describe()} is a range; an image has one PSF")
         if self.scheduler and self.dask_local:
@@ -152,23 +152,6 @@ class FileResult:
     reason: str = ""
     seconds: float = 0.0
     megapixels: float = 0.0
-
-
-def resolve_device(device: str | torch.device | None) -> str:
-    """``'auto'`` (or None) -> ``'cuda'`` when a GPU is visible, else ``'cpu'``; anything else as a string.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    'cpu'
-    >>> resolve_device("auto") in ("cpu", "cuda")
-    True
-    """
-    import torch
-
-    if device is None or str(device) == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def trained_for(info: dict[str, Any]) -> str:
@@ -256,7 +239,7 @@ def deblur_image(
     True
     """
     # torch loads on first use, not on import: importing astrosr.deblur (the CLI, a Dask client) stays light
-    from .checkpoint import load_model_cached
+    from .checkpoint import load_model_cached, resolve_device
     from .restore import restore_image
 
     device = resolve_device(device)
@@ -333,7 +316,7 @@ def deblur_file(
     >>> deblur_file(work / "field.fits", work / "out", device="cpu").status  # same model, PSF, settings
     'skipped'
     """
-    from .checkpoint import load_model_cached
+    from .checkpoint import load_model_cached, resolve_device
 
     o = replace(options or DeblurOptions(), **keys) if keys or options is None else options
     start = time.perf_counter()

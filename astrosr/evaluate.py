@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import check_options, option, replace
+from .config import check_device, check_options, option, replace
 from .errors import ConfigError, InputError
 from .files import make_dir
 from .progress import ProgressCallback, report
@@ -184,6 +184,7 @@ class EvaluateOptions:
 
     def __post_init__(self):
         check_options(self)
+        check_device(self.device)
         for f in self.fields:
             if f not in BENCH_FIELDS + ("all",):
                 raise ConfigError(f"fields: expected {', '.join(BENCH_FIELDS)} or all, got {f!r}")
@@ -237,7 +238,10 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
     from .manifest import resolve_psf
 
     psf = resolve_psf(o.psf, loaded, o.data_dir)
-    loaded_models = load_models(o.models, o.device)
+    from .checkpoint import resolve_device
+
+    device = resolve_device(o.device)  # a device this machine lacks is an error before any work
+    loaded_models = load_models(o.models, device)
     kernel = psf.kernel()
     psf_fwhm = psf.fwhm_px(kernel)
     out = Path(out)
@@ -247,12 +251,12 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
         results = []
         report(progress, "images", 0, None)  # the RL/Wiener choice on val comes first
         choice = baseline_choice(loaded if o.fields else None, o.data_dir, psf, kernel, out=out)
-        warm_up([(m["label"], m["model"]) for m in loaded_models], kernel, psf_fwhm, o.device, o.samples)
+        warm_up([(m["label"], m["model"]) for m in loaded_models], kernel, psf_fwhm, device, o.samples)
         for i, (path, field) in enumerate(sources):
             log.info("scoring %s (%s)", Path(path).name, field)
             results.append(
                 score_image(path, field, kernel, [(m["label"], m["model"]) for m in loaded_models],
-                             psf_fwhm, choice, o.consistency, o.device, o.panels, o.samples)
+                             psf_fwhm, choice, o.consistency, device, o.panels, o.samples)
             )
             report(progress, "images", i + 1, len(sources))
         _dedupe_names(results)
@@ -265,7 +269,7 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
             manifest=loaded,
             psf=psf,
             psf_fwhm=psf_fwhm,
-            device=o.device,
+            device=device,
             options={"fields": o.fields or None, "images": [str(p) for p in o.images], "consistency": o.consistency,
                      "data_dir": str(o.data_dir) if o.data_dir else None, "samples": o.samples,
                      "sample_seed": SAMPLE_SEED if o.samples else None},

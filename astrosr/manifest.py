@@ -162,6 +162,10 @@ def _entries(raw, kind, path, section):
     entries = []
     for i, item in enumerate(raw):
         where = f"{path}: {section}[{i}]"
+        if isinstance(item, dict) and isinstance(item.get("sha256"), (int, float)) and not isinstance(item["sha256"], bool):
+            # YAML reads an unquoted all-digit sum (or one like 1e5...) as a number, dropping its leading zeros
+            raise ConfigError(f"{where}.sha256: YAML read {item['sha256']!r} as a number; write the sum as a quoted "
+                              "string of 64 hex digits ('00...')")
         entry = from_dict(kind, item, where=where)
         if kind is not SimulateEntry:
             _check_entry(entry, where)
@@ -200,9 +204,7 @@ def load_manifest(path: str | Path) -> Manifest:
     ...
     astrosr.errors.ConfigError: no/such.yaml: manifest not found
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: manifest not found")
+    path = _manifest_path(Path(path))
     data = load_yaml(path)
     known = {"name", "description", "images", "psfs", "simulate"}
     unknown = sorted(set(data) - known)
@@ -219,6 +221,21 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ConfigError(f"{path}: {duplicates[0]}: listed more than once")
     return Manifest(path=path, name=data["name"], images=images, psfs=psfs, simulate=simulate,
                     description=data.get("description"))
+
+
+def _manifest_path(path: Path) -> Path:
+    """A manifest given by path: as given (relative to the working directory), else in the astrosr checkout.
+
+    So ``data_manifests/bench_v1.yaml`` works from any directory of a
+    source install; a path found nowhere is an error naming where it looked.
+    """
+    if path.is_file():
+        return path
+    shipped = Path(__file__).resolve().parents[1] / path
+    if not path.is_absolute() and shipped.is_file():
+        return shipped
+    tried = [str(path.resolve())] + ([str(shipped)] if not path.is_absolute() else [])
+    raise ConfigError(f"{path}: manifest not found (looked for {' and '.join(tried)})")
 
 
 def default_manifest() -> Path:
