@@ -291,10 +291,16 @@ def evaluate(more_images, out, baselines_only, **given):
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click_options(DeblurOptions)
 def deblur(inputs, out_dir, **given):
-    """Deblur FITS images (files, directories, globs) into OUT/<name>_deblur.fits."""
+    """Deblur FITS images (files, directories, globs) into OUT/<name>_deblur.fits.
+
+    One input file that fails is one error line (exit 2); a batch prints a table of what was done,
+    skipped and failed, and exits 1 when any input failed.
+    """
     from pathlib import Path
 
     from rich.table import Table
+
+    from .errors import InputError
 
     from .batch import deblur_batch
 
@@ -303,6 +309,9 @@ def deblur(inputs, out_dir, **given):
     with Bars({"images": "images", "tiles": "tiles of this image"}) as bars:
         results = deblur_batch(inputs, out_dir, options,
                                progress=bars if serial else lambda task, *a: task == "images" and bars(task, *a))
+    if len(inputs) == 1 and len(results) == 1 and results[0].status == "failed":
+        # one file that cannot be deblurred is bad input (exit 2, one line); a batch reports its table, exit 1
+        raise InputError(flag_message(f"{results[0].input}: {results[0].reason}", flag_names(DeblurOptions)))
     table = Table(title=f"astrosr deblur -> {out_dir}")
     for name in ("input", "status", "output / reason", "s", "Mpix"):
         table.add_column(name, justify="right" if name in ("s", "Mpix") else "left")

@@ -326,8 +326,14 @@ def deblur_file(
         raise InputError(f"{path}: output would overwrite the input; choose another out_dir")
     device = resolve_device(o.device)
     model, info = load_model_cached(str(o.model), device=device)
-    psf = o.psf.absolute()
+    psf, image = o.psf.absolute(), None
+    if psf.file_pixscale() is not None and psf.image_pixscale is None:
+        # a kernel that states its pixel scale is resampled to this image's: part of the output's identity
+        image = read_image(path, hdu=o.hdu, plane=o.plane, min_size=8)
+        psf = psf.for_image(image.header, path)
     psf_id = psf.identity()
+    if out.is_dir():
+        raise InputError(f"{out}: a directory stands where the output file goes; move it or choose another out_dir")
     if out.exists() and not o.overwrite:
         if existing_matches(out, sha256=info["sha256"], psf_id=psf_id, consistency=o.consistency, samples=o.samples,
                             overlap=o.overlap):
@@ -335,7 +341,8 @@ def deblur_file(
         raise InputError(f"{out}: output exists and was not made with this model and PSF, or with other "
                          "consistency/samples/overlap settings (overwrite=True replaces it)")
 
-    image = read_image(path, hdu=o.hdu, plane=o.plane, min_size=8)
+    if image is None:
+        image = read_image(path, hdu=o.hdu, plane=o.plane, min_size=8)
     restored = deblur_image(image.data, model, psf=psf, consistency=o.consistency, overlap=o.overlap,
                             samples=o.samples, device=device, progress=progress)
     scale = int(getattr(model, "scale", 1))

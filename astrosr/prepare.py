@@ -34,7 +34,7 @@ from .degrade import background_stats, degrade, percentile_limits
 from .psf import BENCH_V1_PSF, PSF, parse_range
 from .errors import ConfigError, InputError
 from .files import check_not_input, sha256_file, sigterm_as_interrupt
-from .fits_io import pixel_scale, read_image
+from .fits_io import read_image
 from .pairs import COMPRESSION, PairsWriter
 from .progress import report
 from .tiling import extract_tiles, grid_origins, nan_free
@@ -171,15 +171,8 @@ class _Psfs:
 
 
 def _image_pixscale(image, config):
-    """The image's arcsec/px for resampling a PSF file: given, else from its WCS."""
-    if config.psf.pixscale is None:
-        return None
-    if config.psf.image_pixscale is not None:
-        return config.psf.image_pixscale
-    scale = pixel_scale(image.header)
-    if scale is None:
-        raise InputError(f"{image.path}: no celestial WCS to resample the PSF to; give psf.image_pixscale")
-    return scale
+    """The image's arcsec/px for resampling a PSF file that states its own scale: given, else from its WCS."""
+    return config.psf.for_image(image.header, image.path).image_pixscale
 
 
 def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson):

@@ -44,6 +44,7 @@ __all__ = [
     "gaussian_psf",
     "airy_psf",
     "read_psf",
+    "check_kernel",
     "measure_fwhm",
     "parse_range",
     "kernel_and_fwhm",
@@ -105,28 +106,95 @@ def airy_psf(radius: float, *, size: int = 41) -> np.ndarray:
     return kernel / kernel.sum()
 
 
+#: header cards that state a kernel file's own pixel scale in arcsec/px (IRAC PRFs: SECPIX)
+PIXSCALE_CARDS = ("SECPIX", "PIXSCALE", "PIXSCAL1")
+
+
 def read_psf(path: str | Path, *, pixscale: float | None = None, image_pixscale: float | None = None) -> np.ndarray:
-    """A measured PSF from a FITS image, optionally resampled, unit sum, odd size.
+    """A measured PSF from a FITS image, checked, optionally resampled, unit sum, odd size.
 
     Parameters
     ----------
     path : str or Path
     pixscale : float, optional
-        The PSF file's pixel scale (arcsec/px).
+        The PSF file's pixel scale (arcsec/px); default its ``SECPIX``,
+        ``PIXSCALE`` or ``PIXSCAL1`` card, if any.
     image_pixscale : float, optional
-        The image's pixel scale; with ``pixscale`` the PSF is resampled to it.
+        The image's pixel scale; with a pixel scale of the file the PSF is resampled to it.
+
+    Raises
+    ------
+    InputError
+        Not a readable FITS image, or not a PSF kernel: a non-finite pixel,
+        no positive pixel, more than 10% of its flux negative, its peak away
+        from the centre, or its light not concentrated (an extended image).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from astropy.io import fits
+    >>> path = Path(tempfile.mkdtemp()) / "psf.fits"
+    >>> fits.writeto(path, moffat_psf(3.0, size=25))
+    >>> read_psf(path).shape
+    (25, 25)
     """
     from .fits_io import read_image
 
-    kernel = np.nan_to_num(read_image(path, min_size=3).data)
+    image = read_image(path, min_size=3)
+    check_kernel(image.data, path)
+    kernel = image.data
+    pixscale = pixscale if pixscale is not None else card_pixscale(image.header)
     if pixscale is not None and image_pixscale is not None:
         kernel = ndimage.zoom(kernel, pixscale / image_pixscale, order=3)
     if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
         kernel = np.pad(kernel, ((0, 1 - kernel.shape[0] % 2), (0, 1 - kernel.shape[1] % 2)))
     kernel = np.clip(kernel, 0, None)
-    if kernel.sum() <= 0:
-        raise InputError(f"{path}: PSF has no positive pixels")
     return kernel / kernel.sum()
+
+
+def card_pixscale(header) -> float | None:
+    """A kernel file's own pixel scale (arcsec/px) from its header, or None."""
+    for key in PIXSCALE_CARDS:
+        value = header.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return None
+
+
+def check_kernel(data: np.ndarray, path: str | Path) -> None:
+    """Raise InputError naming ``path`` unless ``data`` looks like a PSF kernel.
+
+    A kernel is finite, has positive flux (at most 10% of it in negative
+    pixels: the noise of an empirical PSF), peaks within max(2 px, 10% of its
+    side) of its centre, and holds half its light within 35% of its
+    half-width of the centre: a galaxy or a star field given as a PSF fails.
+    """
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise InputError(f"{path}: PSF has {bad} NaN or infinite pixels; a PSF kernel is finite everywhere")
+    positive = np.clip(data, 0, None)
+    if positive.sum() <= 0:
+        raise InputError(f"{path}: PSF has no positive pixels")
+    negative = -data[data < 0].sum() / positive.sum()
+    if negative > 0.1:
+        raise InputError(f"{path}: {negative:.0%} of the PSF's flux is in negative pixels (at most 10%): not a PSF kernel")
+    ny, nx = data.shape
+    cy, cx = (ny - 1) / 2, (nx - 1) / 2
+    py, px = np.unravel_index(int(np.argmax(data)), data.shape)
+    offset, limit = float(np.hypot(py - cy, px - cx)), max(2.0, 0.1 * min(ny, nx))
+    if offset > limit:
+        raise InputError(f"{path}: PSF peak at pixel ({px}, {py}) is {offset:.0f} px from the kernel centre "
+                         f"(at most {limit:.0f}): a PSF kernel is centred")
+    y, x = np.mgrid[:ny, :nx]
+    radius = np.hypot(y - cy, x - cx).ravel()
+    order = np.argsort(radius, kind="stable")
+    enclosed = np.cumsum(positive.ravel()[order]) / positive.sum()
+    r50 = float(radius[order][np.searchsorted(enclosed, 0.5)])
+    half = min(ny, nx) / 2
+    if r50 > 0.35 * half:
+        raise InputError(f"{path}: half the PSF's light lies beyond {r50:.0f} px of its centre, "
+                         f"{r50 / half:.0%} of the kernel's half-width (at most 35%): an extended image, not a PSF")
 
 
 def measure_fwhm(kernel: np.ndarray, *, oversample: int = 8) -> float:
@@ -349,6 +417,33 @@ class PSF:
             return f"Airy first-zero radius={self.radius:g}px" if not self.ranged else f"Airy radius {self.radius}"
         return f"PSF file {self.path}"
 
+    def file_pixscale(self) -> float | None:
+        """A file PSF's pixel scale (arcsec/px): the ``pixscale`` key, else the kernel's own card; else None."""
+        if self.shape != "file":
+            return None
+        if self.pixscale is not None:
+            return float(self.pixscale)
+        from .fits_io import read_image
+
+        return card_pixscale(read_image(self.path, min_size=3).header)
+
+    def for_image(self, header, path: str | Path) -> PSF:
+        """This PSF for one image: a file PSF with a pixel scale gets the image's, to be resampled to it.
+
+        The image's scale is ``image_pixscale`` when given, else its WCS's;
+        an image with neither is an error naming ``path``.
+        """
+        scale = self.file_pixscale()
+        if scale is None or self.image_pixscale is not None:
+            return self
+        from .fits_io import pixel_scale
+
+        image_scale = pixel_scale(header)
+        if image_scale is None:
+            raise InputError(f"{path}: no celestial WCS to resample the PSF to (a {scale:g} arcsec/px kernel); "
+                             "give psf.image_pixscale")
+        return dataclasses.replace(self, pixscale=scale, image_pixscale=image_scale)
+
     def absolute(self) -> PSF:
         """The same PSF with a file named by its absolute path (one identity from any directory)."""
         if self.shape == "file":
@@ -368,8 +463,9 @@ class PSF:
             if not Path(self.path).is_file():
                 raise InputError(f"{self.path}: PSF file not found")
             text += f" sha256 {sha256_file(self.path)[:16]}"
-            if self.pixscale is not None and self.image_pixscale is not None:
-                text += f" resampled {self.pixscale:g}->{self.image_pixscale:g} arcsec/px"
+            scale = self.file_pixscale()
+            if scale is not None and self.image_pixscale is not None:
+                text += f" resampled {scale:g}->{self.image_pixscale:g} arcsec/px"
         return text
 
 

@@ -42,7 +42,7 @@ def _commands(data):
          "--no-consistency", "--overlap", "16"],
         ["deblur", f"{d}/saao_bulge_0020.fits", "-o", "deblur_airy", "--psf-shape", "airy", "--psf-radius", "3",
          "--compress"],
-        ["deblur", f"{d}/synth.fits", "-o", "deblur_file", "--psf", f"{d}/irac_ch1_flight.fits"],
+        ["deblur", f"{d}/synth.fits", "-o", "deblur_file", "--psf", "kernel.fits"],  # no pixel-scale card
         ["evaluate", "--images", f"{d}/M51.fits", f"{d}/gc_2mass_k.fits", "-o", "eval_images", "--samples", "2"],
         ["evaluate", "--field", "val", "--data-dir", d, "-o", "eval_val", "--psf-fwhm", "3", "--baselines-only"],
         ["prepare", f"{d}/M13_blue_0001.fits", f"{d}/reprojected_sdss_g.fits", "--psf-shape", "moffat,gaussian",
@@ -59,12 +59,23 @@ def _commands(data):
     ]
 
 
+def _write_kernel(path):
+    """A 31 x 31 elliptical Gaussian kernel FITS file (a PSF file with no pixel-scale card)."""
+    import numpy as np
+    from astropy.io import fits
+
+    y, x = np.mgrid[-15:16, -15:16]
+    kernel = np.exp(-0.5 * ((x / 1.8) ** 2 + (y / 1.3) ** 2))
+    fits.writeto(path, (kernel / kernel.sum()).astype(np.float32))
+
+
 def make(out, data, checkout=None):
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    _write_kernel(out / "kernel.fits")
     for args in _commands(data):
         print("astrosr", " ".join(args), flush=True)
         command = [sys.executable, "-c", _RUNNER, str(Path(checkout).resolve()) if checkout else ""]

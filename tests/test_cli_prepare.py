@@ -67,11 +67,15 @@ def test_prepare_options_reach_the_config(tmp_path, data_dir):
 
 def test_prepare_psf_named_in_manifest(tmp_path, data_dir):
     out = tmp_path / "irac.h5"
+    # the PRF states its own pixel scale (SECPIX, 4x oversampled): it is resampled to the images' scale
     result = run("prepare", "--manifest", BENCH, "--data-dir", data_dir, "--fields", "val", "-o", out,
-                 "--psf", "irac_ch2_flight.fits")
+                 "--psf", "irac_ch2_flight.fits", "--image-pixscale", "1.2")
     assert result.exit_code == 0, result.output
+    from astrosr.psf import read_psf
+
+    expected = read_psf(data_dir / "irac_ch2_flight.fits", image_pixscale=1.2)
     with h5py.File(out) as h5:
-        assert h5["psfs"].shape == (1, 81, 81)
+        assert h5["psfs"].shape == (1, *expected.shape) and expected.shape[0] < 81
 
 
 def test_cube_with_plane_and_gzip(tmp_path, rng):

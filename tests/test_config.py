@@ -57,3 +57,16 @@ def test_a_nested_psf_section_is_located():
         DeblurOptions(psf=PSF(fwhm="2:4"))
     with pytest.raises(ConfigError, match=r"^evaluate\.samples: must be >= 0, got -1$"):
         from_dict(EvaluateOptions, {"samples": -1}, where="evaluate")
+
+
+def test_bad_yaml_names_the_line_and_column(tmp_path):
+    from astrosr.config import load_yaml
+
+    bad = tmp_path / "bad_syntax.yaml"
+    bad.write_text("train:\n  lr: [0.1, 0.2\n  batch: 4\n")
+    with pytest.raises(ConfigError, match=r"bad_syntax\.yaml: not valid YAML \(line 3, column 8: expected ',' or ']'"):
+        load_yaml(bad)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not a text file"):
+        load_yaml(binary)

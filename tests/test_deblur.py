@@ -396,9 +396,98 @@ def test_cube_without_plane_fails_naming_the_option_and_hdu_picks_an_extension(d
     _cube_with_sky(data_dir, tmp_path / "cube.fits")
     result = CliRunner().invoke(cli, ["deblur", str(tmp_path / "cube.fits"), "-o", str(tmp_path / "out"), "--model",
                                       str(models["identity"]), "--device", "cpu"])
-    assert result.exit_code == 1 and "--plane" in result.output
+    assert result.exit_code == 2 and "--plane" in result.output  # one bad input: one line, exit 2
     image = np.random.default_rng(5).normal(10, 1, (64, 64)).astype(np.float32)
     fits.HDUList([fits.PrimaryHDU(image), fits.ImageHDU(2 * image, name="SCI")]).writeto(tmp_path / "mef.fits")
     out = deblur_file(tmp_path / "mef.fits", tmp_path / "out", model=models["identity"], consistency=False,
                       device="cpu", hdu="SCI").output
     np.testing.assert_allclose(fits.getdata(out), 2 * image, atol=1e-4)
+
+
+# --- bad options and inputs: one line, exit 2, before any work, nothing written, inputs untouched ------------
+
+
+def _bad_inputs(tmp_path, data_dir):
+    galaxy = tmp_path / "galaxy.fits"
+    shutil.copy(data_dir / "M51.fits", galaxy)
+    truncated = tmp_path / "truncated.fits"
+    truncated.write_bytes((data_dir / "irac_ch1_flight.fits").read_bytes()[:5000])
+    offset = tmp_path / "offset.fits"
+    kernel = np.zeros((31, 31))
+    kernel[2:9, 2:9] = PSF(fwhm=2.0).kernel()[17:24, 17:24]
+    fits.writeto(offset, kernel)
+    nan = tmp_path / "nan.fits"
+    bad = PSF(fwhm=3.0).kernel()
+    bad[0, 0] = np.nan
+    fits.writeto(nan, bad)
+    return {
+        "device-cuda": (["--device", "cuda"], "--device: 'cuda' asked for but CUDA is not available"),
+        "device-foo": (["--device", "foo"], "--device: expected auto, cpu, cuda, cuda:N or mps, got 'foo'"),
+        "fwhm-zero": (["--psf-fwhm", "0"], "--psf-fwhm: expected 0 < lo <= hi, got 0"),
+        "fwhm-negative": (["--psf-fwhm", "-3"], "--psf-fwhm: expected 0 < lo <= hi, got -3"),
+        "fwhm-range": (["--psf-fwhm", "2:4"], "a range; an image has one PSF"),
+        "psf-galaxy": (["--psf", str(galaxy)], "galaxy.fits: PSF peak at pixel"),
+        "psf-truncated": (["--psf", str(truncated)], "truncated.fits: not a readable FITS file"),
+        "psf-offset": (["--psf", str(offset)], "offset.fits: PSF peak at pixel (5, 5)"),
+        "psf-nan": (["--psf", str(nan)], "nan.fits: PSF has 1 NaN or infinite pixels"),
+        "psf-missing": (["--psf", str(tmp_path / "none.fits")], "none.fits: PSF file not found"),
+        "beta-for-gaussian": (["--psf-shape", "gaussian", "--psf-beta", "2"], "--psf-beta: not used by --psf-shape gaussian"),
+        "workers-and-dask": (["--workers", "2", "--dask-local", "2"], "--workers is for local processes"),
+    }
+
+
+@pytest.mark.parametrize("case", ["device-cuda", "device-foo", "fwhm-zero", "fwhm-negative", "fwhm-range", "psf-galaxy",
+                                  "psf-truncated", "psf-offset", "psf-nan", "psf-missing", "beta-for-gaussian",
+                                  "workers-and-dask"])
+def test_bad_options_are_one_line_exit_2_before_any_work(data_dir, models, tmp_path, case):
+    if case == "device-cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args, message = _bad_inputs(tmp_path, data_dir)[case]
+    src = tmp_path / "in.fits"
+    shutil.copy(data_dir / "synth.fits", src)
+    before = sha256_file(src)
+    result = CliRunner().invoke(cli, ["deblur", str(src), "-o", str(tmp_path / "out"), "--model", str(models["identity"]),
+                                      *args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists() and sha256_file(src) == before
+
+
+def test_a_directory_where_the_output_goes(data_dir, models, tmp_path):
+    src = tmp_path / "in.fits"
+    shutil.copy(data_dir / "synth.fits", src)
+    (tmp_path / "out" / "in_deblur.fits").mkdir(parents=True)
+    for extra in ([], ["--overwrite"]):
+        result = CliRunner().invoke(cli, ["deblur", str(src), "-o", str(tmp_path / "out"), "--model",
+                                          str(models["identity"]), "--device", "cpu", *extra])
+        assert result.exit_code == 2 and "a directory stands where the output file goes" in result.stderr, result.output
+    assert (tmp_path / "out" / "in_deblur.fits").is_dir()
+
+
+def test_one_bad_input_is_one_line_a_batch_keeps_its_table(data_dir, models, tmp_path):
+    bad = tmp_path / "bad.fits"
+    bad.write_text("not a FITS file\n" * 20)
+    good = tmp_path / "good.fits"
+    shutil.copy(data_dir / "synth.fits", good)
+    common = ["--model", str(models["identity"]), "--device", "cpu"]
+    one = CliRunner().invoke(cli, ["deblur", str(bad), "-o", str(tmp_path / "o1"), *common])
+    assert one.exit_code == 2 and one.stderr.strip().startswith(f"error: {bad}: not a readable FITS file"), one.output
+    assert len(one.stderr.strip().splitlines()) == 1 and one.stdout == ""
+    both = CliRunner().invoke(cli, ["deblur", str(bad), str(good), "-o", str(tmp_path / "o2"), *common])
+    assert both.exit_code == 1 and "1 done, 0 skipped, 1 failed" in both.output
+
+
+def test_a_kernel_that_states_its_pixel_scale_is_resampled_to_the_image(data_dir, models, tmp_path):
+    """The IRAC PRF is 4x oversampled (SECPIX = 0.30525): used as is it would be a PSF 4x too wide."""
+    prf = data_dir / "irac_ch1_flight.fits"
+    sdss = data_dir / "reprojected_sdss_i.fits"  # 1.1877 arcsec/px from its WCS
+    result = deblur_file(sdss, tmp_path / "a", model=models["identity"], psf=PSF(shape="file", path=str(prf)),
+                         device="cpu", consistency=False)
+    card = fits.getheader(result.output)["ASRPSF"]
+    assert card.endswith("resampled 0.30525->1.18769 arcsec/px"), card
+    with pytest.raises(InputError, match=r"synth\.fits: no celestial WCS to resample the PSF to"):
+        deblur_file(data_dir / "synth.fits", tmp_path / "b", model=models["identity"],
+                    psf=PSF(shape="file", path=str(prf)), device="cpu")
+    given = deblur_file(data_dir / "synth.fits", tmp_path / "c", model=models["identity"], device="cpu",
+                        psf=PSF(shape="file", path=str(prf), image_pixscale=1.2))
+    assert fits.getheader(given.output)["ASRPSF"].endswith("resampled 0.30525->1.2 arcsec/px")

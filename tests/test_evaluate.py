@@ -364,3 +364,12 @@ def test_negative_samples_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="samples: must be >= 0, got -1"):
         evaluate(out=tmp_path / "o", images=["x.fits"], samples=-1)
+
+
+def test_images_as_arguments_and_a_missing_device(data_dir, tiny_model, tmp_path):
+    result = _cli("evaluate", data_dir / "synth.fits", "--model", tiny_model, "--panels", "0", "-o", tmp_path / "pos")
+    assert result.exit_code == 0 and "SR tiny" in result.output, result.output
+    if not torch.cuda.is_available():
+        result = _cli("evaluate", data_dir / "synth.fits", "--device", "cuda", "-o", tmp_path / "gpu")
+        assert result.exit_code == 2 and "--device: 'cuda' asked for but CUDA is not available" in result.stderr
+        assert not (tmp_path / "gpu").exists()

@@ -228,3 +228,17 @@ def test_default_manifest_is_found_from_any_directory(tmp_path, monkeypatch):
     local.parent.mkdir()
     local.write_text("name: mine\n")
     assert default_manifest().resolve() == local  # the current directory's own manifest wins
+
+
+def test_an_unquoted_numeric_sha256_says_to_quote_it(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("name: x\nimages:\n  - {file: a.fits, field: train, url: http://x/a.fits, sha256: " + "0" * 64 + "}\n")
+    with pytest.raises(ConfigError, match=r"images\[0\]\.sha256: YAML read 0 as a number; write the sum as a quoted string"):
+        load_manifest(path)
+
+
+def test_a_relative_manifest_path_works_outside_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_manifest("data_manifests/bench_v1.yaml").name == "bench-v1"  # the checkout's, found from elsewhere
+    with pytest.raises(ConfigError, match=r"nope/m\.yaml: manifest not found \(looked for .*nope/m\.yaml and .*nope/m\.yaml\)"):
+        load_manifest("nope/m.yaml")
