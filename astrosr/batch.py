@@ -86,9 +86,9 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return unique
 
 
-def _plan(paths, out_dir, compress):
+def _plan(paths, out_dir, o):
     """Pair each input with its output; name clashes are errors before any work."""
-    pairs = [(p, output_path(p, out_dir, compress=compress)) for p in paths]
+    pairs = [(p, output_path(p, out_dir, compress=o.compress, hdu=o.hdu, plane=o.plane)) for p in paths]
     by_output = {}
     for src, out in pairs:
         by_output.setdefault(out.resolve(), []).append(src)
@@ -236,7 +236,7 @@ def deblur_batch(
 
     o = replace(options or DeblurOptions(), **keys) if keys or options is None else options
     device = resolve_device(o.device)  # a device this machine lacks: one error before any work
-    pairs = _plan(expand_inputs(inputs), out_dir, o.compress)
+    pairs = _plan(expand_inputs(inputs), out_dir, o)
     parallel = o.workers > 1 or o.scheduler or o.dask_local
     # absolute paths: a Dask worker may run in another directory (on a shared file system)
     model = str(Path(o.model).resolve()) if Path(o.model).is_file() else str(o.model)

@@ -1,5 +1,8 @@
 """Checkpoints and model files: plain dicts written atomically, read without code execution.
 
+Kept together as one module: saving, loading, exporting and caching a model,
+and choosing the device it runs on, share one notion of a model file.
+
 A checkpoint (``best.pt`` / ``last.pt``) is a plain dict of tensors, numbers,
 strings, lists and dicts::
 

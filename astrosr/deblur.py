@@ -92,6 +92,10 @@ class DeblurOptions:
         Address of a Dask scheduler (``tcp://host:8786``): one task per image.
     dask_local : int or None
         Start a local Dask cluster with this many worker processes.
+    allow_astrosr_input : bool
+        Deblur an input that is itself an astrosr output (its ``ASRVERS``
+        card); refused by default, so a directory holding its own outputs is
+        not deblurred twice.
 
     Examples
     --------
@@ -117,6 +121,7 @@ class DeblurOptions:
     workers: int = option(1, minimum=1, help="Local worker processes.")
     scheduler: str | None = option(None, help="Dask scheduler address (tcp://host:8786): one task per image.")
     dask_local: int | None = option(None, minimum=1, help="Start a local Dask cluster with N worker processes.")
+    allow_astrosr_input: bool = option(False, help="Deblur inputs that are themselves astrosr outputs (ASR cards).")
 
     def __post_init__(self):
         check_options(self)
@@ -321,7 +326,7 @@ def deblur_file(
     o = replace(options or DeblurOptions(), **keys) if keys or options is None else options
     start = time.perf_counter()
     path = Path(path)
-    out = output_path(path, out_dir, compress=o.compress)
+    out = output_path(path, out_dir, compress=o.compress, hdu=o.hdu, plane=o.plane)
     if out.resolve() == path.resolve():
         raise InputError(f"{path}: output would overwrite the input; choose another out_dir")
     device = resolve_device(o.device)
@@ -343,6 +348,9 @@ def deblur_file(
 
     if image is None:
         image = read_image(path, hdu=o.hdu, plane=o.plane, min_size=8)
+    if "ASRVERS" in image.header and not o.allow_astrosr_input:
+        raise InputError(f"{path}: already an astrosr output (ASRVERS {image.header['ASRVERS']}); deblurring it again "
+                         "is refused (allow_astrosr_input=True allows it)")
     restored = deblur_image(image.data, model, psf=psf, consistency=o.consistency, overlap=o.overlap,
                             samples=o.samples, device=device, progress=progress)
     scale = int(getattr(model, "scale", 1))

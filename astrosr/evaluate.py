@@ -144,6 +144,10 @@ class EvaluateOptions:
         torch device of the models.
     panels : int
         Tiles per image in the PNG panels.
+    hdu : int or str or None
+        HDU index or EXTNAME of every image (default: the first 2-D image).
+    plane : int or None
+        Plane of a 3-D cube.
     samples : int
         Posterior draws per model and image (0: off). With N > 0 each model
         that has a ``sample`` method restores once with ``samples=N`` (the
@@ -179,6 +183,8 @@ class EvaluateOptions:
     threads: int | None = option(None, minimum=1, help="torch threads [torch default].")
     device: str = option("cpu", help="torch device of the models.")
     panels: int = option(3, minimum=0, help="Figure tiles per image.")
+    hdu: int | str | None = option(None, help="HDU index or EXTNAME of the images [first 2-D image].")
+    plane: int | None = option(None, minimum=0, help="Plane of a 3-D cube.")
     samples: int = option(0, minimum=0, help="Posterior draws per model: the fraction of pixels with "
                                              "|SR - ORI| <= 1 sigma (0: off).")
 
@@ -256,7 +262,7 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
             log.info("scoring %s (%s)", Path(path).name, field)
             results.append(
                 score_image(path, field, kernel, [(m["label"], m["model"]) for m in loaded_models],
-                             psf_fwhm, choice, o.consistency, device, o.panels, o.samples)
+                             psf_fwhm, choice, o.consistency, device, o.panels, o.samples, hdu=o.hdu, plane=o.plane)
             )
             report(progress, "images", i + 1, len(sources))
         _dedupe_names(results)
@@ -272,7 +278,8 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
             device=device,
             options={"fields": o.fields or None, "images": [str(p) for p in o.images], "consistency": o.consistency,
                      "data_dir": str(o.data_dir) if o.data_dir else None, "samples": o.samples,
-                     "sample_seed": SAMPLE_SEED if o.samples else None},
+                     "sample_seed": SAMPLE_SEED if o.samples else None,
+                     **({"hdu": o.hdu} if o.hdu is not None else {}), **({"plane": o.plane} if o.plane is not None else {})},
         )
     except BaseException:
         # a failed run must not leave an empty report directory behind

@@ -66,19 +66,29 @@ BEYOND_IMAGE_AXES = re.compile(r"^(WCSAXES|CTYPE[3-9]|CRVAL[3-9]|CRPIX[3-9]|CDEL
 _SIP = re.compile(r"^(A|B|AP|BP)_(\d+)_(\d+)$")
 
 
-def output_path(path: str | Path, out_dir: str | Path, *, compress: bool = False) -> Path:
-    """``OUT/<stem>_deblur.fits`` (``.fits.fz`` with ``compress``) for an input ``path``.
+def output_path(path: str | Path, out_dir: str | Path, *, compress: bool = False, hdu: int | str | None = None,
+                plane: int | None = None) -> Path:
+    """``OUT/<stem>[_<EXTNAME or hduN>][_p<K>]_deblur.fits`` (``.fits.fz`` with ``compress``) for an input ``path``.
 
     The stem is the input's name less its FITS suffix (``.fits``, ``.fits.gz``,
     ``.fz``...), so ``m51.fits.gz`` and ``m51.fz`` both give ``m51_deblur.fits``.
+    An HDU or plane asked for is part of the name, so two HDUs or planes of
+    one file never share an output.
 
     Examples
     --------
     >>> output_path("x/m51.fz", "o").as_posix()
     'o/m51_deblur.fits'
+    >>> output_path("x/mef.fits", "o", hdu="SCI1").name, output_path("x/cube.fits", "o", hdu=0, plane=3).name
+    ('mef_SCI1_deblur.fits', 'cube_hdu0_p3_deblur.fits')
     """
+    parts = [strip_fits_suffix(Path(path).name)]
+    if hdu is not None:
+        parts.append(f"hdu{hdu}" if isinstance(hdu, int) else "".join(c if c.isalnum() or c in "-." else "-" for c in hdu))
+    if plane is not None:
+        parts.append(f"p{plane}")
     suffix = "_deblur.fits.fz" if compress else "_deblur.fits"
-    return Path(out_dir) / (strip_fits_suffix(Path(path).name) + suffix)
+    return Path(out_dir) / ("_".join(parts) + suffix)
 
 
 def clean_header(header: fits.Header, *, image_axes_only: bool = False) -> fits.Header:

@@ -199,10 +199,10 @@ def load_manifest(path: str | Path) -> Manifest:
     >>> manifest = load_manifest(default_manifest())
     >>> [e.file for e in manifest.images if e.field == "val"]
     ['M13_blue_0005.fits', 'reprojected_sdss_i.fits']
-    >>> load_manifest("no/such.yaml")
+    >>> load_manifest("no/such.yaml")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    astrosr.errors.ConfigError: no/such.yaml: manifest not found
+    astrosr.errors.ConfigError: no/such.yaml: manifest not found (looked for ...)
     """
     path = _manifest_path(Path(path))
     data = load_yaml(path)
@@ -234,7 +234,7 @@ def _manifest_path(path: Path) -> Path:
     shipped = Path(__file__).resolve().parents[1] / path
     if not path.is_absolute() and shipped.is_file():
         return shipped
-    tried = [str(path.resolve())] + ([str(shipped)] if not path.is_absolute() else [])
+    tried = list(dict.fromkeys([str(path.resolve())] + ([str(shipped)] if not path.is_absolute() else [])))
     raise ConfigError(f"{path}: manifest not found (looked for {' and '.join(tried)})")
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import baselines, metrics
 from .degrade import bench_v1_degrade
-from .errors import AstrosrError, ConfigError
+from .errors import AstrosrError, ConfigError, InputError
 from .fits_io import read_image, strip_fits_suffix
 from .tiling import extract_tiles
 
@@ -142,7 +142,8 @@ def method_names(model_labels: Sequence[str], choice: dict[str, Any], *, consist
     return names
 
 
-def degraded(path: str | Path, kernel: np.ndarray) -> tuple[np.ndarray, metrics.Reference, np.ndarray]:
+def degraded(path: str | Path, kernel: np.ndarray, *, hdu: int | str | None = None,
+             plane: int | None = None) -> tuple[np.ndarray, metrics.Reference, np.ndarray]:
     """ORI, its Reference and its bench-v1 BLU (fresh default_rng(0) per image).
 
     Parameters
@@ -169,7 +170,7 @@ def degraded(path: str | Path, kernel: np.ndarray) -> tuple[np.ndarray, metrics.
     >>> ori.shape, blu.shape, len(ref.origins)
     ((128, 128), (128, 128), 1)
     """
-    ori = read_image(path).data
+    ori = read_image(path, hdu=hdu, plane=plane).data
     ref = metrics.reference(ori)
     blu, _ = bench_v1_degrade(ori, kernel, noise_std=ref.std)
     return ori, ref, blu
@@ -393,6 +394,9 @@ def score_image(
     device: str | torch.device,
     n_panels: int,
     samples: int = 0,
+    *,
+    hdu: int | str | None = None,
+    plane: int | None = None,
 ) -> ImageResult:
     """Degrade one image as bench-v1 does, restore it by every method and score each against ORI.
 
@@ -439,7 +443,10 @@ def score_image(
     """
     from .files import sha256_file
 
-    _, ref, blu = degraded(path, kernel)
+    _, ref, blu = degraded(path, kernel, hdu=hdu, plane=plane)
+    if not ref.origins:
+        raise InputError(f"{path}: no {ref.tile}x{ref.tile} tile of the image is free of NaN or infinite pixels: "
+                         "nothing to score")
     images = {"BLU": blu}
     seconds = {"BLU": None}
     calibration = {"BLU": None}

@@ -384,7 +384,7 @@ def test_plane_of_a_cube_is_deblurred_with_a_2d_wcs(data_dir, models, tmp_path):
     result = CliRunner().invoke(cli, ["deblur", str(tmp_path / "cube.fits"), "-o", str(tmp_path / "out"), "--model",
                                       str(models["identity"]), "--no-consistency", "--plane", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    with fits.open(tmp_path / "out" / "cube_deblur.fits") as hdul:
+    with fits.open(tmp_path / "out" / "cube_p1_deblur.fits") as hdul:  # the plane is part of the name
         data, header = hdul[0].data, hdul[0].header
     np.testing.assert_allclose(data, 2 * plane, rtol=0, atol=1e-5 * np.abs(plane).max() * 2)
     assert "CTYPE3" not in header and header.get("WCSAXES", 2) == 2
@@ -491,3 +491,27 @@ def test_a_kernel_that_states_its_pixel_scale_is_resampled_to_the_image(data_dir
     given = deblur_file(data_dir / "synth.fits", tmp_path / "c", model=models["identity"], device="cpu",
                         psf=PSF(shape="file", path=str(prf), image_pixscale=1.2))
     assert fits.getheader(given.output)["ASRPSF"].endswith("resampled 0.30525->1.2 arcsec/px")
+
+
+def test_hdus_and_planes_of_one_file_get_their_own_outputs(models, tmp_path):
+    image = np.random.default_rng(6).normal(10, 1, (64, 64)).astype(np.float32)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, name="SCI1"), fits.ImageHDU(3 * image, name="SCI2")]
+                 ).writeto(tmp_path / "mef.fits")
+    common = dict(model=models["identity"], consistency=False, device="cpu")
+    one = deblur_file(tmp_path / "mef.fits", tmp_path / "out", hdu="SCI1", **common)
+    two = deblur_file(tmp_path / "mef.fits", tmp_path / "out", hdu="SCI2", **common)
+    assert (one.status, two.status) == ("done", "done") and Path(one.output).name == "mef_SCI1_deblur.fits"
+    np.testing.assert_allclose(fits.getdata(two.output), 3 * image, atol=1e-4)  # SCI2's own data, not SCI1's
+    assert Path(deblur_file(tmp_path / "mef.fits", tmp_path / "out", hdu=2, **common).output).name == "mef_hdu2_deblur.fits"
+
+
+def test_an_astrosr_output_is_not_deblurred_again_unless_allowed(data_dir, models, tmp_path):
+    src = tmp_path / "in.fits"
+    shutil.copy(data_dir / "synth.fits", src)
+    common = ["--model", str(models["identity"]), "--device", "cpu", "--no-consistency"]
+    assert CliRunner().invoke(cli, ["deblur", str(src), "-o", str(tmp_path), *common]).exit_code == 0
+    again = CliRunner().invoke(cli, ["deblur", str(tmp_path), "-o", str(tmp_path / "twice"), *common])
+    assert again.exit_code == 1 and "already an astrosr output" in again.output and "--allow-astrosr-input" in again.output
+    allowed = CliRunner().invoke(cli, ["deblur", str(tmp_path / "in_deblur.fits"), "-o", str(tmp_path / "twice"),
+                                       "--allow-astrosr-input", *common])
+    assert allowed.exit_code == 0 and (tmp_path / "twice" / "in_deblur_deblur.fits").is_file()

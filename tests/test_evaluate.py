@@ -373,3 +373,25 @@ def test_images_as_arguments_and_a_missing_device(data_dir, tiny_model, tmp_path
         result = _cli("evaluate", data_dir / "synth.fits", "--device", "cuda", "-o", tmp_path / "gpu")
         assert result.exit_code == 2 and "--device: 'cuda' asked for but CUDA is not available" in result.stderr
         assert not (tmp_path / "gpu").exists()
+
+
+def test_an_image_with_no_scoreable_tile_is_an_error_and_planes_can_be_scored(data_dir, tmp_path):
+    from astropy.io import fits
+
+    holes = np.random.default_rng(2).normal(100, 5, (300, 300)).astype("f4")
+    holes[::100, :] = np.nan  # a NaN row in every 128 px band: every bench-v1 tile touches one
+    fits.writeto(tmp_path / "holes.fits", holes)
+    result = _cli("evaluate", "--images", tmp_path / "holes.fits", "--baselines-only", "-o", tmp_path / "r1")
+    assert result.exit_code == 2 and "holes.fits: no 128x128 tile of the image is free of NaN" in result.stderr
+    assert not (tmp_path / "r1").exists()
+    synth = fits.getdata(data_dir / "synth.fits").astype("f4")
+    fits.writeto(tmp_path / "cube.fits", np.stack([np.zeros_like(synth), synth]))
+    result = _cli("evaluate", "--images", tmp_path / "cube.fits", "--baselines-only", "-o", tmp_path / "r2")
+    assert result.exit_code == 2 and "choose a plane (--plane=K)" in result.stderr
+    result = _cli("evaluate", "--images", tmp_path / "cube.fits", "--baselines-only", "--plane", "1", "--panels", "0",
+                  "-o", tmp_path / "r3")
+    assert result.exit_code == 0, result.output
+    direct = _cli("evaluate", "--images", data_dir / "synth.fits", "--baselines-only", "--panels", "0", "-o", tmp_path / "r4")
+    assert direct.exit_code == 0
+    scores = [json.loads((tmp_path / r / "summary.json").read_text())["fields"]["images"]["BLU"]["ssim"] for r in ("r3", "r4")]
+    assert scores[0] == pytest.approx(scores[1], rel=1e-6)  # the plane scores as the image it holds

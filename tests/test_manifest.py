@@ -240,5 +240,5 @@ def test_an_unquoted_numeric_sha256_says_to_quote_it(tmp_path):
 def test_a_relative_manifest_path_works_outside_the_checkout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_manifest("data_manifests/bench_v1.yaml").name == "bench-v1"  # the checkout's, found from elsewhere
-    with pytest.raises(ConfigError, match=r"nope/m\.yaml: manifest not found \(looked for .*nope/m\.yaml and .*nope/m\.yaml\)"):
+    with pytest.raises(ConfigError, match=r"nope/m\.yaml: manifest not found \(looked for .*nope/m\.yaml"):
         load_manifest("nope/m.yaml")
