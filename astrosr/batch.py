@@ -29,6 +29,7 @@ from .config import replace
 from .deblur import DeblurOptions, FileResult, deblur_file
 from .errors import AstrosrError, ConfigError, InputError
 from .fits_io import FITS_SUFFIXES
+from .files import make_dir
 from .fits_out import output_path
 from .progress import ProgressCallback, report
 
@@ -247,6 +248,7 @@ def deblur_batch(
     o.psf.kernel()  # and one that is not a PSF kernel (truncated, a galaxy image, off-centre): before any work
     if parallel:
         clear_model_cache()  # the workers load their own; this process need not hold one meanwhile
+    make_dir(out_dir)  # an output directory that cannot be written: one error before any image is deblurred
     out_dir = str(Path(out_dir).resolve())
     jobs = [{"path": str(src.resolve()), "out_dir": out_dir, "options": o} for src, _ in pairs]
     results = [None] * len(jobs)

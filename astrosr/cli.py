@@ -17,7 +17,7 @@ import click
 from rich.markup import escape
 
 from . import __version__
-from .cli_display import Bars, console, err_console, evaluate_tables, log_to
+from .cli_display import Bars, console, err_console, evaluate_tables, log_to, quiet_logs
 from .cli_options import click_options, flag_message, flag_names, from_cli
 from .deblur import DeblurOptions
 from .errors import AstrosrError
@@ -37,6 +37,7 @@ COMMON_FLAGS = {"overwrite": "--overwrite", "data_dir": "--data-dir", "manifest"
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        quiet_logs()  # each command chooses whether the library's log lines show (several run in one test process)
         try:
             return super().invoke(ctx)
         except AstrosrError as exc:

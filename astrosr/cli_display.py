@@ -15,7 +15,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-__all__ = ["Bars", "console", "err_console", "log_to", "evaluate_tables"]
+__all__ = ["Bars", "console", "err_console", "log_to", "quiet_logs", "evaluate_tables"]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -65,6 +65,14 @@ def log_to(out: Console | None = None, level: int = logging.INFO) -> None:
     if not any(isinstance(h, RichHandler) for h in logger.handlers):
         logger.addHandler(RichHandler(console=out or err_console, show_path=False, show_level=False, markup=False))
     logger.setLevel(level)
+
+
+def quiet_logs() -> None:
+    """Hide the library's log lines again (the state of a fresh process)."""
+    logger = logging.getLogger("astrosr")
+    for handler in [h for h in logger.handlers if isinstance(h, RichHandler)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
 
 
 def _table(groups: dict, title: str, first: str, *, calibration: bool) -> Table:

@@ -42,6 +42,7 @@ Text columns are fixed-width bytes; :func:`as_text` decodes them.
 from __future__ import annotations
 
 import contextlib
+import sys
 import datetime
 import json
 import os
@@ -162,8 +163,9 @@ class PairsWriter:
             self._tiles = self._h5.create_dataset("tiles", (0,), maxshape=(None,), chunks=(_TILES_CHUNK,),
                                                   dtype=TILE_DTYPE)
         except BaseException:
-            stack.close()
-            raise
+            # unwind with the error, so atomic_path discards the temporary instead of renaming it
+            if not stack.__exit__(*sys.exc_info()):
+                raise
         self._stack = stack
         return self
 

@@ -40,7 +40,7 @@ from .config import check_options, option, replace
 from .progress import ProgressCallback, report
 from .psf import moffat_psf
 from .errors import ConfigError, InputError
-from .files import atomic_path
+from .files import atomic_path, make_dir
 
 __all__ = ["SimulateOptions", "sim_name", "simulate_image", "write_simulated", "simulate_fields", "example_field"]
 
@@ -289,7 +289,7 @@ def simulate_fields(
     """
     o = replace(options or SimulateOptions(), **keys) if keys or options is None else options
     n, seed, size = o.n, o.seed, o.size
-    out_dir = Path(out_dir)
+    out_dir = make_dir(out_dir)  # a place that cannot be written is an error before any work
     paths = [out_dir / sim_name(seed, i) for i in range(n)]
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:

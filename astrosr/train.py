@@ -116,6 +116,8 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
     cfg, out = config, Path(out)
     rank, world, local_rank = init_processes(cfg.device)
     distributed, main = world > 1, rank == 0
+    if main:
+        make_dir(out)  # an output directory that cannot be written is an error before any work
     device = select_device(cfg.device, threads=cfg.threads, local_rank=local_rank, world=world)
     saved = resume_point(out, resume, to_dict(cfg), runtime_keys=RUNTIME_KEYS)
 

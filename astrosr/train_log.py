@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .files import atomic_path
+from .files import atomic_path, write_failure
 
 __all__ = ["COLUMNS", "MetricsLog", "plot_loss_curve", "write_config", "write_json"]
 
@@ -61,8 +61,14 @@ class MetricsLog:
         row = {k: ("" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]))
                for k in COLUMNS}
         self.rows.append(row)
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, COLUMNS).writerow(row)
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, COLUMNS).writerow(row)
+        except OSError as exc:  # a full disk mid-run: one line naming the file, last.pt stays the last good one
+            failure = write_failure(exc, self.path)
+            if failure is None:
+                raise
+            raise failure from None
 
     def plot(self) -> None:
         """Write ``loss_curve.png`` from the rows so far."""
