@@ -233,11 +233,11 @@ def deblur_batch(
     >>> sum(r.status == "failed" for r in results)  # doctest: +SKIP
     0
     """
+    o = replace(options or DeblurOptions(), **keys) if keys or options is None else options
+    pairs = _plan(expand_inputs(inputs), out_dir, o)  # a missing input is reported before torch loads
     from .checkpoint import clear_model_cache, load_model_cached, resolve_device
 
-    o = replace(options or DeblurOptions(), **keys) if keys or options is None else options
     device = resolve_device(o.device)  # a device this machine lacks: one error before any work
-    pairs = _plan(expand_inputs(inputs), out_dir, o)
     parallel = o.workers > 1 or o.scheduler or o.dask_local
     # absolute paths: a Dask worker may run in another directory (on a shared file system)
     model = str(Path(o.model).resolve()) if Path(o.model).is_file() else str(o.model)

@@ -210,6 +210,9 @@ def train_command(pairs, config_path, out, sets, resume, stop_at, **given):
     import yaml
 
     from .errors import ConfigError, InputError
+
+    if not Path(pairs).is_file():  # before torch loads: a typo is reported at once
+        raise InputError(f"{pairs}: pairs file not found")
     from .train import load_config, train
 
     options = from_cli(TrainConfig, given, build=False)
@@ -368,3 +371,7 @@ def run_command(pipeline, run_dir, max_steps, data_dir, force):
 def main():
     """Console entry point."""
     sys.exit(cli.main(standalone_mode=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -38,8 +38,6 @@ from numpy.typing import ArrayLike
 
 from .config import check_device, check_options, option, replace
 from .errors import AstrosrError, ConfigError, InputError
-from .fits_io import read_image
-from .fits_out import add_provenance, clean_header, existing_matches, output_path, rescale_wcs, write_output
 from .progress import ProgressCallback
 from .psf import BENCH_V1_PSF, PSF, kernel_and_fwhm
 
@@ -53,7 +51,6 @@ __all__ = [
     "FileResult",
     "deblur_image",
     "deblur_file",
-    "output_path",
     "trained_for",
 ]
 
@@ -322,6 +319,8 @@ def deblur_file(
     'skipped'
     """
     from .checkpoint import load_model_cached, resolve_device
+    from .fits_io import read_image
+    from .fits_out import add_provenance, clean_header, existing_matches, output_path, rescale_wcs, write_output
 
     o = replace(options or DeblurOptions(), **keys) if keys or options is None else options
     start = time.perf_counter()

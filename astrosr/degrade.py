@@ -22,7 +22,6 @@ Examples
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal
 
 from .errors import ConfigError
 
@@ -63,6 +62,8 @@ def convolve_extend(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     ky, kx = kernel.shape
     if ky % 2 == 0 or kx % 2 == 0:
         raise ConfigError(f"psf kernel must have odd sides, got {kernel.shape}")
+    from scipy import signal  # on use: importing the package (the CLI's -h) stays fast
+
     padded = np.pad(np.nan_to_num(image, nan=0.0), ((ky // 2, ky // 2), (kx // 2, kx // 2)), mode="edge")
     return signal.fftconvolve(padded, kernel, mode="valid")
 
@@ -196,6 +197,8 @@ def degrade(
     """
     if int(scale) != scale or scale < 1:
         raise ConfigError(f"scale must be a positive integer, got {scale}")
+    from scipy import signal
+
     blu = signal.fftconvolve(ori, kernel, mode="valid") if margin else convolve_extend(ori, kernel)
     blu = blu + rng.normal(0.0, noise_std, blu.shape)
     if poisson_gain:

@@ -229,18 +229,19 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
     >>> summary = evaluate("reports/m51", images=["M51.fits"], models=[])  # doctest: +SKIP
     >>> summary["fields"]["images"]["RL n=20"]["ssim"]  # doctest: +SKIP
     """
+    options = replace(options or EvaluateOptions(), **keys) if keys or options is None else options
+    o = options
+    psf_by_name = o.psf.shape == "file" and not Path(o.psf.path).is_file()
+    loaded = _manifest(o.manifest, required=bool(o.fields)) if o.fields or psf_by_name else None
+    sources = load_sources(fields=o.fields or None, images=o.images or None, manifest=loaded, data_dir=o.data_dir)
+    # torch, photutils and scikit-image load only now: a missing file is reported at once
     import torch
 
     from .evaluate_report import write_outputs
     from .scoring import SAMPLE_SEED, baseline_choice, load_models, method_names, score_image, warm_up
 
-    options = replace(options or EvaluateOptions(), **keys) if keys or options is None else options
-    o = options
     if o.threads is not None:
         torch.set_num_threads(int(o.threads))
-    psf_by_name = o.psf.shape == "file" and not Path(o.psf.path).is_file()
-    loaded = _manifest(o.manifest, required=bool(o.fields)) if o.fields or psf_by_name else None
-    sources = load_sources(fields=o.fields or None, images=o.images or None, manifest=loaded, data_dir=o.data_dir)
     from .manifest import resolve_psf
 
     psf = resolve_psf(o.psf, loaded, o.data_dir)

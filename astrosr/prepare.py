@@ -34,7 +34,6 @@ from .degrade import background_stats, degrade, percentile_limits
 from .psf import BENCH_V1_PSF, PSF, parse_range
 from .errors import ConfigError, InputError
 from .files import check_not_input, sha256_file, sigterm_as_interrupt
-from .fits_io import read_image
 from .pairs import COMPRESSION, PairsWriter
 from .progress import report
 from .tiling import extract_tiles, grid_origins, nan_free
@@ -200,6 +199,8 @@ def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson):
 
 def _one_image(i, path, field, sha256, config, psfs):
     """Degrade and tile one image: returns (image_row, blu_tiles, ori_tiles, tile_rows)."""
+    from .fits_io import read_image  # astropy on use: the CLI's -h stays fast
+
     image = read_image(path, hdu=config.hdu, plane=config.plane, min_size=config.tile)
     sim_seed = image.header.get("SIMSEED")
     if field == TRAIN_FIELD and isinstance(sim_seed, int) and sim_seed >= 1000:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, special
 
 from .errors import ConfigError, InputError
 
@@ -100,6 +99,8 @@ def airy_psf(radius: float, *, size: int = 41) -> np.ndarray:
     """Airy disc whose first dark ring lies at ``radius`` pixels, unit sum."""
     if not radius > 0:
         raise ConfigError(f"psf airy radius must be > 0, got {radius}")
+    from scipy import special
+
     x = special.jn_zeros(1, 1)[0] * _grid(size) / radius
     with np.errstate(invalid="ignore", divide="ignore"):
         kernel = np.where(x == 0, 1.0, (2.0 * special.j1(x) / x) ** 2)
@@ -146,6 +147,8 @@ def read_psf(path: str | Path, *, pixscale: float | None = None, image_pixscale:
     kernel = image.data
     pixscale = pixscale if pixscale is not None else card_pixscale(image.header)
     if pixscale is not None and image_pixscale is not None:
+        from scipy import ndimage
+
         kernel = ndimage.zoom(kernel, pixscale / image_pixscale, order=3)
     if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
         kernel = np.pad(kernel, ((0, 1 - kernel.shape[0] % 2), (0, 1 - kernel.shape[1] % 2)))
@@ -203,6 +206,8 @@ def measure_fwhm(kernel: np.ndarray, *, oversample: int = 8) -> float:
     The kernel is interpolated ``oversample`` times finer (cubic) and the area
     above half its peak is taken as a disc: ``fwhm = 2 sqrt(area / pi)``.
     """
+    from scipy import ndimage
+
     fine = ndimage.zoom(np.asarray(kernel, dtype=np.float64), oversample, order=3, grid_mode=True, mode="grid-constant")
     area = np.count_nonzero(fine >= 0.5 * fine.max()) / oversample**2
     return float(2.0 * np.sqrt(area / np.pi))

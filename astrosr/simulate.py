@@ -30,10 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
-from astropy.modeling.models import Sersic2D
-from astropy.wcs import WCS
-from scipy import signal
 
 from . import __version__
 from .config import check_options, option, replace
@@ -89,6 +85,8 @@ def _galaxy(rng, size, noise, *, main):
 
 def _render_galaxy(image, g):
     """Add Sersic2D ``g`` in a box of about 8 effective radii (the whole image for big ones)."""
+    from astropy.modeling.models import Sersic2D  # on use: the CLI's -h stays fast
+
     reach = int(np.ceil(8 * g["r_eff"])) + 2
     size = image.shape[0]
     y0, y1 = max(int(g["y_0"]) - reach, 0), min(int(g["y_0"]) + reach + 1, size)
@@ -125,6 +123,8 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512) -> tuple[np.nda
     >>> data.shape, data.dtype, params["psf"]["shape"]
     ((128, 128), dtype('float32'), 'moffat')
     """
+    from scipy import signal
+
     if int(size) != size or size < 128:
         raise ConfigError(f"simulate size must be an integer >= 128, got {size}")
     size = int(size)
@@ -161,6 +161,8 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512) -> tuple[np.nda
 
 
 def _header(rng, params, seed, index):
+    from astropy.wcs import WCS
+
     wcs = WCS(naxis=2)
     size = params["size"]
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
@@ -211,6 +213,8 @@ def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512,
     >>> write_simulated(path, seed=0, index=0, size=128)["size"]
     128
     """
+    from astropy.io import fits
+
     rng = np.random.default_rng([int(seed), int(index)])
     data, params = simulate_image(rng, size=size)
     header = _header(rng, params, seed, index)

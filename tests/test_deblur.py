@@ -15,7 +15,8 @@ from astrosr import __version__
 from astrosr.batch import deblur_batch, expand_inputs
 from astrosr.checkpoint import save_checkpoint
 from astrosr.cli import cli
-from astrosr.deblur import deblur_file, deblur_image, output_path
+from astrosr.deblur import deblur_file, deblur_image
+from astrosr.fits_out import output_path
 from astrosr.psf import PSF
 from astrosr.errors import CheckpointError, ConfigError, InputError
 from astrosr.files import sha256_file
