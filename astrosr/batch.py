@@ -125,10 +125,24 @@ def _task(job):
         return FileResult(str(path), None, "failed", _one_line(exc, path), time.perf_counter() - start)
 
 
-def _init_worker(threads):
+def _init_worker(threads, parent):
+    import signal
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the batch process's to handle, once
+    # a worker whose batch process died (kill -9, out of memory) has no one to report to: it ends
+    # within a couple of seconds instead of finishing its image and idling on as an orphan
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="astrosr-parent-watch").start()
+
+
+def _exit_with(parent, every=1.0):
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _run_local(jobs, workers, report):
@@ -137,7 +151,8 @@ def _run_local(jobs, workers, report):
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn: forking a process that already runs torch's thread pool can deadlock
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(_task, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             i = futures[future]

@@ -51,6 +51,10 @@ class _Group(click.Group):
             message = flag_message(message, flags)
             err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            # one line, not click's "Aborted!" (once per process): every output goes through a temporary
+            err_console.print("[bold red]interrupted[/]: outputs not yet complete were not kept", markup=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -233,8 +237,16 @@ def train_command(pairs, config_path, out, sets, resume, stop_at, **given):
         raise InputError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
     main = int(os.environ.get("RANK", "0")) == 0
     log_to()  # validation lines, above the bar
-    with Bars({"steps": f"train {config.model}"}, enabled=main and config.progress) as bars:
-        summary = train(pairs, config, out, resume=resume, stop_at=stop_at, progress=bars)
+    try:
+        with Bars({"steps": f"train {config.model}"}, enabled=main and config.progress) as bars:
+            summary = train(pairs, config, out, resume=resume, stop_at=stop_at, progress=bars)
+    except KeyboardInterrupt:
+        last = run / "last.pt"
+        if main and last.is_file():
+            err_console.print(f"[bold red]interrupted[/]: {escape(str(last))} holds the run so far; continue it with "
+                              f"astrosr train {escape(str(pairs))} -o {escape(str(out))} --resume", markup=True)
+            click.get_current_context().exit(130)
+        raise
     if not main:
         return
     from rich.table import Table

@@ -516,3 +516,49 @@ def test_an_astrosr_output_is_not_deblurred_again_unless_allowed(data_dir, model
     allowed = CliRunner().invoke(cli, ["deblur", str(tmp_path / "in_deblur.fits"), "-o", str(tmp_path / "twice"),
                                        "--allow-astrosr-input", *common])
     assert allowed.exit_code == 0 and (tmp_path / "twice" / "in_deblur_deblur.fits").is_file()
+
+
+def _children(pid):
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_workers_end_when_the_batch_process_is_killed(data_dir, models, tmp_path):
+    import signal
+    import time
+
+    for i in range(6):
+        _crop(data_dir / "M13_blue_0001.fits", tmp_path / f"f{i}.fits", slice(0, 1024), slice(0, 1024))
+    parent = subprocess.Popen([shutil.which("astrosr") or "astrosr", "deblur", str(tmp_path), "-o", str(tmp_path / "out"),
+                               "--workers", "2", "--model", str(models["trained"]), "--device", "cpu", "--samples", "4"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+        time.sleep(0.5)
+        workers = [p for p in _children(parent.pid) if "spawn" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+    assert len(workers) >= 2, "the batch never started its workers"
+    helpers = _children(parent.pid)  # the workers and multiprocessing's resource tracker
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in helpers):
+        time.sleep(0.25)
+    assert not [p for p in helpers if _alive(p)], "orphaned workers outlived their batch by 10 s"

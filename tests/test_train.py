@@ -248,3 +248,25 @@ def test_training_without_a_val_field_keeps_the_latest(tiny_pairs, tmp_path):
 def test_max_minutes_stops_and_saves_a_resumable_run(tiny_pairs, tmp_path):
     summary = train(tiny_pairs, _config(max_steps=50, max_minutes=1e-9), tmp_path / "timed")
     assert summary["steps"] == 1 and load_checkpoint(tmp_path / "timed" / "last.pt")["step"] == 1
+
+
+def test_ctrl_c_says_where_last_pt_is_and_how_to_resume(tiny_pairs, tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    child = subprocess.Popen([shutil.which("astrosr") or "astrosr", "train", str(tiny_pairs), "-o", str(out),
+                              "--max-steps", "100000", "--no-progress", "--set", "val_field=", "--threads", "1",
+                              "--set", "model_options={width: 8, levels: 2}"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "config.yaml").exists():
+        time.sleep(0.2)
+    time.sleep(2)  # some steps
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "last.pt holds the run so far" in lines[0] and "--resume" in lines[0], err
+    assert (out / "last.pt").is_file() and "Aborted" not in err
