@@ -11,6 +11,7 @@ set them, and exit with code 2; anything else keeps its traceback.
 """
 
 import dataclasses
+import logging
 import sys
 
 import click
@@ -321,6 +322,7 @@ def deblur(inputs, out_dir, **given):
     from .batch import deblur_batch
 
     options = from_cli(DeblurOptions, given)
+    log_to(level=logging.WARNING)  # a header fixed on the way out is said, in one line
     serial = options.workers == 1 and not (options.scheduler or options.dask_local)
     with Bars({"images": "images", "tiles": "tiles of this image"}) as bars:
         results = deblur_batch(inputs, out_dir, options,

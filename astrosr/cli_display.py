@@ -8,6 +8,7 @@ the only place that turns them into a terminal display.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -60,17 +61,27 @@ class Bars:
 
 
 def log_to(out: Console | None = None, level: int = logging.INFO) -> None:
-    """Show the library's log lines (logger ``astrosr``) on stderr, once: stdout holds only results."""
+    """Show the library's log lines (logger ``astrosr``) on stderr: stdout holds only results.
+
+    On a terminal through rich; into a file or pipe as plain lines, one per message, never wrapped.
+    """
     logger = logging.getLogger("astrosr")
-    if not any(isinstance(h, RichHandler) for h in logger.handlers):
-        logger.addHandler(RichHandler(console=out or err_console, show_path=False, show_level=False, markup=False))
+    quiet_logs()
+    target = out or err_console
+    if target.is_terminal:
+        handler = RichHandler(console=target, show_path=False, show_level=False, markup=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if level > logging.INFO else "%(message)s"))
+    handler.astrosr_cli = True
+    logger.addHandler(handler)
     logger.setLevel(level)
 
 
 def quiet_logs() -> None:
     """Hide the library's log lines again (the state of a fresh process)."""
     logger = logging.getLogger("astrosr")
-    for handler in [h for h in logger.handlers if isinstance(h, RichHandler)]:
+    for handler in [h for h in logger.handlers if getattr(h, "astrosr_cli", False)]:
         logger.removeHandler(handler)
     logger.setLevel(logging.NOTSET)
 

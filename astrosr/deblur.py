@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     import torch
 
     from .restore import Restored
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DeblurOptions",
@@ -320,7 +323,8 @@ def deblur_file(
     """
     from .checkpoint import load_model_cached, resolve_device
     from .fits_io import read_image
-    from .fits_out import add_provenance, clean_header, existing_matches, output_path, rescale_wcs, write_output
+    from .fits_out import (add_provenance, clean_header, existing_matches, output_path, rescale_wcs, standard_cards,
+                           write_output)
 
     o = replace(options or DeblurOptions(), **keys) if keys or options is None else options
     start = time.perf_counter()
@@ -362,7 +366,13 @@ def deblur_file(
     uncert = None if restored.uncert is None else restored.uncert.astype(np.float32, copy=False)
     lo, hi = restored.blu_lo, restored.blu_hi
     del restored
-    header = rescale_wcs(clean_header(image.header, image_axes_only=image.plane is not None), scale)
+    header, fixed, dropped = standard_cards(clean_header(image.header, image_axes_only=image.plane is not None))
+    if fixed or dropped:
+        log.warning("%s: %s", path, "; ".join(
+            part for part in (f"fixed {len(fixed)} header card(s) that broke the FITS standard ({', '.join(fixed)})" if fixed
+                              else "", f"dropped {len(dropped)} that could not be fixed ({', '.join(dropped)})" if dropped
+                              else "") if part))
+    header = rescale_wcs(header, scale)
     add_provenance(
         header,
         image=image,

@@ -1,5 +1,7 @@
 """The deblurred FITS file: its name, header, WCS, provenance cards and extensions.
 
+Kept together as one module: everything that decides what a deblurred FITS file holds.
+
 An input ``<stem>.fits`` (``.fits.gz``, ``.fz``...) becomes
 ``OUT/<stem>_deblur.fits``, or ``OUT/<stem>_deblur.fits.fz`` when
 compressed (:func:`output_path`). The file holds:
@@ -49,8 +51,12 @@ __all__ = [
     "wcs_cards",
     "add_provenance",
     "existing_matches",
-    "write_output",
-]
+    "write_output", "standard_cards", "VALUE_RANGE"]
+
+_NUMBER_THEN_TEXT = re.compile(r"^(?P<value>[-+]?(\d+\.?\d*|\.\d+)([EeDd][-+]?\d+)?)\s*(?P<rest>[^\d\s'].*)$")
+
+#: value-range cards of the input that do not describe the restored float32 image (dropped from outputs)
+VALUE_RANGE = re.compile(r"^(SATURATE|SATLEVEL|SATURATN|MAXLIN|LINLIMIT|NONLIN|IRAF-MAX|IRAF-MIN|IRAF-BPX|IRAFTYPE)$")
 
 #: the WCS cards copied into the UNCERT and MASK extensions so viewers align them
 WCS_CARD = re.compile(
@@ -97,7 +103,10 @@ def clean_header(header: fits.Header, *, image_axes_only: bool = False) -> fits.
     Gone are SIMPLE, XTENSION, BITPIX, NAXIS*, EXTEND, PCOUNT, GCOUNT, GROUPS,
     BSCALE, BZERO, BLANK, CHECKSUM, DATASUM, INHERIT and DATAMIN/DATAMAX
     (the input's pixel range, wrong for the restored image); astropy writes
-    the output's own. With ``image_axes_only`` (a plane cut from a cube) the
+    the output's own. The cards of :data:`VALUE_RANGE` go too: the input's
+    saturation and linearity levels and IRAF's pixel range and type describe
+    the detector's counts, not the float32 restoration (a photometry tool
+    would mask the wrong pixels by them). With ``image_axes_only`` (a plane cut from a cube) the
     WCS cards of the axes beyond the image go too, so the 2-D output has a
     2-D WCS.
 
@@ -112,10 +121,54 @@ def clean_header(header: fits.Header, *, image_axes_only: bool = False) -> fits.
     """
     out = fits.Header()
     for card in header.cards:
-        if STRUCTURAL.match(card.keyword) or (image_axes_only and BEYOND_IMAGE_AXES.match(card.keyword)):
+        if STRUCTURAL.match(card.keyword) or VALUE_RANGE.match(card.keyword) \
+                or (image_axes_only and BEYOND_IMAGE_AXES.match(card.keyword)):
             continue
         out.append(card, end=True)
     return out
+
+
+def standard_cards(header: fits.Header) -> tuple[fits.Header, list[str], list[str]]:
+    """``(header, fixed, dropped)``: the cards that break the FITS standard fixed as astropy can, the rest dropped.
+
+    Real headers carry such cards (an IRAF/NOAO ``CD1_1 = 7.2E-05 Degrees/pixel``
+    with its comment inside the value); writing them would fail after all the
+    work. Every other card is kept as it is.
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> header = fits.Header([fits.Card.fromstring("CD2_2   = 7.2E-05 Degrees/pixel"), ("OBJECT", "M51")])
+    >>> fixed_header, fixed, dropped = standard_cards(header)
+    >>> fixed, dropped, fixed_header["CD2_2"]
+    (['CD2_2'], [], 7.2e-05)
+    """
+    from astropy.io.fits.verify import VerifyError
+
+    out, fixed, dropped = fits.Header(), [], []
+    for card in header.cards:
+        try:
+            card.verify("exception")
+            out.append(card, end=True)
+            continue
+        except (VerifyError, ValueError):
+            pass
+        try:
+            raw = card.image[10:].strip() if card.image[8:10] == "= " else ""
+            number = _NUMBER_THEN_TEXT.match(raw)
+            if number:  # a number with its comment run into the value: the number, and the rest as the comment
+                repaired = fits.Card(card.keyword, float(number["value"].replace("D", "E").replace("d", "e")),
+                                     number["rest"].lstrip("/ ").strip())
+            else:
+                repaired = fits.Card.fromstring(card.image)
+                repaired.verify("silentfix")
+            repaired.verify("exception")
+            _ = repaired.value  # a value astropy cannot parse even now is not kept
+            out.append(repaired, end=True)
+            fixed.append(card.keyword)
+        except (VerifyError, ValueError):
+            dropped.append(card.keyword)
+    return out, fixed, dropped
 
 
 def rescale_wcs(header: fits.Header, scale: int) -> fits.Header:

@@ -562,3 +562,30 @@ def test_workers_end_when_the_batch_process_is_killed(data_dir, models, tmp_path
     while time.time() < deadline and any(_alive(p) for p in helpers):
         time.sleep(0.25)
     assert not [p for p in helpers if _alive(p)], "orphaned workers outlived their batch by 10 s"
+
+
+def test_a_header_that_breaks_the_standard_is_fixed_and_said_once(data_dir, models, tmp_path):
+    image = fits.getdata(data_dir / "synth.fits").astype(np.float32)
+    header = fits.Header()
+    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    header["CRVAL1"], header["CRVAL2"], header["CRPIX1"], header["CRPIX2"] = 10.0, 20.0, 256.0, 256.0
+    header["CD1_1"], header["CD2_2"] = -7.2e-05, 7.2e-05
+    header["SATURATE"], header["IRAF-MAX"], header["OBJECT"] = 60000.0, 4.2e4, "synth"
+    raw = tmp_path / "iraf.fits"
+    fits.PrimaryHDU(image, header=header).writeto(raw)
+    # an IRAF/NOAO header: the comment run into the value (astropy itself would never write this)
+    data = raw.read_bytes()
+    for key, value in (("CD1_1", "-7.2E-05"), ("CD2_2", "7.2E-05")):
+        start = data.index(key.ljust(8).encode() + b"= ")
+        data = data[:start] + f"{key:<8}= {value} Degrees/pixel".ljust(80).encode() + data[start + 80:]
+    raw.write_bytes(data)
+    result = CliRunner().invoke(cli, ["deblur", str(raw), "-o", str(tmp_path / "out"), "--model", str(models["identity"]),
+                                      "--device", "cpu", "--no-consistency"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "header card" in line]
+    assert len(warnings) == 1 and "fixed 2 header card(s) that broke the FITS standard (CD1_1, CD2_2)" in warnings[0]
+    out = fits.getheader(tmp_path / "out" / "iraf_deblur.fits")
+    assert out["CD1_1"] == -7.2e-05 and out["CD2_2"] == 7.2e-05 and out["OBJECT"] == "synth"
+    assert "SATURATE" not in out and "IRAF-MAX" not in out  # the detector's levels do not describe the restoration
+    with fits.open(tmp_path / "out" / "iraf_deblur.fits") as hdul:
+        hdul.verify("exception")
