@@ -28,6 +28,7 @@ torch.Size([16, 1, 64, 64])
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import h5py
@@ -78,6 +79,10 @@ class PairsDataset(Dataset):
         Apply the flip/rotation chosen by the sampler's code.
     crop : int or None
         Random square crop of this many ORI pixels (None: whole tiles).
+    only_images : sequence of int, optional
+        Keep only the tiles of these images (rows of the ``images`` table).
+    skip_images : sequence of int
+        Leave out the tiles of these images (held out for validation).
 
     Items are dicts: ``blu (1, h, w)``, ``ori (1, H, W)``, ``psf (k, k)``,
     ``cond (2,)``, ``affine (2,) = (m, c)``, ``index`` (row in the file).
@@ -125,7 +130,8 @@ class PairsDataset(Dataset):
     """
 
     def __init__(self, path: str | os.PathLike, *, field: str | list[str] | None = "train", in_memory: bool = False,
-                 augment: bool = False, crop: int | None = None):
+                 augment: bool = False, crop: int | None = None, only_images: Sequence[int] | None = None,
+                 skip_images: Sequence[int] = ()):
         self.path = os.fspath(path)
         self.meta = pairs_file.read_meta(self.path)
         tiles, images, psfs, attrs = self.meta.tiles, self.meta.images, self.meta.psfs, self.meta.attrs
@@ -140,6 +146,12 @@ class PairsDataset(Dataset):
             if not keep.any():
                 present = ", ".join(sorted(set(fields))) or "none"
                 raise InputError(f"{self.path}: no tiles of field {field!r} (fields present: {present})")
+        if only_images is not None:
+            keep &= np.isin(tiles["image"], list(only_images))
+        if len(skip_images):
+            keep &= ~np.isin(tiles["image"], list(skip_images))
+        if not keep.any():
+            raise InputError(f"{self.path}: no tiles left of field {field!r} once images are held out")
         self.rows = np.flatnonzero(keep)
         self.all_tiles = tiles
         self.tiles = tiles[self.rows]

@@ -19,6 +19,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -29,7 +30,8 @@ from .errors import ConfigError
 from .files import make_dir
 from .losses import batch_loss, make_optimizer
 from .models import build_model
-from .pairs import trained_psf
+from .pairs import fields as pairs_fields
+from .pairs import read_meta, trained_psf
 from .progress import ProgressCallback, report
 from .provenance import hardware, versions
 from .train_log import MetricsLog, write_config, write_json
@@ -45,12 +47,35 @@ logger = logging.getLogger(__name__)
 # --- the steps of train(), in the order it takes them --------------------------
 
 
-def _start_run_dir(out: Path, cfg: TrainConfig, pairs, val_set):
+def holdout_images(meta, cfg: TrainConfig) -> list[int] | None:
+    """Images of the train field held out for validation when the pairs file has no ``val_field`` tiles.
+
+    None when the file has val tiles (or validation is off). Otherwise about
+    a tenth of the train images, at least one, drawn with the run's seed (the
+    same on resume); none of a single image: that run trains without
+    validation and keeps its latest checkpoint as best.
+    """
+    present = set(pairs_fields(meta.tiles))
+    if not cfg.val_field or cfg.val_field in present:
+        return None
+    train_images = sorted({int(i) for i, f in zip(meta.tiles["image"], pairs_fields(meta.tiles)) if f == cfg.train_field})
+    if len(train_images) < 2:
+        return []
+    count = max(1, round(0.1 * len(train_images)))
+    return sorted(int(i) for i in np.random.default_rng(cfg.seed).choice(train_images, count, replace=False))
+
+
+def _start_run_dir(out: Path, cfg: TrainConfig, pairs, val_set, holdout):
     """Create ``out`` with its ``config.yaml``; ``(val_images, note)`` for whole-image validation."""
     make_dir(out)
     write_config(out / "config.yaml", to_dict(cfg), f"astrosr {__version__} train config; pairs: {Path(pairs).resolve()}")
+    if holdout == []:
+        return None, f"no validation: no {cfg.val_field!r} tiles and a single training image; best.pt is the latest"
     if val_set is None:
         return None, "no validation (val_field is empty): best.pt is the latest"
+    if holdout:
+        return None, (f"no {cfg.val_field!r} tiles: {len(holdout)} of the training images held out, scored on their "
+                      "tiles (their degradation was drawn at random, so no whole-image scores)")
     if not cfg.val_images:
         return None, "disabled (val_images: false)"
     return load_val_images(val_set, field=cfg.val_field)
@@ -121,9 +146,21 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
     device = select_device(cfg.device, threads=cfg.threads, local_rank=local_rank, world=world)
     saved = resume_point(out, resume, to_dict(cfg), runtime_keys=RUNTIME_KEYS)
 
+    holdout = holdout_images(read_meta(pairs), cfg)
+    if holdout:
+        logger.info("no %r tiles in %s: validating on %d held-out training image(s) (rows %s of its images table)",
+                    cfg.val_field, pairs, len(holdout), ", ".join(map(str, holdout)))
+    elif holdout == []:
+        logger.warning("no %r tiles in %s and a single training image: training without validation; best.pt is the "
+                       "latest checkpoint", cfg.val_field, pairs)
     train_set = PairsDataset(pairs, field=cfg.train_field, in_memory=cfg.in_memory, augment=cfg.augment,
-                             crop=cfg.crop or None)
-    val_set = PairsDataset(pairs, field=cfg.val_field, in_memory=True) if main and cfg.val_field else None
+                             crop=cfg.crop or None, skip_images=holdout or ())
+    if not main or not cfg.val_field or holdout == []:
+        val_set = None
+    elif holdout:
+        val_set = PairsDataset(pairs, field=cfg.train_field, in_memory=True, only_images=holdout)
+    else:
+        val_set = PairsDataset(pairs, field=cfg.val_field, in_memory=True)
 
     seed_everything(cfg.seed)
     raw = build_model(cfg.model, dict(cfg.model_options, scale=train_set.scale)).to(device)
@@ -146,7 +183,7 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
 
     val_images, val_note = None, "disabled (val_images: false)"
     if main:
-        val_images, val_note = _start_run_dir(out, cfg, pairs, val_set)
+        val_images, val_note = _start_run_dir(out, cfg, pairs, val_set, holdout)
         log = MetricsLog(out, resume_step=step if resume else None)
     tile = raw.native_tile or 512  # restore_image's default: validation scores what evaluate scores
     about = {"psf": trained_psf(train_set.meta, train_set.tiles["psf_fwhm"]),

@@ -270,3 +270,26 @@ def test_ctrl_c_says_where_last_pt_is_and_how_to_resume(tiny_pairs, tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "last.pt holds the run so far" in lines[0] and "--resume" in lines[0], err
     assert (out / "last.pt").is_file() and "Aborted" not in err
+
+
+def test_the_readmes_prepare_then_train_chains_without_a_val_field(tmp_path, caplog):
+    """`prepare sims/*.fits -o pairs.h5` then `train pairs.h5`: whole training images are held out for validation."""
+    from astrosr.prepare import prepare_pairs
+    from astrosr.simulate import simulate_fields
+
+    sims = simulate_fields(tmp_path / "sims", n=3, seed=7, size=128)
+    prepare_pairs(sims, tmp_path / "pairs.h5")
+    cfg = load_config(overrides={"max_steps": 2, "val_every": 1, "batch": 2, "progress": False, "threads": 1,
+                                 "model_options.width": 8, "model_options.levels": 2})
+    with caplog.at_level(logging.INFO, logger="astrosr.train"):
+        summary = train(tmp_path / "pairs.h5", cfg, tmp_path / "run")
+    assert "validating on 1 held-out training image(s)" in caplog.text
+    assert summary["best"]["tile_mse"] is not None and (tmp_path / "run" / "best.pt").is_file()
+    assert "held out" in summary["val_images"] and summary["train_tiles"] == 2  # 3 images of 1 tile, one held out
+    # a single image trains without validation, said once, and keeps its latest checkpoint as best
+    prepare_pairs(sims[:1], tmp_path / "one.h5")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="astrosr.train"):
+        summary = train(tmp_path / "one.h5", cfg, tmp_path / "run1")
+    assert "a single training image: training without validation" in caplog.text
+    assert summary["best"] == {"step": 2} and (tmp_path / "run1" / "best.pt").is_file()
