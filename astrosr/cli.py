@@ -18,7 +18,7 @@ import click
 from rich.markup import escape
 
 from . import __version__
-from .cli_display import Bars, console, err_console, evaluate_tables, log_to, quiet_logs
+from .cli_display import Bars, console, err_console, evaluate_tables, log_to, quiet_logs, wide
 from .cli_options import click_options, flag_message, flag_names, from_cli
 from .deblur import DeblurOptions
 from .errors import AstrosrError
@@ -338,7 +338,7 @@ def deblur(inputs, out_dir, **given):
         detail = Path(r.output).name if r.status == "done" else flag_message(r.reason, flag_names(DeblurOptions))
         table.add_row(Path(r.input).name, f"[{styles[r.status]}]{r.status}[/]", escape(detail), f"{r.seconds:.1f}",
                       f"{r.megapixels:.2f}")
-    console.print(table)
+    wide().print(table)
     counts = {s: sum(r.status == s for r in results) for s in styles}
     console.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
     if counts["failed"]:
@@ -379,7 +379,7 @@ def run_command(pipeline, run_dir, max_steps, data_dir, force):
         report = Path(row["output"]).with_name("summary.json")
         if row["stage"].startswith("evaluate") and report.is_file():
             evaluate_tables(json.loads(report.read_text()), str(report.parent))
-    console.print(table)
+    wide().print(table)
 
 
 def main():

@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-__all__ = ["Bars", "console", "err_console", "log_to", "quiet_logs", "evaluate_tables"]
+__all__ = ["Bars", "console", "err_console", "wide", "log_to", "quiet_logs", "evaluate_tables"]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -58,6 +58,15 @@ class Bars:
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
+
+
+def wide() -> Console:
+    """The console for tables: the terminal's, or 160 columns into a file or pipe.
+
+    A log file or pipe would get rich's 80 columns, too narrow for a method
+    table: every cell would end in '…'.
+    """
+    return console if console.is_terminal else Console(width=160, highlight=False, soft_wrap=True)
 
 
 def log_to(out: Console | None = None, level: int = logging.INFO) -> None:
@@ -102,8 +111,7 @@ def _table(groups: dict, title: str, first: str, *, calibration: bool) -> Table:
 
 def evaluate_tables(summary: dict, out_dir: str, to: Console | None = None) -> None:
     """Print an evaluate run's per-image and per-field tables and where its files went."""
-    # a log file or pipe gets rich's 80 columns, too narrow for the method table: every cell ends in '…'
-    to = to or (console if console.is_terminal else Console(width=160, highlight=False, soft_wrap=True))
+    to = to or wide()
     samples = summary["provenance"]["options"].get("samples") or 0
     threads = summary["provenance"]["hardware"]["threads"]
     note = f"; <=1σ: |SR - ORI| <= sigma, {samples} draws" if samples else ""
