@@ -52,6 +52,12 @@ class _Group(click.Group):
             message = flag_message(message, flags)
             err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
             ctx.exit(2)
+        except click.UsageError as exc:
+            # click's own checks (a value out of range, a bad choice, -o naming a file) read like astrosr's:
+            # one red line with the command to ask for help, exit 2
+            hint = f" (astrosr {ctx.invoked_subcommand} -h)" if ctx.invoked_subcommand else " (astrosr -h)"
+            err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}{hint}", markup=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             # one line, not click's "Aborted!" (once per process): every output goes through a temporary
             err_console.print("[bold red]interrupted[/]: outputs not yet complete were not kept", markup=True)

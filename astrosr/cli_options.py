@@ -44,13 +44,21 @@ __all__ = ["click_options", "from_cli", "flag_names", "flag_message"]
 
 #: the CLI flags of the PSF keys (shared by prepare, evaluate and deblur)
 PSF_FLAGS = {
-    "path": ("--psf", "PSF kernel from a FITS file (prepare: also a PSF named in the manifest)."),
-    "shape": ("--psf-shape", "moffat, gaussian or airy (prepare: a comma list draws one per image/tile) [moffat]."),
-    "fwhm": ("--psf-fwhm", "FWHM in pixels (prepare: or a range lo:hi) [4]."),
-    "beta": ("--psf-beta", "Moffat beta (prepare: or a range) [3]."),
+    "path": ("--psf", "PSF kernel from a FITS file."),
+    "shape": ("--psf-shape", "moffat, gaussian or airy [moffat]."),
+    "fwhm": ("--psf-fwhm", "FWHM in pixels [4]."),
+    "beta": ("--psf-beta", "Moffat beta [3]."),
     "radius": ("--psf-radius", "Airy first dark ring radius in pixels (--psf-shape airy)."),
-    "pixscale": ("--psf-pixscale", "PSF file pixel scale (arcsec/px): resampled to the image's."),
+    "pixscale": ("--psf-pixscale", "PSF file pixel scale (arcsec/px) [its SECPIX/PIXSCALE card]: resampled to the image's."),
     "image_pixscale": ("--image-pixscale", "Image pixel scale (arcsec/px) when its header has no celestial WCS."),
+}
+#: what the PSF flags of a command that draws training PSFs (prepare) also take
+PSF_RANGES = {
+    "path": " Also a PSF named in the manifest.",
+    "shape": " A comma list draws one per image or tile.",
+    "fwhm": " Or a range lo:hi, drawn per image or tile.",
+    "beta": " Or a range lo:hi.",
+    "radius": " Or a range lo:hi.",
 }
 
 
@@ -101,7 +109,9 @@ def click_options(cls: type, *, only: tuple[str, ...] | None = None, exclude: tu
         elif kind is list:
             decorators.append(click.option(_flag(field), field.name, multiple=True, default=None, help=help_text))
         elif dataclasses.is_dataclass(kind):
+            ranges = field.metadata.get("ranges", False)
             for key, (flag, text) in PSF_FLAGS.items():
+                text = text + PSF_RANGES.get(key, "") if ranges else text
                 decorators.append(click.option(flag, f"{field.name}__{key}", default=None, help=text))
         else:
             choices = field.metadata.get("choices")

@@ -49,7 +49,7 @@ __all__ = ["option", "check_options", "check_device", "from_dict", "load_yaml", 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,
            default_factory: Any = dataclasses.MISSING, cli: bool = True, minimum: float | None = None,
-           choices: tuple[str, ...] | None = None) -> Any:
+           choices: tuple[str, ...] | None = None, ranges: bool = False) -> Any:
     """A dataclass field that also says how the CLI shows it.
 
     Parameters
@@ -67,6 +67,8 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
         Smallest allowed value of a number (the CLI checks it too).
     choices : tuple of str, optional
         The allowed values of a string.
+    ranges : bool
+        A PSF field that takes ranges and shape lists (training data): the CLI's help says so.
 
     ``minimum`` and ``choices`` are enforced where the class's
     ``__post_init__`` calls :func:`check_options` (every stage's options do).
@@ -88,7 +90,7 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
     ...
     astrosr.errors.ConfigError: device: expected one of cpu, cuda, got 'tpu'
     """
-    metadata = {"help": help, "flag": flag, "cli": cli, "minimum": minimum, "choices": choices}
+    metadata = {"help": help, "flag": flag, "cli": cli, "minimum": minimum, "choices": choices, "ranges": ranges}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 

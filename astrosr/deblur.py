@@ -127,7 +127,8 @@ class DeblurOptions:
         check_options(self)
         check_device(self.device)
         if self.psf.ranged:
-            raise ConfigError(f"psf: {self.psf.describe()} is a range; an image has one PSF")
+            key = self.psf.ranged_key()
+            raise ConfigError(f"psf.{key}: {getattr(self.psf, key)} is a range; an image has one PSF (ranges are for prepare)")
         if self.scheduler and self.dask_local:
             raise ConfigError("scheduler and dask_local exclude each other")
         if (self.scheduler or self.dask_local) and self.workers > 1:

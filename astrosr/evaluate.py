@@ -195,7 +195,8 @@ class EvaluateOptions:
             if f not in BENCH_FIELDS + ("all",):
                 raise ConfigError(f"fields: expected {', '.join(BENCH_FIELDS)} or all, got {f!r}")
         if self.psf.ranged:
-            raise ConfigError(f"psf: {self.psf.describe()} is a range; evaluate scores one PSF")
+            key = self.psf.ranged_key()
+            raise ConfigError(f"psf.{key}: {getattr(self.psf, key)} is a range; evaluate scores one PSF (ranges are for prepare)")
 
 
 def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progress: ProgressCallback = None,

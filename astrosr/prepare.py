@@ -94,7 +94,7 @@ class PrepareOptions:
     True
     """
 
-    psf: PSF = option(BENCH_V1_PSF, help="The degradation PSF (ranges and shape lists draw per image/tile).")
+    psf: PSF = option(BENCH_V1_PSF, ranges=True, help="The degradation PSF (ranges and shape lists draw per image/tile).")
     randomise: str = option("image", choices=("image", "tile"), help="Draw ranges per image or per tile [image].")
     noise: float | str = option(1.0, help="Noise std / ORI's background std, or a range lo:hi [1].")
     poisson_gain: float | None = option(None, help="Add Poisson noise at this gain (e-/ADU) to train images.")

@@ -234,7 +234,7 @@ def parse_range(value: float | str | None, key: str) -> tuple[float, float] | No
         if lo is None:
             raise ConfigError(f"{key}: expected a number or a range 'lo:hi', got {value!r}")
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
-        raise ConfigError(f"{key}: expected 0 < lo <= hi, got {value!r}")
+        raise ConfigError(f"{key}: expected 0 < lo <= hi, got {value!r} (a number > 0, or for prepare a range lo:hi)")
     return lo, hi
 
 
@@ -285,7 +285,7 @@ class PSF:
     def __post_init__(self) -> None:
         for shape in self.shapes:
             if shape not in PSF_SHAPES:
-                raise ConfigError(f"psf shape must be one of {', '.join(PSF_SHAPES)}, got {shape!r}")
+                raise ConfigError(f"psf.shape: psf shape must be one of {', '.join(PSF_SHAPES)}, got {shape!r}")
         if "file" in self.shapes and len(self.shapes) > 1:
             raise ConfigError(f"psf shape: 'file' cannot be mixed with other shapes, got {self.shape!r}")
         if self.shape == "file" and not self.path:
@@ -385,6 +385,12 @@ class PSF:
         return self._concrete(shape, pick)
 
     # --- one PSF --------------------------------------------------------------
+    def ranged_key(self) -> str | None:
+        """The first key that makes this a distribution (``shape`` for a list, ``fwhm``...), or None."""
+        if len(self.shapes) > 1:
+            return "shape"
+        return next((k for k in ("fwhm", "beta", "radius") if self._ranged(k)), None)
+
     def _single(self) -> None:
         if self.ranged:
             raise ConfigError(f"psf: {self.describe()} is a range of PSFs (for prepare); an image has one PSF")

@@ -53,7 +53,7 @@ def test_a_nested_psf_section_is_located():
     assert from_dict(DeblurOptions, {"psf": {"shape": "gaussian", "fwhm": 2.5}}).psf == PSF(shape="gaussian", fwhm=2.5)
     with pytest.raises(ConfigError, match=r"^deblur\.psf\.fwhm: expected 0 < lo <= hi"):
         from_dict(DeblurOptions, {"psf": {"fwhm": -1.0}}, where="deblur")
-    with pytest.raises(ConfigError, match=r"^psf: .* is a range; an image has one PSF$"):
+    with pytest.raises(ConfigError, match=r"^psf\.fwhm: 2:4 is a range; an image has one PSF \(ranges are for prepare\)$"):
         DeblurOptions(psf=PSF(fwhm="2:4"))
     with pytest.raises(ConfigError, match=r"^evaluate\.samples: must be >= 0, got -1$"):
         from_dict(EvaluateOptions, {"samples": -1}, where="evaluate")
