@@ -16,7 +16,6 @@ Examples
 from __future__ import annotations
 
 import csv
-import datetime
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 from .files import atomic_path, sha256_file
 from .metrics import summarise
-from .provenance import hardware, versions
+from .provenance import hardware, versions, utc_now
 
 if TYPE_CHECKING:  # annotations only: writing a report needs none of these at run time
     from .manifest import Manifest
@@ -74,7 +73,7 @@ def provenance(
     ('bench-v1', 'Moffat FWHM=4px beta=3 41x41')
     """
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now().isoformat(timespec="seconds"),
         "benchmark": "bench-v1",
         "versions": versions(),
         "hardware": hardware(device),

@@ -31,7 +31,6 @@ Examples
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__
+from .provenance import utc_now
 from .files import atomic_path
 from .fits_io import STRUCTURAL, FitsImage, strip_fits_suffix
 
@@ -284,7 +284,7 @@ def add_provenance(
     >>> header["ASRINPUT"], header["ASRMSHA"] == info["sha256"], header["ASRCONS"]
     ('m51.fits', True, True)
     """
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    now = utc_now().strftime("%Y-%m-%dT%H:%M:%S")
     sha = info["sha256"]
     model_name = Path(str(info.get("path", "model"))).name
     cards = [
@@ -419,5 +419,10 @@ def write_output(
             uncert_header["BUNIT"] = header["BUNIT"]
         uncert_header["COMMENT"] = "per-pixel std over posterior draws, in the image's units"
         hdus.append(_hdu(uncert, uncert_header, name="UNCERT", compress=compress))
+    stamp = utc_now().strftime("%Y-%m-%dT%H:%M:%S")
+    for hdu in hdus:
+        # astropy dates the CHECKSUM/DATASUM comments itself; give it the run's date (SOURCE_DATE_EPOCH) so that
+        # two runs write the same bytes (an astropy without this hook only dates them by the clock)
+        hdu._get_timestamp = lambda stamp=stamp: stamp
     with atomic_path(out, overwrite=overwrite) as tmp:
         fits.HDUList(hdus).writeto(tmp, checksum=True, output_verify="exception")

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import datetime
 import json
 import os
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ConfigError, InputError
+from .provenance import utc_now
 from .files import atomic_path
 
 __all__ = ["SCHEMA_VERSION", "DATASETS", "COMPRESSION", "TILE_DTYPE", "IMAGE_FIELDS", "image_dtype", "as_text",
@@ -214,7 +214,7 @@ class PairsWriter:
             "schema_version": SCHEMA_VERSION,
             "astrosr_version": __version__,
             "config": json.dumps(config),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": utc_now().isoformat(timespec="seconds"),
             "scale": self.scale,
             "tile": self.tile,
         })

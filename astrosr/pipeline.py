@@ -19,7 +19,6 @@ training of the same hash continues from its ``last.pt``).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import glob
 import hashlib
 import json
@@ -35,7 +34,7 @@ from . import __version__
 from .config import to_dict
 from .errors import ConfigError, DataError
 from .files import atomic_path, make_dir, sha256_file
-from .provenance import hardware, versions
+from .provenance import hardware, versions, utc_now
 from .pipeline_config import Pipeline, find_path, load_pipeline, path_exists
 
 if TYPE_CHECKING:
@@ -172,7 +171,7 @@ class _Runner:
         seconds = time.perf_counter() - t0
         self.records.set(name, status="done", hash=digest, seconds=round(seconds, 3), outputs=outputs,
                          ended=time.time(),
-                         finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                         finished=utc_now().isoformat(timespec="seconds"))
         main = outputs[0] if outputs else ""
         log.info("%s done in %.1f s -> %s", name, seconds, main)
         self.rows.append({"stage": name, "status": "done", "seconds": seconds, "output": main})
@@ -380,7 +379,7 @@ def run_pipeline(pipeline: str | os.PathLike | Pipeline, *, run_dir: str | os.Pa
 
 def _summarise(r, run_dir, total):
     summary = {"pipeline": str(r.p.path), "name": r.p.name, "run_dir": str(run_dir), "seconds": round(total, 1),
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "date": utc_now().isoformat(timespec="seconds"),
                "hardware": {**hardware(), **versions()}, "stages": r.rows, "records": r.records.stages}
     lines = [f"# astrosr run: {r.p.name}", "", f"Pipeline `{r.p.path}`, run directory `{run_dir}`, "
              f"{summary['date']}, {total:.0f} s in all.", "",

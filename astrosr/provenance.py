@@ -15,11 +15,12 @@ Examples
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_name", "versions", "hardware"]
+__all__ = ["cpu_name", "versions", "hardware", "utc_now"]
 
 
 def cpu_name() -> str:
@@ -95,3 +96,25 @@ def hardware(device: object = None) -> dict[str, object]:
         "device": None if device is None else str(device),
         "threads": torch.get_num_threads(),
     }
+
+
+def utc_now() -> datetime.datetime:
+    """The date written into outputs: now in UTC, or ``$SOURCE_DATE_EPOCH`` when set (reproducible builds' convention).
+
+    With it set, two runs write the same dates, so their FITS and HDF5 outputs can be byte-identical.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ["SOURCE_DATE_EPOCH"] = "0"
+    >>> utc_now().isoformat()
+    '1970-01-01T00:00:00+00:00'
+    >>> del os.environ["SOURCE_DATE_EPOCH"]
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch:
+        try:
+            return datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            pass  # a malformed value is the same as none: the real date
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)

@@ -589,3 +589,13 @@ def test_a_header_that_breaks_the_standard_is_fixed_and_said_once(data_dir, mode
     assert "SATURATE" not in out and "IRAF-MAX" not in out  # the detector's levels do not describe the restoration
     with fits.open(tmp_path / "out" / "iraf_deblur.fits") as hdul:
         hdul.verify("exception")
+
+
+def test_with_source_date_epoch_two_runs_write_the_same_bytes(data_dir, models, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    common = dict(model=models["identity"], device="cpu", consistency=False)
+    first = deblur_file(data_dir / "synth.fits", tmp_path / "a", **common).output
+    second = deblur_file(data_dir / "synth.fits", tmp_path / "b", **common).output
+    assert Path(first).read_bytes() == Path(second).read_bytes()
+    header = fits.getheader(first)
+    assert header["ASRDATE"] == "2023-11-14T22:13:20" and header.comments["CHECKSUM"].endswith("2023-11-14T22:13:20")

@@ -162,3 +162,12 @@ def test_no_private_names_imported_from_other_modules(name):
     import astrosr
 
     assert _private_imports(Path(astrosr.__file__).parent / f"{name}.py") == []
+
+
+def test_with_source_date_epoch_two_pairs_files_are_byte_identical(tmp_path, data_dir, monkeypatch):
+    from astrosr.prepare import prepare_pairs
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    prepare_pairs([data_dir / "M51.fits"], tmp_path / "a.h5")
+    prepare_pairs([data_dir / "M51.fits"], tmp_path / "b.h5")
+    assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
