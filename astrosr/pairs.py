@@ -42,6 +42,8 @@ Text columns are fixed-width bytes; :func:`as_text` decodes them.
 from __future__ import annotations
 
 import contextlib
+import errno
+import shutil
 import sys
 import json
 import os
@@ -177,6 +179,13 @@ class PairsWriter:
             raise error
         return stack.__exit__(exc_type, exc, tb)
 
+    def _room_for(self, nbytes: int) -> None:
+        """Fail cleanly (disk full) before HDF5 does: a write HDF5 cannot complete leaves a file it cannot
+        close, and the library then crashes the interpreter when it exits."""
+        free = shutil.disk_usage(self.path.parent).free
+        if free < 1.2 * nbytes + (4 << 20):
+            raise OSError(errno.ENOSPC, f"{nbytes / 2**20:.1f} MiB more to write, {free / 2**20:.1f} MiB free")
+
     @property
     def n_tiles(self) -> int:
         """Tiles appended so far."""
@@ -191,6 +200,7 @@ class PairsWriter:
         tile. Returns the number of tiles added.
         """
         n0, n = len(self._blu), len(tile_rows)
+        self._room_for(4 * (np.size(blu_tiles) + np.size(ori_tiles)))
         for ds, data in ((self._blu, blu_tiles), (self._ori, ori_tiles)):
             ds.resize(n0 + n, axis=0)
             ds[n0:] = data

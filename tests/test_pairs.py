@@ -171,3 +171,19 @@ def test_with_source_date_epoch_two_pairs_files_are_byte_identical(tmp_path, dat
     prepare_pairs([data_dir / "M51.fits"], tmp_path / "a.h5")
     prepare_pairs([data_dir / "M51.fits"], tmp_path / "b.h5")
     assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
+
+
+def test_a_disk_that_fills_up_stops_prepare_cleanly_before_hdf5_fails(tmp_path, data_dir, monkeypatch):
+    """HDF5 cannot close a file it could not write, and then crashes the interpreter at exit: check the room first."""
+    import collections
+    import shutil
+
+    from click.testing import CliRunner
+
+    from astrosr.cli import cli
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 9 << 20, 1 << 20))
+    result = CliRunner().invoke(cli, ["prepare", str(data_dir / "M51.fits"), "-o", str(tmp_path / "p.h5")])
+    assert result.exit_code == 2 and "p.h5: cannot write (No space left on device)" in result.stderr, result.output
+    assert list(tmp_path.iterdir()) == []
