@@ -154,13 +154,16 @@ def prepare(images, out, manifest, data_dir, fields, image_field, config_file, o
     options = dataclasses.replace(options, psf=resolve_psf(options.psf, loaded, data_dir))
     with Bars({"images": "prepare"}) as bars:
         result = prepare_pairs(sources, out, config=options, overwrite=overwrite, progress=bars)
-    console.print(f"wrote {out}: {result['n_tiles']} tile pairs from {result['n_images']} images")
-    table = Table()
-    table.add_column("field")
-    table.add_column("tiles", justify="right")
-    for field, count in result["tiles_per_field"].items():
-        table.add_row(field, str(count))
-    console.print(table)
+    try:  # the pairs file is complete from here: a Ctrl-C now cuts the summary short, not the work (exit 0)
+        console.print(f"wrote {out}: {result['n_tiles']} tile pairs from {result['n_images']} images")
+        table = Table()
+        table.add_column("field")
+        table.add_column("tiles", justify="right")
+        for field, count in result["tiles_per_field"].items():
+            table.add_row(field, str(count))
+        console.print(table)
+    except KeyboardInterrupt:
+        return
 
 
 @cli.command()
