@@ -268,16 +268,10 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
             )
             report(progress, "images", i + 1, len(sources))
         _dedupe_names(results)
+        methods = method_names([m["label"] for m in loaded_models], choice, consistency=o.consistency)
         return write_outputs(
-            out,
-            results,
-            methods=method_names([m["label"] for m in loaded_models], choice, consistency=o.consistency),
-            choice=choice,
-            models=loaded_models,
-            manifest=loaded,
-            psf=psf,
-            psf_fwhm=psf_fwhm,
-            device=device,
+            out, results, methods=methods, choice=choice, models=loaded_models, manifest=loaded, psf=psf,
+            psf_fwhm=psf_fwhm, device=device,
             options={"fields": o.fields or None, "images": [str(p) for p in o.images], "consistency": o.consistency,
                      "data_dir": str(o.data_dir) if o.data_dir else None, "samples": o.samples,
                      "sample_seed": SAMPLE_SEED if o.samples else None,
