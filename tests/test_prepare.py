@@ -410,3 +410,24 @@ def test_no_train_image_shares_the_val_noise_field(tmp_path, data_dir):
             conv = ndimage.convolve(ori[:300, :300], _moffat(), mode="nearest")[:128, :128]
             noise.append(h5["blu"][first] * (hi - lo) + lo - conv)
     assert abs(np.corrcoef(noise[0].ravel(), noise[1].ravel())[0, 1]) < 0.05
+
+
+def test_a_prepare_killed_mid_write_leaves_nothing_a_rerun_does_not_remove(tmp_path, data_dir):
+    import shutil
+    import subprocess
+    import time
+
+    out = tmp_path / "pairs.h5"
+    args = [shutil.which("astrosr") or "astrosr", "prepare", *[str(data_dir / f"M13_blue_000{i}.fits") for i in (1, 2, 3, 4)],
+            "--stride", "16", "-o", str(out)]
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".pairs.h5.astrosr-*.tmp")):
+        time.sleep(0.05)
+    child.kill()  # kill -9: no handler runs, the temporary stays
+    child.wait()
+    stale = list(tmp_path.glob(".pairs.h5.astrosr-*.tmp"))
+    assert len(stale) == 1 and f"-{child.pid}.tmp" in stale[0].name and not out.exists()
+    rerun = subprocess.run(args[:2] + [str(data_dir / "M51.fits"), "-o", str(out)], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert out.is_file() and [p.name for p in tmp_path.iterdir()] == ["pairs.h5"]
