@@ -162,14 +162,7 @@ def from_cli(cls: type, given: dict[str, Any], *, build: bool = True, **extra: A
         elif int in typing.get_args(hints[name]) and isinstance(value, str) and re.fullmatch(r"-?\d+", value):
             value = int(value)  # an HDU index typed as a number, not an EXTNAME
         data[name] = value
-    for outer, keys in nested.items():
-        for key in ("pixscale", "image_pixscale", "radius"):
-            if isinstance(keys.get(key), str):
-                try:
-                    keys[key] = float(keys[key])
-                except ValueError:
-                    pass
-        data[outer] = keys
+    data.update(nested)  # the PSF's own from_keys reads its numbers
     data.update({k: v for k, v in extra.items() if v is not None})
     return from_dict(cls, data) if build else data
 

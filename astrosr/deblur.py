@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -336,10 +337,11 @@ def deblur_file(
     device = resolve_device(o.device)
     model, info = load_model_cached(str(o.model), device=device)
     psf, image = o.psf.absolute(), None
-    if psf.file_pixscale() is not None and psf.image_pixscale is None:
+    scale = psf.file_pixscale() if psf.image_pixscale is None else None
+    if scale is not None:
         # a kernel that states its pixel scale is resampled to this image's: part of the output's identity
         image = read_image(path, hdu=o.hdu, plane=o.plane, min_size=8)
-        psf = psf.for_image(image.header, path)
+        psf = dataclasses.replace(psf, pixscale=scale).for_image(image.header, path)  # the card read once
     psf_id = psf.identity()
     if out.is_dir():
         raise InputError(f"{out}: a directory stands where the output file goes; move it or choose another out_dir")

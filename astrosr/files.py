@@ -198,9 +198,7 @@ def check_output(path: str | Path, *, overwrite: bool = False) -> Path:
         raise InputError(f"{path}: a directory stands where the output file goes; move it or choose another name")
     if path.exists() and not overwrite:
         raise InputError(f"{path}: output exists (overwrite=True replaces it)")
-    make_dir(path.parent)
-    if path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
-        raise InputError(f"{path}: output exists and cannot be replaced (no write permission)")
+    make_dir(path.parent)  # it is writable from here on, so an existing output can be replaced
     return path
 
 

@@ -333,7 +333,7 @@ class PSF:
                 raise ConfigError(f"{where}.{extra[0]}: not used with {where}.path {keys['path']} "
                                   "(a PSF file is its own shape); drop one of them")
             raise ConfigError(f"{where}.{extra[0]}: not used by {where}.shape {keys.get('shape', 'moffat')}; drop it")
-        for key in ("fwhm", "beta", "radius"):  # '3' from a command line is the number 3, '2.5:5.5' a range
+        for key in ("fwhm", "beta", "radius", "pixscale", "image_pixscale"):  # '3' typed is 3; '2.5:5.5' a range
             if isinstance(keys.get(key), str):
                 try:
                     keys[key] = float(keys[key])
@@ -474,8 +474,8 @@ class PSF:
             if not Path(self.path).is_file():
                 raise InputError(f"{self.path}: PSF file not found")
             text += f" sha256 {sha256_file(self.path)[:16]}"
-            scale = self.file_pixscale()
-            if scale is not None and self.image_pixscale is not None:
+            scale = self.file_pixscale() if self.image_pixscale is not None else None  # no resampling: no card to read
+            if scale is not None:
                 text += f" resampled {scale:g}->{self.image_pixscale:g} arcsec/px"
         return text
 

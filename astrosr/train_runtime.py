@@ -64,10 +64,10 @@ def select_device(device: str, *, threads: int = 0, local_rank: int = 0, world: 
     >>> select_device("cpu")
     device(type='cpu')
     """
-    name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    from .checkpoint import resolve_device
+
+    name = resolve_device(device)  # the one check that this machine has the device asked for
     if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {device!r} asked for but CUDA is not available")
         chosen = torch.device(f"cuda:{local_rank}" if name == "cuda" and world > 1 else name)
         if chosen.index is not None:
             torch.cuda.set_device(chosen)
