@@ -30,6 +30,8 @@ Examples
 
 from __future__ import annotations
 
+import functools
+import gzip
 import re
 from pathlib import Path
 from typing import Any
@@ -352,6 +354,24 @@ def existing_matches(
         return False
 
 
+def _run_stamp(hdu) -> str:
+    return utc_now().strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _reproducible_writes() -> None:
+    # Two runs with SOURCE_DATE_EPOCH set must write the same bytes. astropy dates the CHECKSUM/DATASUM comments
+    # by the clock (on every HDU, and on the binary table a compressed HDU writes), and its GZIP codecs call
+    # gzip.compress, which stamps each tile with the clock's time. Give the first the run's date (utc_now
+    # honours SOURCE_DATE_EPOCH) and the second mtime 0 ("no time stamp", RFC 1952). Idempotent and the same
+    # for every caller, so it is set once and never undone.
+    from astropy.io.fits.hdu import base
+    from astropy.io.fits.hdu.compressed import _codecs
+
+    base._ValidHDU._get_timestamp = _run_stamp
+    if getattr(_codecs.gzip_compress, "keywords", None) != {"mtime": 0}:
+        _codecs.gzip_compress = functools.partial(gzip.compress, mtime=0)
+
+
 def _hdu(data, header, *, name=None, compress=False):
     if compress:
         # lossless: no float quantisation (quantize_level 0), GZIP of the byte-shuffled tiles
@@ -419,10 +439,6 @@ def write_output(
             uncert_header["BUNIT"] = header["BUNIT"]
         uncert_header["COMMENT"] = "per-pixel std over posterior draws, in the image's units"
         hdus.append(_hdu(uncert, uncert_header, name="UNCERT", compress=compress))
-    stamp = utc_now().strftime("%Y-%m-%dT%H:%M:%S")
-    for hdu in hdus:
-        # astropy dates the CHECKSUM/DATASUM comments itself; give it the run's date (SOURCE_DATE_EPOCH) so that
-        # two runs write the same bytes (an astropy without this hook only dates them by the clock)
-        hdu._get_timestamp = lambda stamp=stamp: stamp
+    _reproducible_writes()
     with atomic_path(out, overwrite=overwrite) as tmp:
         fits.HDUList(hdus).writeto(tmp, checksum=True, output_verify="exception")
