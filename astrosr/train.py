@@ -38,7 +38,7 @@ from .train_log import MetricsLog, write_config, write_json
 from .train_runtime import (init_processes, out_of_time, resume_point, rng_state, seed_everything, select_device,
                             set_rng_state, step_seed)
 from .train_config import RUNTIME_KEYS, TrainConfig, load_config
-from .validation import describe, is_better, load_val_images, validate
+from .validation import describe, is_better, load_val_images, rl_reference, validate
 
 __all__ = ["TrainConfig", "load_config", "train", "RUNTIME_KEYS"]
 
@@ -73,12 +73,15 @@ def _start_run_dir(out: Path, cfg: TrainConfig, pairs, val_set, holdout):
         return None, f"no validation: no {cfg.val_field!r} tiles and a single training image; best.pt is the latest"
     if val_set is None:
         return None, "no validation (val_field is empty): best.pt is the latest"
-    if holdout:
-        return None, (f"no {cfg.val_field!r} tiles: {len(holdout)} of the training images held out, scored on their "
-                      "tiles (their degradation was drawn at random, so no whole-image scores)")
     if not cfg.val_images:
         return None, "disabled (val_images: false)"
+    if holdout:
+        return load_val_images(val_set, field=cfg.train_field, indices=holdout)
     return load_val_images(val_set, field=cfg.val_field)
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _checkpoint(cfg: TrainConfig, raw, optimizer, scheduler, *, step: int, best, last_val, about: dict) -> dict:
@@ -181,9 +184,14 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
                                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     batches = iter(loader)
 
-    val_images, val_note = None, "disabled (val_images: false)"
+    val_images, val_note, reference = None, "disabled (val_images: false)", None
     if main:
         val_images, val_note = _start_run_dir(out, cfg, pairs, val_set, holdout)
+        reference = rl_reference(val_images)
+        if reference is not None:
+            logger.info("Richardson-Lucy (n=20) on the %d val image(s): flux error %s, spurious %d/%d; best.pt is the "
+                        "lowest val MSE no worse on both", len(val_images), _fmt(reference["flux_err"]),
+                        reference["n_spurious"], reference["n_sources"])
         log = MetricsLog(out, resume_step=step if resume else None)
     tile = raw.native_tile or 512  # restore_image's default: validation scores what evaluate scores
     about = {"psf": trained_psf(train_set.meta, train_set.tiles["psf_fwhm"]),
@@ -224,7 +232,7 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
                     last_val = validate(raw, val_set, val_images, step=step, device=device, tile=tile)
                     raw.train()
                     row.update({f"val_{k}": v for k, v in last_val.items() if k != "step"})
-                    better = is_better(last_val, best, flux_threshold=cfg.flux_threshold)
+                    better = is_better(last_val, best, reference=reference)
                     best = last_val if better else best
                     payload = _checkpoint(cfg, raw, optimizer, scheduler, step=step, best=best, last_val=last_val,
                                           about=about)
@@ -248,7 +256,9 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
 
     summary = {
         "pairs": str(Path(pairs).resolve()), "steps": step, "max_steps": cfg.max_steps, "best": best, "last_val": last_val,
-        "val_images": val_note or "whole val images scored with evaluate's path",
+        "val_images": val_note or (f"{len(holdout)} held-out training image(s)" if holdout else "the val images")
+        + " scored with evaluate's path",
+        "val_reference": {"method": "Richardson-Lucy n=20", **reference} if reference else None,
         "seconds": time.perf_counter() - start_time, "world_size": world, "device": str(device),
         "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in raw.parameters()),
         "model": cfg.model, "model_config": raw.config, "train_tiles": len(train_set), "versions": versions(),

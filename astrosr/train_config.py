@@ -62,9 +62,6 @@ class TrainConfig:
         Validation / logging period in steps.
     val_images : bool
         Also validate on the whole val images (evaluate's path) when readable.
-    flux_threshold : float
-        Checkpoint selection: lowest val MSE among validations with val flux
-        error <= this (RL n=20's on bench-v1 val, 0.054), else lowest flux error.
     device : {'auto', 'cpu', 'cuda'} or 'cuda:N'
     threads : int
         CPU threads (0: torch's default, divided among local processes).
@@ -117,7 +114,6 @@ class TrainConfig:
     val_every: int = 250
     log_every: int = 10
     val_images: bool = True
-    flux_threshold: float = 0.054
     device: str = option("auto", help="auto, cpu, cuda or cuda:N [auto].")
     threads: int = option(0, minimum=0, help="CPU threads (0: torch's default) [0].")
     num_workers: int = option(0, minimum=0, flag="--workers", help="DataLoader worker processes [0].")

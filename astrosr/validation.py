@@ -10,7 +10,9 @@ Two levels, both recorded in ``metrics.csv``:
   and noise, ``default_rng(0)``), restored by evaluate's path
   (:func:`astrosr.restore.restore_image`, data-consistency step on) and scored
   by :mod:`astrosr.metrics`: SSIM, MSE, median flux error and spurious
-  fraction. The best checkpoint is chosen on these (:func:`is_better`).
+  fraction. The best checkpoint is chosen on these (:func:`is_better`),
+  against Richardson-Lucy's (n = 20) flux error and spurious fraction on the
+  same images (:func:`rl_reference`), computed once per run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from skimage.metrics import structural_similarity
 from .files import sha256_file
 from .pairs import field_images
 
-__all__ = ["tile_validation", "ValImage", "load_val_images", "image_validation", "validate", "is_better", "describe"]
+__all__ = ["tile_validation", "ValImage", "load_val_images", "rl_reference", "image_validation", "validate", "is_better",
+           "describe"]
 
 
 def tile_validation(model: torch.nn.Module, dataset, *, device, batch: int = 16) -> dict[str, float]:
@@ -60,17 +63,23 @@ class ValImage:
         self.name, self.ref, self.blu, self.kernel, self.fwhm = name, ref, blu, kernel, fwhm
 
 
-def load_val_images(dataset, *, field: str = "val") -> tuple[list[ValImage] | None, str | None]:
+def load_val_images(dataset, *, field: str = "val",
+                    indices: list[int] | None = None) -> tuple[list[ValImage] | None, str | None]:
     """The whole val images behind ``dataset`` (a :class:`PairsDataset`), or ``(None, reason)``.
 
     Returns ``(list of ValImage, None)`` when every val image can be read and
-    matches its recorded sha256, else ``(None, reason)``.
+    matches its recorded sha256, else ``(None, reason)``. ``indices`` keeps
+    only those rows of the images table (training images held out for
+    validation): each is degraded again with its first tile's recorded PSF
+    and noise level.
     """
     from . import metrics
     from .degrade import bench_v1_degrade
     from .fits_io import read_image
 
     records = field_images(dataset.images, field)
+    if indices is not None:
+        records = [r for r in records if r.index in set(indices)]
     if not records:
         return None, f"no {field} images in the pairs file"
     out = []
@@ -91,6 +100,23 @@ def load_val_images(dataset, *, field: str = "val") -> tuple[list[ValImage] | No
         ori = ori[: blu.shape[0] * s, : blu.shape[1] * s]
         out.append(ValImage(path.name, metrics.reference(ori), blu, kernel, float(tiles["psf_fwhm"][0])))
     return out, None
+
+
+def rl_reference(images: list[ValImage]) -> dict | None:
+    """Richardson-Lucy's (n = 20) field scores on ``images``: the bar a best checkpoint must clear.
+
+    ``{'flux_err', 'spurious', 'n_spurious', 'n_sources'}``, scored like the
+    model (bench-v1's val gives 0.054 and 3/153); None for models that add
+    pixels (RL restores on BLU's own grid, which bench-v1 does not score).
+    """
+    from . import metrics
+    from .baselines import richardson_lucy
+
+    if not images or any(im.blu.shape != im.ref.ori.shape for im in images):
+        return None
+    row = metrics.summarise(metrics.score(im.ref, richardson_lucy(im.blu, im.kernel)) for im in images)
+    return {"flux_err": row.flux_err, "spurious": row.spurious_frac, "n_spurious": row.n_spurious,
+            "n_sources": row.n_sources}
 
 
 def image_validation(model: torch.nn.Module, images: list[ValImage], *, device, tile: int) -> dict[str, float]:
@@ -126,19 +152,25 @@ def _num(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def is_better(record: dict, best: dict | None, *, flux_threshold: float) -> bool:
+def is_better(record: dict, best: dict | None, *, reference: dict | None) -> bool:
     """Whether validation ``record`` beats ``best``: the checkpoint selection rule.
 
-    The best checkpoint has the lowest whole-image MSE among validations
-    whose median flux error is at most ``flux_threshold``; while none is
-    under it, the lowest flux error. Without whole-image scores the tile MSE
-    decides; without any metric (no validation) the newer record wins.
+    With Richardson-Lucy's figures on the same val images (``reference``,
+    :func:`rl_reference`), the best checkpoint has the lowest whole-image
+    MSE among validations whose median flux error is no worse than RL's and
+    whose spurious fraction is no higher than RL's; while none meets both,
+    the lowest flux error among those meeting the spurious condition; else
+    the lowest flux error. Without a reference, the lowest whole-image MSE;
+    without whole-image scores the tile MSE decides; without any metric (no
+    validation) the newer record wins.
 
     Examples
     --------
-    >>> is_better({"mse": 0.01, "flux_err": 0.09}, {"mse": 0.02, "flux_err": 0.05}, flux_threshold=0.054)
+    >>> rl = {"flux_err": 0.054, "spurious": 3 / 153}
+    >>> is_better({"mse": 0.01, "flux_err": 0.09, "spurious": 0.0}, {"mse": 0.02, "flux_err": 0.05, "spurious": 0.0},
+    ...           reference=rl)
     False
-    >>> is_better({"tile_mse": 0.1}, {"tile_mse": 0.2}, flux_threshold=0.054)
+    >>> is_better({"tile_mse": 0.1}, {"tile_mse": 0.2}, reference=None)
     True
     """
     def scored(r):
@@ -147,14 +179,20 @@ def is_better(record: dict, best: dict | None, *, flux_threshold: float) -> bool
     if best is None or not (scored(record) or scored(best)):
         return True
 
+    def at_most(value, bar):
+        return bar is None or (value is not None and value <= bar)
+
     def key(r):
-        flux = _num(r.get("flux_err"))
         mse = _num(r.get("mse"))
         if mse is None:
             return (0, _num(r.get("tile_mse")))
-        if flux is None or flux <= flux_threshold:
+        if reference is None:
             return (0, mse)
-        return (1, flux)
+        flux, spurious = _num(r.get("flux_err")), _num(r.get("spurious"))
+        clean = at_most(spurious, _num(reference.get("spurious")))
+        if clean and at_most(flux, _num(reference.get("flux_err"))):
+            return (0, mse)
+        return (1 if clean else 2, math.inf if flux is None else flux)
 
     return key(record) < key(best)
 

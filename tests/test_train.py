@@ -135,13 +135,38 @@ def test_ssim_loss_equals_skimage(rng):
 
 
 def test_checkpoint_selection_follows_contracts():
-    good_flux = {"mse": 0.02, "flux_err": 0.05}
-    better_mse_bad_flux = {"mse": 0.01, "flux_err": 0.09}
-    assert is_better(good_flux, None, flux_threshold=0.054)
-    assert not is_better(better_mse_bad_flux, good_flux, flux_threshold=0.054)
-    assert is_better({"mse": 0.019, "flux_err": 0.054}, good_flux, flux_threshold=0.054)
-    assert is_better({"mse": 0.03, "flux_err": 0.07}, better_mse_bad_flux, flux_threshold=0.054)
-    assert is_better({"tile_mse": 0.1}, {"tile_mse": 0.2}, flux_threshold=0.054)
+    rl = {"flux_err": 0.054, "spurious": 3 / 153}
+    good = {"mse": 0.02, "flux_err": 0.05, "spurious": 0.01}
+    better_mse_bad_flux = {"mse": 0.01, "flux_err": 0.09, "spurious": 0.0}
+    better_mse_spurious = {"mse": 0.01, "flux_err": 0.04, "spurious": 0.05}
+    assert is_better(good, None, reference=rl)
+    assert not is_better(better_mse_bad_flux, good, reference=rl)
+    assert not is_better(better_mse_spurious, good, reference=rl)  # more invented sources than RL: never best over a clean one
+    assert is_better({"mse": 0.019, "flux_err": 0.054, "spurious": 3 / 153}, good, reference=rl)  # ties with RL pass
+    # while none meets both: the lowest flux error among those meeting the spurious condition, then the lowest flux error
+    assert is_better({"mse": 0.03, "flux_err": 0.07, "spurious": 0.0}, better_mse_bad_flux, reference=rl)
+    assert is_better({"mse": 0.5, "flux_err": 0.3, "spurious": 0.0}, better_mse_spurious, reference=rl)
+    assert is_better({"mse": 0.5, "flux_err": 0.03, "spurious": 0.2}, better_mse_spurious, reference=rl)
+    assert is_better({"mse": 0.01}, {"mse": 0.02}, reference=None)  # no reference (a model adding pixels): MSE
+    assert is_better({"tile_mse": 0.1}, {"tile_mse": 0.2}, reference=None)
+
+
+def test_rl_reference_scores_richardson_lucy_on_the_val_images(data_dir, tmp_path):
+    from astrosr import metrics
+    from astrosr.baselines import richardson_lucy
+    from astrosr.validation import rl_reference
+
+    pairs = tmp_path / "val.h5"
+    from astrosr.prepare import prepare_pairs
+
+    prepare_pairs([(data_dir / "M51.fits", "val")], pairs, progress=False)
+    images, reason = load_val_images(PairsDataset(pairs, field="val"))
+    assert reason is None
+    reference = rl_reference(images)
+    img = images[0]
+    independent = metrics.score(img.ref, richardson_lucy(img.blu, img.kernel, n=20))
+    assert reference["flux_err"] == pytest.approx(float(np.median(independent.flux_err)))
+    assert reference["n_spurious"] == independent.n_spurious and reference["n_sources"] == independent.n_sources
 
 
 def test_whole_image_validation_regenerates_prepares_val_blu(data_dir, tmp_path):
@@ -284,8 +309,9 @@ def test_the_readmes_prepare_then_train_chains_without_a_val_field(tmp_path, cap
     with caplog.at_level(logging.INFO, logger="astrosr.train"):
         summary = train(tmp_path / "pairs.h5", cfg, tmp_path / "run")
     assert "validating on 1 held-out training image(s)" in caplog.text
-    assert summary["best"]["tile_mse"] is not None and (tmp_path / "run" / "best.pt").is_file()
-    assert "held out" in summary["val_images"] and summary["train_tiles"] == 2  # 3 images of 1 tile, one held out
+    assert summary["best"]["mse"] is not None and (tmp_path / "run" / "best.pt").is_file()
+    assert summary["val_reference"]["method"] == "Richardson-Lucy n=20"  # the checkpoint rule's bar, on those images
+    assert "held-out" in summary["val_images"] and summary["train_tiles"] == 2  # 3 images of 1 tile, one held out
     # a single image trains without validation, said once, and keeps its latest checkpoint as best
     prepare_pairs(sims[:1], tmp_path / "one.h5")
     caplog.clear()
