@@ -138,10 +138,10 @@ class EvaluateOptions:
         The true PSF: the degradation and every PSF-aware method (default bench-v1's).
     consistency : bool
         False drops the rows with the data-consistency step.
-    threads : int or None
-        torch threads (recorded either way).
-    device : str
-        torch device of the models.
+    threads : int
+        torch threads (0: torch's default; recorded either way).
+    device : {'auto', 'cpu', 'cuda'} or 'cuda:N'
+        torch device of the models (auto: a GPU when present, as in deblur and train).
     panels : int
         Tiles per image in the PNG panels.
     hdu : int or str or None
@@ -180,8 +180,8 @@ class EvaluateOptions:
     data_dir: str | None = option(None, help="Directory of the manifest's files [$ASTROSR_DATA_DIR].")
     psf: PSF = option(BENCH_V1_PSF, help="The true PSF (degradation and every PSF-aware method).")
     consistency: bool = option(True, help="Only the SR rows without the data-consistency step.")
-    threads: int | None = option(None, minimum=1, help="torch threads [torch default].")
-    device: str = option("cpu", help="torch device of the models.")
+    threads: int = option(0, minimum=0, help="CPU threads (0: torch's default) [0].")
+    device: str = option("auto", help="cpu, cuda, cuda:1... or auto (a GPU when present).")
     panels: int = option(3, minimum=0, help="Figure tiles per image.")
     hdu: int | str | None = option(None, help="HDU index or EXTNAME of the images [first 2-D image].")
     plane: int | None = option(None, minimum=0, help="Plane of a 3-D cube.")
@@ -241,7 +241,7 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
     from .evaluate_report import write_outputs
     from .scoring import SAMPLE_SEED, baseline_choice, load_models, method_names, score_image, warm_up
 
-    if o.threads is not None:
+    if o.threads:
         torch.set_num_threads(int(o.threads))
     from .manifest import resolve_psf
 
