@@ -154,7 +154,9 @@ CASES = ["cube", "small", "all-nan", "constant", "truncated", "text", "missing",
 def test_bad_input_exit_2_one_line_no_output(tmp_path, data_dir, rng, case):
     args, name = _bad_inputs(tmp_path, data_dir, rng)[case]
     out = tmp_path / "out" / "pairs.h5"
+    inputs = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     result = run("prepare", *args, "-o", out)
+    assert all(p.read_bytes() == data for p, data in inputs.items())  # every input as it was
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and name in lines[0], result.stderr

@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -604,3 +605,27 @@ def test_with_source_date_epoch_two_runs_write_the_same_bytes(data_dir, models, 
     assert fits.getheader(first, int(compress))["ASRDATE"] == "2023-11-14T22:13:20"
     with fits.open(first, disable_image_compression=True) as hdul:  # a .fz's checksums sit on its binary tables
         assert all(hdu.header.comments["CHECKSUM"].endswith("2023-11-14T22:13:20") for hdu in hdul)
+
+
+def test_a_deblur_killed_mid_write_leaves_nothing_a_rerun_does_not_remove(tmp_path, data_dir):
+    # the write of a FITS file lasts milliseconds: a child whose disk is slow (its writer stalls after the first
+    # bytes) gives kill -9 a write to land in; the rerun is the real command
+    out = tmp_path / "out"
+    args = ["deblur", str(data_dir / "synth.fits"), "-o", str(out), "--psf-fwhm", "3"]
+    slow_disk = ("import sys, time\nfrom astropy.io import fits\n"
+                 "def stall(self, path, **keys):\n    open(path, 'wb').write(b'SIMPLE  =                    T')\n"
+                 "    time.sleep(120)\n"
+                 "fits.HDUList.writeto = stall\nfrom astrosr.cli import main\nsys.argv = ['astrosr', *sys.argv[1:]]\nmain()\n")
+    child = subprocess.Popen([sys.executable, "-c", slow_disk, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".synth_deblur.fits.astrosr-*.tmp")):
+        time.sleep(0.05)
+    child.kill()  # kill -9: no handler runs, the half-written temporary stays
+    child.wait()
+    stale = list(out.glob(".synth_deblur.fits.astrosr-*.tmp"))
+    assert len(stale) == 1 and f"-{child.pid}.tmp" in stale[0].name and not (out / "synth_deblur.fits").exists()
+    rerun = CliRunner().invoke(cli, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert [p.name for p in out.iterdir()] == ["synth_deblur.fits"]
+    with fits.open(out / "synth_deblur.fits", checksum=True) as hdul:
+        hdul.verify("exception")
