@@ -24,6 +24,7 @@ from .deblur import DeblurOptions
 from .errors import AstrosrError
 from .evaluate import EvaluateOptions
 from .prepare import PrepareOptions
+from .psf_measure import PsfOptions
 from .simulate import SimulateOptions
 from .train_config import TrainConfig
 
@@ -31,7 +32,7 @@ __all__ = ["cli", "main"]
 
 #: command name -> the options dataclass whose keys its errors may name
 OPTION_CLASSES = {"evaluate": EvaluateOptions, "deblur": DeblurOptions, "prepare": PrepareOptions, "train": TrainConfig,
-                  "simulate": SimulateOptions}
+                  "simulate": SimulateOptions, "psf": PsfOptions}
 #: keys whose flags several commands declare by hand (the library names them in its messages)
 COMMON_FLAGS = {"overwrite": "--overwrite", "data_dir": "--data-dir", "manifest": "--manifest"}
 
@@ -307,6 +308,46 @@ def evaluate(more_images, out, baselines_only, **given):
     with Bars({"images": "images"}) as bars:
         summary = run_evaluate(out, options, progress=bars)
     evaluate_tables(summary, out)
+
+
+# --- the image's PSF: psf ---------------------------------------------------
+
+
+@cli.command("psf")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click_options(PsfOptions)
+def psf_command(images, out_dir, **given):
+    """Measure each image's PSF from its own stars: OUT/<name>_psf.fits (the kernel) and _psf.png.
+
+    Bright, isolated, unsaturated stars; an elliptical Moffat fitted to each (FWHM, beta, ellipticity,
+    angle) and photutils' empirical PSF. One image that cannot be measured is one error line (exit 2);
+    several print a table and exit 1 when any failed.
+    """
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from .errors import InputError
+    from .psf_measure import measure_files
+
+    options = from_cli(PsfOptions, given)
+    with Bars({"images": "images"}) as bars:
+        rows = measure_files(list(images), out_dir, options, progress=bars)
+    if len(rows) == 1 and rows[0]["status"] == "failed":
+        raise InputError(f"{rows[0]['input']}: {rows[0]['reason']}")
+    table = Table(title=f"astrosr psf -> {out_dir}")
+    for name in ("image", "FWHM px", "beta", "e", "angle", "stars", "kernel / reason"):
+        table.add_column(name, justify="left" if name in ("image", "kernel / reason") else "right")
+    for r in rows:
+        if r["status"] == "done":
+            table.add_row(Path(r["input"]).name, f"{r['fwhm']:.3f}", f"{r['beta']:.2f}", f"{r['ellipticity']:.2f}",
+                          f"{r['angle']:.0f}", str(r["n_stars"]), escape(Path(r["kernel"]).name))
+        else:
+            table.add_row(Path(r["input"]).name, "", "", "", "", "", f"[red]{escape(r['reason'])}[/]")
+    wide().print(table)
+    if any(r["status"] == "failed" for r in rows):
+        click.get_current_context().exit(1)
 
 
 # --- deblur stage ------------------------------------------------------------

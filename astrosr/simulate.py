@@ -38,7 +38,7 @@ from .psf import moffat_psf
 from .errors import ConfigError, InputError
 from .files import atomic_path, make_dir
 
-__all__ = ["SimulateOptions", "sim_name", "simulate_image", "write_simulated", "simulate_fields", "example_field"]
+__all__ = ["SimulateOptions", "sim_name", "simulate_image", "write_simulated", "simulate_fields", "example_field", "star_field"]
 
 PIXSCALE_ARCSEC = 0.4
 
@@ -320,3 +320,50 @@ def example_field(*, seed: int = 500, size: int = 128) -> Path:
     path = Path(tempfile.mkdtemp(prefix="astrosr-example-")) / sim_name(seed, 0)
     write_simulated(path, seed=seed, index=0, size=size)
     return path
+
+
+def star_field(fwhm: float = 3.0, beta: float = 3.0, *, ellipticity: float = 0.0, angle: float = 0.0,
+               fwhm_right: float | None = None, size: int = 256, stars: int = 80, sky: float = 100.0,
+               noise: float = 1.0, seed: int = 500, subpixels: int = 8) -> np.ndarray:
+    """A star field "as observed" with a known, pixel-integrated Moffat PSF (the truth PSF tests check against).
+
+    Each star is astropy's ``Moffat2D`` averaged over ``subpixels`` x
+    ``subpixels`` samples per pixel, made elliptical by stretching its
+    coordinates (axis ratio ``1 - ellipticity``, major axis at ``angle``
+    degrees from +x; ``fwhm`` is the geometric mean of the two axes' FWHM).
+    With ``fwhm_right`` the FWHM grows linearly from ``fwhm`` at the left
+    edge to ``fwhm_right`` at the right one. Peaks span about 30 to 3000
+    times ``noise``; flat sky; Gaussian noise. Seeds 500-999 are for
+    development; 2000 and up are sky-v1's test fields.
+
+    Examples
+    --------
+    >>> image = star_field(fwhm=2.5, seed=501, size=128, stars=10)
+    >>> image.shape, round(float(np.median(image)))
+    ((128, 128), 100)
+    """
+    from astropy.modeling.models import Moffat2D
+
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size), sky, dtype=np.float64)
+    widest = max(fwhm, fwhm_right or fwhm)
+    half = int(np.ceil(5 * widest))
+    q, theta = 1.0 - ellipticity, np.radians(angle)
+    offsets = (np.arange(subpixels) + 0.5) / subpixels - 0.5
+    grid = np.arange(-half, half + 1, dtype=np.float64)
+    sub = (grid[:, None] + offsets[None, :]).ravel()
+    for _ in range(stars):
+        cx, cy = rng.uniform(half, size - 1 - half, 2)
+        here = fwhm if fwhm_right is None else fwhm + (fwhm_right - fwhm) * cx / size
+        gamma = here / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+        ix, iy = int(round(cx)), int(round(cy))
+        v, u = np.meshgrid(sub - (cy - iy), sub - (cx - ix), indexing="ij")
+        major, minor = u * np.cos(theta) + v * np.sin(theta), -u * np.sin(theta) + v * np.cos(theta)
+        model = Moffat2D(amplitude=1.0, x_0=0.0, y_0=0.0, gamma=gamma, alpha=beta)
+        stamp = model(major * np.sqrt(q), minor / np.sqrt(q))
+        n = len(grid)
+        stamp = stamp.reshape(n, subpixels, n, subpixels).mean(axis=(1, 3))
+        stamp /= stamp.max()
+        peak = noise * 30.0 * 100.0 ** rng.uniform(0.0, 1.0)
+        image[iy - half : iy + half + 1, ix - half : ix + half + 1] += peak * stamp
+    return image + rng.normal(0.0, noise, image.shape)

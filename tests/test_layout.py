@@ -12,8 +12,8 @@ PACKAGE = Path(astrosr.__file__).resolve().parent
 #: the data flow, lowest layer first; a module may import its own layer and those above it in this list
 LAYERS = [
     ["errors", "config", "files", "provenance", "progress"],
-    ["fits_io", "fits_out", "psf", "degrade", "tiling", "simulate", "manifest"],
-    ["pairs", "prepare", "dataset"],
+    ["fits_io", "fits_out", "psf", "stars", "degrade", "tiling", "simulate", "manifest"],
+    ["pairs", "prepare", "dataset", "psf_measure"],
     ["operators", "models", "models.layers", "models.vae", "models.resvae", "checkpoint"],
     ["metrics", "baselines", "restore", "losses", "train_log", "train_runtime", "validation", "train_config", "train"],
     ["scoring", "evaluate_report", "evaluate", "deblur", "batch"],
