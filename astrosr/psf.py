@@ -27,6 +27,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ from .errors import ConfigError, InputError
 __all__ = [
     "PSF",
     "BENCH_V1_PSF",
+    "moffat_kernel",
+    "pixel_moffat",
+    "matching_kernel",
+    "fwhm_of_gamma",
+    "gamma_of_fwhm",
     "PSF_SHAPES",
     "moffat_psf",
     "gaussian_psf",
@@ -104,6 +110,91 @@ def airy_psf(radius: float, *, size: int = 41) -> np.ndarray:
     x = special.jn_zeros(1, 1)[0] * _grid(size) / radius
     with np.errstate(invalid="ignore", divide="ignore"):
         kernel = np.where(x == 0, 1.0, (2.0 * special.j1(x) / x) ** 2)
+    return kernel / kernel.sum()
+
+
+#: sub-pixels per axis over which a pixel-integrated Moffat is averaged
+SUBPIXELS = 5
+
+
+def pixel_moffat(x, y, amplitude, x_0, y_0, gamma, q, theta, beta, subpixels=SUBPIXELS):
+    """Elliptical Moffat integrated over each pixel (``subpixels``^2 samples): ``gamma`` the geometric-mean core.
+
+    The model :mod:`astrosr.psf_measure` fits to stars; ``theta`` in radians from +x, ``q`` the axis ratio b/a.
+    """
+    offsets = (np.arange(subpixels) + 0.5) / subpixels - 0.5
+    q = np.clip(q, 1e-3, None)
+    a, b = gamma / np.sqrt(q), gamma * np.sqrt(q)
+    cos, sin = np.cos(theta), np.sin(theta)
+    total = 0.0
+    for dy in offsets:
+        for dx in offsets:
+            u, v = x + dx - x_0, y + dy - y_0
+            major, minor = u * cos + v * sin, -u * sin + v * cos
+            total = total + (1.0 + (major / a) ** 2 + (minor / b) ** 2) ** (-beta)
+    return amplitude * total / subpixels**2
+
+
+def fwhm_of_gamma(gamma: float, beta: float) -> float:
+    """A Moffat's FWHM from its core width ``gamma`` and power index ``beta``."""
+    return 2.0 * gamma * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
+
+
+def gamma_of_fwhm(fwhm: float, beta: float) -> float:
+    """A Moffat's core width ``gamma`` from its FWHM and power index ``beta``."""
+    return fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+def moffat_kernel(fwhm: float, beta: float, *, ellipticity: float = 0.0, angle: float = 0.0,
+                  size: int | None = None) -> np.ndarray:
+    """A pixel-integrated elliptical Moffat kernel (odd side, unit sum): what the fit measures.
+
+    ``fwhm`` is the geometric mean of the two axes' FWHM; ``angle`` in
+    degrees from +x. ``size`` defaults to about 8 FWHM (15 to 81 px).
+
+    Examples
+    --------
+    >>> k = moffat_kernel(3.0, 3.0)
+    >>> k.shape, round(float(k.sum()), 6)
+    ((25, 25), 1.0)
+    """
+    size = size or int(min(81, max(15, 2 * math.ceil(4 * fwhm) + 1)))
+    half = size // 2
+    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    kernel = pixel_moffat(x, y, 1.0, 0.0, 0.0, gamma_of_fwhm(fwhm, beta), 1.0 - ellipticity, math.radians(angle), beta)
+    return kernel / kernel.sum()
+
+
+def matching_kernel(image_psf: np.ndarray, output_psf: np.ndarray, *, regularisation: float = 1e-6) -> np.ndarray:
+    """The kernel a restoration to ``output_psf`` removes: ``output_psf (*) kernel = image_psf``.
+
+    A Tikhonov-regularised Fourier ratio, ``H_image conj(H_out) / (|H_out|^2
+    + regularisation)`` (unit-sum kernels, so ``|H| <= 1``): where the output
+    PSF still carries power the ratio is exact, and where it has none the
+    kernel has none either. Both kernels are centred and odd-sided; the
+    smaller is padded to the larger's side. Unit sum; it may hold small
+    negative values when the two PSFs are nearly the same width (deblur's
+    guard refuses an output PSF at or above the image's).
+
+    Examples
+    --------
+    >>> from scipy.signal import fftconvolve
+    >>> image, target = moffat_kernel(3.0, 3.0, size=41), moffat_kernel(2.0, 3.0, size=41)
+    >>> kernel = matching_kernel(image, target)
+    >>> float(np.abs(fftconvolve(target, kernel, mode="same") - image).max() / image.max()) < 1e-3
+    True
+    """
+    image_psf, output_psf = (np.asarray(k, dtype=np.float64) for k in (image_psf, output_psf))
+    side = max(image_psf.shape + output_psf.shape)
+    padded = []
+    for k in (image_psf, output_psf):
+        if k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0:
+            raise ConfigError(f"matching_kernel: kernels must have odd sides, got shape {k.shape}")
+        py, px = (side - k.shape[0]) // 2, (side - k.shape[1]) // 2
+        padded.append(np.pad(k / k.sum(), ((py, py), (px, px))))
+    h_image, h_out = (np.fft.fft2(np.fft.ifftshift(k)) for k in padded)
+    ratio = h_image * np.conj(h_out) / (np.abs(h_out) ** 2 + regularisation)
+    kernel = np.fft.fftshift(np.fft.ifft2(ratio).real)
     return kernel / kernel.sum()
 
 

@@ -45,15 +45,13 @@ import numpy as np
 
 from .config import check_options, option, replace
 from .errors import InputError
+from .psf import SUBPIXELS, fwhm_of_gamma, moffat_kernel, pixel_moffat
 from .stars import background, resolution_stars, star_fwhm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PsfOptions", "MeasuredPSF", "measure_psf", "moffat_kernel", "write_psf", "psf_file", "plot_psf", "measure_files",
-           "SUBPIXELS"]
+__all__ = ["PsfOptions", "MeasuredPSF", "measure_psf", "write_psf", "psf_file", "plot_psf", "measure_files"]
 
-#: sub-pixels per axis over which the fitted and drawn Moffat is integrated
-SUBPIXELS = 5
 _NEIGHBOUR_SIGMA = 5.0
 _SATURATION_FRACTION = 0.9
 _FLAT_TOP = 0.9
@@ -152,49 +150,6 @@ class MeasuredPSF:
                 f"from {self.n_stars} stars" + (" (ePSF kernel)" if self.method == "epsf" else ""))
 
 
-def _moffat(x, y, amplitude, x_0, y_0, gamma, q, theta, beta, subpixels=SUBPIXELS):
-    """Elliptical Moffat integrated over each pixel (``subpixels``^2 samples): ``gamma`` the geometric-mean core."""
-    offsets = (np.arange(subpixels) + 0.5) / subpixels - 0.5
-    q = np.clip(q, 1e-3, None)
-    a, b = gamma / np.sqrt(q), gamma * np.sqrt(q)
-    cos, sin = np.cos(theta), np.sin(theta)
-    total = 0.0
-    for dy in offsets:
-        for dx in offsets:
-            u, v = x + dx - x_0, y + dy - y_0
-            major, minor = u * cos + v * sin, -u * sin + v * cos
-            total = total + (1.0 + (major / a) ** 2 + (minor / b) ** 2) ** (-beta)
-    return amplitude * total / subpixels**2
-
-
-def _fwhm_of(gamma, beta):
-    return 2.0 * gamma * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
-
-
-def _gamma_of(fwhm, beta):
-    return fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
-
-
-def moffat_kernel(fwhm: float, beta: float, *, ellipticity: float = 0.0, angle: float = 0.0,
-                  size: int | None = None) -> np.ndarray:
-    """A pixel-integrated elliptical Moffat kernel (odd side, unit sum): what the fit measures.
-
-    ``fwhm`` is the geometric mean of the two axes' FWHM; ``angle`` in
-    degrees from +x. ``size`` defaults to about 8 FWHM (15 to 81 px).
-
-    Examples
-    --------
-    >>> k = moffat_kernel(3.0, 3.0)
-    >>> k.shape, round(float(k.sum()), 6)
-    ((25, 25), 1.0)
-    """
-    size = size or int(min(81, max(15, 2 * math.ceil(4 * fwhm) + 1)))
-    half = size // 2
-    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    kernel = _moffat(x, y, 1.0, 0.0, 0.0, _gamma_of(fwhm, beta), 1.0 - ellipticity, math.radians(angle), beta)
-    return kernel / kernel.sum()
-
-
 def _fit_star(stamp, half, *, subpixels=SUBPIXELS):
     """Moffat parameters of one stamp (``data - background``), plus whether its core looks flat-topped."""
     from astropy.modeling import Fittable2DModel, Parameter, fitting
@@ -211,7 +166,7 @@ def _fit_star(stamp, half, *, subpixels=SUBPIXELS):
         @staticmethod
         def evaluate(x, y, amplitude, x_0, y_0, gamma, q, theta, beta):
             # a wide star changes little across a pixel: fewer sub-pixel samples keep the fit quick
-            return _moffat(x, y, amplitude, x_0, y_0, gamma, q, theta, beta, subpixels)
+            return pixel_moffat(x, y, amplitude, x_0, y_0, gamma, q, theta, beta, subpixels)
 
     y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
     good = np.isfinite(stamp)
@@ -227,7 +182,7 @@ def _fit_star(stamp, half, *, subpixels=SUBPIXELS):
         q, theta = 1.0 / q, theta + math.pi / 2
     model_peak = float(np.max(fit(x, y)))
     plateau = int(np.count_nonzero(stamp[good] >= peak - 1e-3 * abs(peak)))  # clipped pixels share one value
-    return {"fwhm": _fwhm_of(float(fit.gamma.value), float(fit.beta.value)), "beta": float(fit.beta.value),
+    return {"fwhm": fwhm_of_gamma(float(fit.gamma.value), float(fit.beta.value)), "beta": float(fit.beta.value),
             "ellipticity": 1.0 - q, "angle": math.degrees(theta) % 180.0, "x": float(fit.x_0.value),
             "y": float(fit.y_0.value), "flat": peak < _FLAT_TOP * model_peak or plateau >= 3}
 

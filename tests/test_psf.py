@@ -8,7 +8,8 @@ from scipy import special
 
 from astrosr.config import from_dict
 from astrosr.errors import ConfigError, InputError
-from astrosr.psf import BENCH_V1_PSF, PSF, airy_psf, gaussian_psf, kernel_and_fwhm, measure_fwhm, moffat_psf, read_psf
+from astrosr.psf import (BENCH_V1_PSF, PSF, airy_psf, gaussian_psf, kernel_and_fwhm, matching_kernel, measure_fwhm,
+                         moffat_kernel, moffat_psf, read_psf)
 
 
 def _fit(kernel, model):
@@ -173,3 +174,21 @@ def test_kernel_and_fwhm_of_a_psf_or_an_array():
     assert kernel.sum() == pytest.approx(1.0) and fwhm == pytest.approx(3.0, rel=0.05)
     with pytest.raises(ConfigError, match="odd sides"):
         kernel_and_fwhm(np.ones((4, 5)))
+
+
+def test_moffat_kernel_has_the_stated_fwhm():
+    # independent: the half-maximum area of a finely sampled round Moffat equals pi (FWHM / 2)^2
+    assert measure_fwhm(moffat_kernel(8.0, 3.0)) == pytest.approx(8.0, rel=0.02)
+    elongated = moffat_kernel(6.0, 3.0, ellipticity=0.2, angle=90.0)
+    assert elongated[:, elongated.shape[1] // 2].sum() > elongated[elongated.shape[0] // 2].sum()  # major axis along y
+
+
+@pytest.mark.parametrize("fwhm_in, beta, fwhm_out", [(2.8, 2.8, 2.0), (4.0, 3.0, 2.0), (6.0, 2.0, 2.0), (3.0, 4.0, 1.5)])
+def test_the_matching_kernel_takes_the_output_psf_to_the_image_psf(fwhm_in, beta, fwhm_out):
+    from scipy.signal import fftconvolve
+
+    image, target = moffat_kernel(fwhm_in, beta, size=41), moffat_kernel(fwhm_out, beta, size=25)
+    kernel = matching_kernel(image, target)
+    padded = np.pad(target, 8)
+    assert np.abs(fftconvolve(padded, kernel, mode="same") - image).max() < 0.01 * image.max()
+    assert kernel.sum() == pytest.approx(1.0)
