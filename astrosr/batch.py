@@ -260,7 +260,8 @@ def deblur_batch(
     # load the model here first: a bad model file is one error, not a failed row per image
     load_model_cached(model, device="cpu" if parallel else device)
     o.psf.identity()  # a missing PSF file fails here too
-    o.psf.kernel()  # and one that is not a PSF kernel (truncated, a galaxy image, off-centre): before any work
+    if o.psf.shape != "auto":
+        o.psf.kernel()  # and one that is not a PSF kernel (truncated, a galaxy image, off-centre): before any work
     if parallel:
         clear_model_cache()  # the workers load their own; this process need not hold one meanwhile
     make_dir(out_dir)  # an output directory that cannot be written: one error before any image is deblurred

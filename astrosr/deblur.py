@@ -19,11 +19,11 @@ Examples
 --------
 >>> import numpy as np
 >>> from astrosr.deblur import deblur_image
->>> from astrosr.models import ResVAE
->>> image = np.random.default_rng(0).normal(100.0, 5.0, (64, 64))
->>> restored = deblur_image(image, ResVAE(), consistency=False)  # an untrained ResVAE is the identity
->>> restored.sr.shape, bool(np.allclose(restored.sr, image, atol=1e-3))
-((64, 64), True)
+>>> from astrosr.simulate import star_field
+>>> image = star_field(fwhm=3.5, beta=3.0, seed=2)  # stars as observed: their PSF is measured, removed to FWHM 2
+>>> restored = deblur_image(image, "default")
+>>> restored.sr.shape, round(restored.psf.image_fwhm, 1), restored.psf.target_fwhm
+((256, 256), 3.5, 2.0)
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ from numpy.typing import ArrayLike
 from .config import check_device, check_options, option, replace
 from .errors import AstrosrError, ConfigError, InputError
 from .progress import ProgressCallback
-from .psf import BENCH_V1_PSF, PSF, kernel_and_fwhm
+from .psf import PSF
+
+#: deblur's default PSF: measured from each image's own stars
+AUTO_PSF = PSF(shape="auto")
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DeblurOptions",
+    "AUTO_PSF",
     "FileResult",
     "deblur_image",
     "deblur_file",
@@ -68,7 +72,15 @@ class DeblurOptions:
     model : str
         Weights file (``best.pt``, ``.safetensors``) or ``'default'``.
     psf : PSF
-        The inputs' PSF (default bench-v1's Moffat FWHM 4 px, beta 3).
+        The inputs' PSF: ``PSF(shape='auto')`` (the default) measures it on
+        each image's own stars; a stated PSF is checked against them.
+    target_fwhm : float
+        The declared output PSF: a Moffat of this FWHM (output pixels) with
+        the image's beta (:mod:`astrosr.psf_matching`); 0: none, the image's
+        PSF itself is removed (bench-v1's convention).
+    ignore_psf_check : bool
+        Deblur even when a stated PSF is broader than the image's stars, or
+        the image's PSF is already at or below the output PSF.
     consistency : bool
         Apply the data-consistency step (default True).
     overlap : int
@@ -110,7 +122,10 @@ class DeblurOptions:
     """
 
     model: str = option("default", help="Weights file (.pt/.safetensors) or 'default'.")
-    psf: PSF = option(BENCH_V1_PSF, help="The inputs' PSF.")
+    psf: PSF = option(AUTO_PSF, help="The inputs' PSF.")
+    target_fwhm: float = option(2.0, minimum=0.0, help="Output PSF FWHM in output px (0: none; the PSF itself removed) [2].")
+    ignore_psf_check: bool = option(False, help="Deblur even when the PSF checks refuse (a stated PSF broader than "
+                                                "the stars; nothing to deblur).")
     consistency: bool = option(True, help="Skip the data-consistency step (network output only).")
     overlap: int = option(32, minimum=0, help="Tile overlap in input pixels.")
     samples: int = option(0, minimum=0, help="Posterior draws for an UNCERT extension.")
@@ -187,13 +202,18 @@ def deblur_image(
     array: ArrayLike,
     model: torch.nn.Module | str | Path,
     *,
-    psf: PSF | np.ndarray = BENCH_V1_PSF,
+    psf: PSF | np.ndarray = AUTO_PSF,
+    target_fwhm: float = 2.0,
+    header=None,
+    name: str = "image",
+    ignore_psf_check: bool = False,
     consistency: bool = True,
     overlap: int = 32,
     samples: int = 0,
     device: str = "cpu",
     seed: int = 0,
     progress: ProgressCallback = None,
+    model_info: dict | None = None,
 ) -> Restored:
     """Deblur one image held in memory (the notebook entry point).
 
@@ -206,9 +226,18 @@ def deblur_image(
         :func:`astrosr.checkpoint.load_model` (once per process). A module
         is moved to ``device``.
     psf : PSF or ndarray
-        The image's PSF, or its kernel as a 2-D array with odd sides
-        (normalised to unit sum); default bench-v1's Moffat (FWHM 4 px,
-        beta 3).
+        The image's PSF: ``PSF(shape='auto')`` (default) measures it on the
+        image's own stars; a stated PSF, or its kernel as a 2-D array with
+        odd sides, is checked against them.
+    target_fwhm : float
+        The declared output PSF's FWHM in output pixels (a Moffat with the
+        image's beta); 0: none, the PSF itself is removed.
+    header : astropy.io.fits.Header, optional
+        The image's header (its ``SATURATE`` level, for ``auto``).
+    name : str
+        The image's name in error messages.
+    ignore_psf_check : bool
+        Skip the refusals of :func:`astrosr.psf_matching.match_psf`.
     consistency : bool
         Apply the data-consistency step (default True).
     overlap : int
@@ -221,17 +250,22 @@ def deblur_image(
         Seed of the posterior draws (the caller's torch RNG state is kept).
     progress : callable, optional
         ``progress('tiles', done, total)`` after each network batch (:mod:`astrosr.progress`).
+    model_info : dict, optional
+        The model's checkpoint info (its training PSF range), when ``model``
+        is a module; read with the file otherwise.
 
     Returns
     -------
     astrosr.restore.Restored
-        ``sr`` (and ``uncert``) in the input's units, plus the input's
-        normalisation limits ``blu_lo`` / ``blu_hi``.
+        ``sr`` (and ``uncert``) in the input's units, the input's
+        normalisation limits ``blu_lo`` / ``blu_hi``, and ``psf``: the
+        :class:`~astrosr.psf_matching.PSFMatch` (image PSF, kernel removed,
+        output PSF).
 
     Raises
     ------
     InputError
-        Not a 2-D image, or no finite pixel.
+        Not a 2-D image, no finite pixel, or a PSF check refused the request.
     ConfigError
         Negative ``overlap`` or ``samples``, or a kernel that is not 2-D with
         odd sides and a positive sum.
@@ -251,7 +285,7 @@ def deblur_image(
 
     device = resolve_device(device)
     if isinstance(model, (str, Path)):
-        model = load_model_cached(str(model), device=device)[0]
+        model, model_info = load_model_cached(str(model), device=device)
     else:
         model = model.to(device)
     if overlap < 0:
@@ -263,17 +297,22 @@ def deblur_image(
         raise InputError(f"deblur_image: expected a 2-D image, got shape {image.shape}")
     if not np.isfinite(image).any():
         raise InputError("deblur_image: every pixel is NaN or infinite")
-    kernel, fwhm = kernel_and_fwhm(psf)
+    from .psf_matching import match_psf
+
+    match = match_psf(image, psf, target_fwhm=target_fwhm, scale=int(getattr(model, "scale", 1)), header=header,
+                      name=name, ignore_psf_check=ignore_psf_check, model_info=model_info)
     import torch
 
     # posterior draws from a fixed seed (caller's RNG state untouched): same UNCERT on every run
     cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        return restore_image(
-            image, model, psf_kernel=kernel, psf_fwhm=fwhm, consistency=consistency, overlap=overlap,
-            samples=samples, device=device, progress=progress,
+        restored = restore_image(
+            image, model, psf_kernel=match.kernel, psf_fwhm=match.kernel_fwhm, consistency=consistency,
+            overlap=overlap, samples=samples, device=device, progress=progress,
         )
+    restored.psf = match
+    return restored
 
 
 def deblur_file(
@@ -317,10 +356,10 @@ def deblur_file(
     >>> from astropy.io import fits
     >>> work = Path(tempfile.mkdtemp())
     >>> fits.writeto(work / "field.fits", np.random.default_rng(2).normal(10.0, 1.0, (40, 40)).astype(np.float32))
-    >>> result = deblur_file(work / "field.fits", work / "out", device="cpu")
+    >>> result = deblur_file(work / "field.fits", work / "out", device="cpu", psf=PSF(fwhm=3.0), target_fwhm=0)
     >>> result.status, Path(result.output).name
     ('done', 'field_deblur.fits')
-    >>> deblur_file(work / "field.fits", work / "out", device="cpu").status  # same model, PSF, settings
+    >>> deblur_file(work / "field.fits", work / "out", device="cpu", psf=PSF(fwhm=3.0), target_fwhm=0).status
     'skipped'
     """
     from .checkpoint import load_model_cached, resolve_device
@@ -342,7 +381,10 @@ def deblur_file(
         # a kernel that states its pixel scale is resampled to this image's: part of the output's identity
         image = read_image(path, hdu=o.hdu, plane=o.plane, min_size=8)
         psf = dataclasses.replace(psf, pixscale=scale).for_image(image.header, path)  # the card read once
-    psf_id = psf.identity()
+    # the request, not what was measured: the same call on the same file is skipped, another target is not
+    psf_id = psf.identity() + (f"; output PSF FWHM {o.target_fwhm:g}px" if o.target_fwhm else "; no output PSF")
+    if o.ignore_psf_check:
+        psf_id += "; checks ignored"
     if out.is_dir():
         raise InputError(f"{out}: a directory stands where the output file goes; move it or choose another out_dir")
     if out.exists() and not o.overwrite:
@@ -357,8 +399,9 @@ def deblur_file(
     if "ASRVERS" in image.header and not o.allow_astrosr_input:
         raise InputError(f"{path}: already an astrosr output (ASRVERS {image.header['ASRVERS']}); deblurring it again "
                          "is refused (allow_astrosr_input=True allows it)")
-    restored = deblur_image(image.data, model, psf=psf, consistency=o.consistency, overlap=o.overlap,
-                            samples=o.samples, device=device, progress=progress)
+    restored = deblur_image(image.data, model, psf=psf, target_fwhm=o.target_fwhm, header=image.header,
+                            name=str(path), ignore_psf_check=o.ignore_psf_check, consistency=o.consistency,
+                            overlap=o.overlap, samples=o.samples, device=device, progress=progress, model_info=info)
     scale = int(getattr(model, "scale", 1))
     megapixels = image.data.size / 1e6
     mask = (~np.isfinite(image.data)).astype(np.uint8)
@@ -367,7 +410,7 @@ def deblur_file(
     image.data = None  # free the float64 input before the float32 copies and the write
     sr = restored.sr.astype(np.float32, copy=False)
     uncert = None if restored.uncert is None else restored.uncert.astype(np.float32, copy=False)
-    lo, hi = restored.blu_lo, restored.blu_hi
+    lo, hi, match = restored.blu_lo, restored.blu_hi, restored.psf
     del restored
     header, fixed, dropped = standard_cards(clean_header(image.header, image_axes_only=image.plane is not None))
     if fixed or dropped:
@@ -388,6 +431,8 @@ def deblur_file(
         scale=scale,
         lo=lo,
         hi=hi,
+        cards=match.cards(),
+        history=match.history(),
     )
     write_output(out, sr, header, mask, uncert, compress=o.compress, overwrite=o.overwrite)
     return FileResult(str(path), str(out), "done", "", time.perf_counter() - start, megapixels)

@@ -237,6 +237,8 @@ def add_provenance(
     scale: int,
     lo: float,
     hi: float,
+    cards: list[tuple[str, Any, str]] = (),
+    history: list[str] = (),
 ) -> fits.Header:
     """Add, in place, astrosr's keyword and HISTORY cards: what made this image, from what.
 
@@ -267,6 +269,10 @@ def add_provenance(
         Output pixels per input pixel per axis.
     lo, hi : float
         The input's normalisation limits.
+    cards, history : list
+        More ``(key, value, comment)`` cards and HISTORY lines: the image's
+        PSF, the kernel removed and the output PSF
+        (:meth:`astrosr.psf_matching.PSFMatch.cards`).
 
     Returns
     -------
@@ -304,6 +310,7 @@ def add_provenance(
         ("ASRSCALE", int(scale), "output pixels per input pixel per axis"),
         ("ASRLO", lo, "input 0.5 percentile: model normalisation"),
         ("ASRHI", hi, "input 99.9 percentile: model normalisation"),
+        *cards,
     ]
     for key, value, comment in cards:
         # a value too long for its comment keeps the card whole and drops the comment
@@ -321,6 +328,7 @@ def add_provenance(
         f"model trained for: {trained_for}",
         f"data-consistency step {'on' if consistency else 'off'}; overlap {overlap} px; samples {samples}",
         f"normalised by input percentiles 0.5/99.9: {lo:.6g} / {hi:.6g}",
+        *history,
     ):
         header.add_history(line)
     return header

@@ -180,7 +180,8 @@ class DeblurStage(DeblurOptions):
     Examples
     --------
     >>> from astrosr.pipeline_config import DeblurStage
-    >>> stage = DeblurStage(inputs=["sky"], degrade=True)
+    >>> from astrosr.psf import PSF
+    >>> stage = DeblurStage(inputs=["sky"], degrade=True, psf=PSF(fwhm=4.0), target_fwhm=0.0)
     >>> stage.model is None, stage.options(model="default").model
     (True, 'default')
     >>> DeblurStage()
@@ -197,6 +198,9 @@ class DeblurStage(DeblurOptions):
         super().__post_init__()
         if not self.inputs:
             raise ConfigError("inputs: at least one input (a simulate set or a file)")
+        if self.degrade and self.psf.shape == "auto":
+            raise ConfigError("psf: degrade: true blurs the inputs with the PSF, so it must be stated (psf: {fwhm: 4}), "
+                              "not 'auto'")
 
     def options(self, **keys) -> DeblurOptions:
         """The :class:`DeblurOptions` of the run, with resolved references in ``keys``."""

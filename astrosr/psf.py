@@ -55,10 +55,10 @@ __all__ = [
     "kernel_and_fwhm",
 ]
 
-PSF_SHAPES = ("moffat", "gaussian", "airy", "file")
+PSF_SHAPES = ("moffat", "gaussian", "airy", "file", "auto")
 #: the keys each shape uses besides ``shape`` (an option a shape does not use is an error, not ignored)
 SHAPE_KEYS = {"moffat": ("fwhm", "beta", "size"), "gaussian": ("fwhm", "size"), "airy": ("radius", "size"),
-              "file": ("path", "pixscale", "image_pixscale")}
+              "file": ("path", "pixscale", "image_pixscale"), "auto": ()}
 #: bench-v1's values, taken by the test fields where a training PSF gives a range
 BENCH_VALUES = {"fwhm": 4.0, "beta": 3.0}
 
@@ -335,8 +335,8 @@ class PSF:
 
     Parameters
     ----------
-    shape : {'moffat', 'gaussian', 'airy', 'file'}
-        A comma list (``'moffat,gaussian'``) is a training distribution: each
+    shape : {'moffat', 'gaussian', 'airy', 'file', 'auto'}
+        ``'auto'``: measured from each image's own stars (deblur). A comma list (``'moffat,gaussian'``) is a training distribution: each
         image or tile draws one (:meth:`draw`).
     fwhm : float or str
         FWHM in pixels (moffat, gaussian), or a range ``'lo:hi'`` (training).
@@ -377,8 +377,9 @@ class PSF:
         for shape in self.shapes:
             if shape not in PSF_SHAPES:
                 raise ConfigError(f"psf.shape: psf shape must be one of {', '.join(PSF_SHAPES)}, got {shape!r}")
-        if "file" in self.shapes and len(self.shapes) > 1:
-            raise ConfigError(f"psf shape: 'file' cannot be mixed with other shapes, got {self.shape!r}")
+        for single in ("file", "auto"):
+            if single in self.shapes and len(self.shapes) > 1:
+                raise ConfigError(f"psf shape: {single!r} cannot be mixed with other shapes, got {self.shape!r}")
         if self.shape == "file" and not self.path:
             raise ConfigError("psf shape 'file' needs a path (psf.path)")
         if self.path and self.shape != "file":
@@ -405,9 +406,14 @@ class PSF:
         or score with another PSF than the one asked for. A ``path`` alone
         means shape ``'file'``.
         """
+        if keys == "auto":
+            keys = {"shape": "auto"}
         if keys is not None and not isinstance(keys, dict):
-            raise ConfigError(f"{where}: expected a mapping of PSF keys, got {keys!r}")
+            raise ConfigError(f"{where}: expected a mapping of PSF keys or 'auto', got {keys!r}")
         keys = {k: v for k, v in (keys or {}).items() if v is not None}
+        if keys.get("path") == "auto":  # --psf auto: measured from each image's stars
+            keys.pop("path")
+            keys.setdefault("shape", "auto")
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(keys) - set(names))
         if unknown:
@@ -489,6 +495,9 @@ class PSF:
     def kernel(self) -> np.ndarray:
         """The kernel as a float64 array of unit sum."""
         self._single()
+        if self.shape == "auto":
+            raise ConfigError("psf: 'auto' is measured from each image's own stars (astrosr psf); it has no kernel of "
+                              "its own here: state the PSF (a file, or an FWHM)")
         if self.shape == "moffat":
             return moffat_psf(float(self.fwhm), beta=float(self.beta), size=self.size)
         if self.shape == "gaussian":
@@ -517,6 +526,8 @@ class PSF:
             return f"Gaussian FWHM={self.fwhm:g}px" if not self.ranged else f"Gaussian FWHM {self.fwhm}"
         if self.shape == "airy":
             return f"Airy first-zero radius={self.radius:g}px" if not self.ranged else f"Airy radius {self.radius}"
+        if self.shape == "auto":
+            return "auto (measured from the image's stars)"
         return f"PSF file {self.path}"
 
     def file_pixscale(self) -> float | None:

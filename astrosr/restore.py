@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,12 +52,16 @@ class Restored:
         Per-pixel std over posterior draws (physical units), when asked for.
     blu_lo, blu_hi : float
         The input's 0.5/99.9 percentiles used to normalise it for the model.
+    psf : PSFMatch or None
+        Set by :func:`astrosr.deblur.deblur_image`: the image's PSF, the
+        kernel removed and the output PSF.
     """
 
     sr: np.ndarray
     uncert: np.ndarray | None
     blu_lo: float
     blu_hi: float
+    psf: Any = None
 
 
 #: images up to this many pixels get their background statistics from every pixel, exactly as

@@ -13,7 +13,7 @@ PACKAGE = Path(astrosr.__file__).resolve().parent
 LAYERS = [
     ["errors", "config", "files", "provenance", "progress"],
     ["fits_io", "fits_out", "psf", "stars", "degrade", "tiling", "simulate", "manifest"],
-    ["pairs", "prepare", "dataset", "psf_measure"],
+    ["pairs", "prepare", "dataset", "psf_measure", "psf_matching"],
     ["operators", "models", "models.layers", "models.vae", "models.resvae", "checkpoint"],
     ["metrics", "baselines", "restore", "losses", "train_log", "train_runtime", "validation", "train_config", "train"],
     ["scoring", "evaluate_report", "evaluate", "deblur", "batch"],

@@ -1,0 +1,100 @@
+"""The kernel deblur removes, the declared output PSF and the checks that refuse an impossible request."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from click.testing import CliRunner
+from scipy.signal import fftconvolve
+
+from astrosr.cli import cli
+from astrosr.errors import InputError
+from astrosr.psf import PSF, moffat_kernel
+from astrosr.psf_matching import match_psf, rendered_fwhm, trained_range
+from astrosr.simulate import star_field
+from astrosr.stars import resolution_stars, star_fwhm
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fields")
+    out = {}
+    for name, fwhm in (("sharp", 1.8), ("seeing", 5.0), ("narrow", 2.5)):
+        out[name] = root / f"{name}.fits"
+        fits.writeto(out[name], star_field(fwhm, 3.0, size=200, stars=40, seed=710).astype(np.float32))
+    return out
+
+
+def test_a_measured_psf_is_matched_to_the_output_psf():
+    image = star_field(4.0, 2.5, size=256, stars=60, seed=711)
+    match = match_psf(image, PSF(shape="auto"), target_fwhm=2.0)
+    assert match.source == "measured" and match.image_fwhm == pytest.approx(4.0, rel=0.03) and match.n_stars >= 15
+    # the kernel takes the declared output PSF (a Moffat of FWHM 2 with the image's beta) to the measured PSF
+    measured = moffat_kernel(match.image_fwhm, match.image_beta, size=match.kernel.shape[0])
+    output = moffat_kernel(2.0, match.image_beta, size=match.kernel.shape[0])
+    assert np.abs(fftconvolve(output, match.kernel, mode="same") - measured).max() < 0.01 * measured.max()
+    cards = dict((k, v) for k, v, _ in match.cards())
+    assert cards["PSFSHAPE"] == "MOFFAT" and cards["PSFFWHM"] == 2.0 and cards["PSFBETA"] == pytest.approx(2.5, rel=0.15)
+    assert cards["ASRIPSRC"] == "measured" and cards["ASRNSTAR"] == match.n_stars
+
+
+def test_no_output_psf_removes_the_stated_psf_itself():
+    match = match_psf(np.random.default_rng(0).normal(0, 1, (64, 64)), PSF(fwhm=4.0), target_fwhm=0)
+    np.testing.assert_allclose(match.kernel, PSF(fwhm=4.0).kernel())
+    assert match.target_fwhm is None and dict((k, v) for k, v, _ in match.cards())["PSFSHAPE"] == "NONE"
+
+
+def test_rendered_fwhm_of_a_stated_psf_is_what_its_stars_would_measure():
+    # independent: stars drawn with that very PSF measure the same
+    image = star_field(3.0, 3.0, size=256, stars=60, seed=712)
+    stars = resolution_stars(image)
+    assert rendered_fwhm(moffat_kernel(3.0, 3.0, size=31), stars) == pytest.approx(star_fwhm(image, stars), rel=0.03)
+
+
+def test_a_stated_psf_broader_than_the_stars_is_refused(fields):
+    image = fits.getdata(fields["narrow"]).astype(float)
+    with pytest.raises(InputError, match=r"narrow: its stars measure 2\.\d\d px FWHM, narrower than the stated PSF's "
+                                         r"[45]\.\d\d px drawn at the same stars"):
+        match_psf(image, PSF(fwhm=5.0), name="narrow")
+    assert match_psf(image, PSF(fwhm=5.0), ignore_psf_check=True).image_fwhm == 5.0
+    assert match_psf(image, PSF(fwhm=2.5)).image_fwhm == 2.5  # its own PSF passes
+
+
+def test_nothing_to_deblur_is_refused_and_says_what_would_help(fields):
+    image = fits.getdata(fields["sharp"]).astype(float)
+    with pytest.raises(InputError, match=r"already at or below the output PSF \(FWHM 2 input px\): nothing to deblur "
+                                         r"\(target_fwhm below 1\.8\d would sharpen it\)"):
+        match_psf(image, PSF(shape="auto"), name="sharp")
+    with pytest.raises(InputError, match=r"undersampled: sharper needs super-resolution"):
+        match_psf(image, PSF(fwhm=1.5, beta=3.0), target_fwhm=2.0, ignore_psf_check=False)
+    assert match_psf(image, PSF(shape="auto"), target_fwhm=1.5).target_fwhm == 1.5
+
+
+def test_a_kernel_outside_the_training_range_is_a_note_not_an_error(caplog):
+    image = star_field(2.8, 3.0, size=200, stars=40, seed=713)
+    match = match_psf(image, PSF(shape="auto"), model_info={"psf": {"fwhm": 4.0, "fwhm_range": [2.5, 5.5]}})
+    assert match.kernel_fwhm < 2.25 and "outside the model's training range 2.50-5.50 px" in match.notes[0]
+    assert "outside the model's training range" in caplog.text
+    assert trained_range({"psf": None}) is None
+
+
+@pytest.mark.parametrize("flags, name, message", [
+    (["--psf-fwhm", "5"], "narrow", "narrower than the stated PSF"),
+    ([], "sharp", "nothing to deblur (--target-fwhm below"),
+])
+def test_each_check_through_the_cli(fields, tmp_path, flags, name, message):
+    # one input: one line, exit 2, nothing written
+    single = CliRunner().invoke(cli, ["deblur", str(fields[name]), "-o", str(tmp_path / "one"), *flags])
+    lines = single.stderr.strip().splitlines()
+    assert single.exit_code == 2 and len(lines) == 1 and message in lines[0] and name in lines[0], single.output
+    assert not list((tmp_path / "one").glob("*.fits")) if (tmp_path / "one").exists() else True
+    # a batch of two: the other file is written, exit 1; --ignore-psf-check lets the refused one through
+    good = []
+    batch = CliRunner().invoke(cli, ["deblur", str(fields[name]), str(fields["seeing"]), "-o", str(tmp_path / "two"),
+                                     *(flags or good)])
+    assert batch.exit_code == 1 and "1 done, 0 skipped, 1 failed" in batch.output, batch.output
+    assert (tmp_path / "two" / "seeing_deblur.fits").is_file() and not (tmp_path / "two" / f"{name}_deblur.fits").exists()
+    forced = CliRunner().invoke(cli, ["deblur", str(fields[name]), "-o", str(tmp_path / "forced"), *flags,
+                                      "--ignore-psf-check"])
+    assert forced.exit_code == 0, forced.output
+    header = fits.getheader(tmp_path / "forced" / f"{name}_deblur.fits")
+    assert "checks ignored" in header["ASRPSF"] and header["PSFSHAPE"] == "MOFFAT" and header["PSFFWHM"] == 2.0
