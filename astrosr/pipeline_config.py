@@ -65,7 +65,7 @@ class SimulateSet(SimulateOptions):
     --------
     >>> from astrosr.pipeline_config import SimulateSet
     >>> SimulateSet(n=2, seed=1000, size=256)
-    SimulateSet(n=2, seed=1000, size=256, field=None)
+    SimulateSet(n=2, seed=1000, size=256, psf_fwhm=None, psf_beta=None, field=None)
     >>> SimulateSet(seed=1000, field="train")
     Traceback (most recent call last):
     ...
@@ -409,7 +409,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     >>> load_pipeline(bad)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    astrosr.errors.ConfigError: .../bad.yaml: prepare.nosie: unknown key (known: compression, hdu, ...)
+    astrosr.errors.ConfigError: .../bad.yaml: prepare.nosie: unknown key (known: compression, declared_psf, hdu, ...)
     """
     path = Path(path)
     data = load_yaml(path)

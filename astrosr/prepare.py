@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import check_options, option, to_dict
 from .degrade import background_stats, degrade, percentile_limits
-from .psf import BENCH_V1_PSF, PSF, parse_range
+from .psf import BENCH_V1_PSF, PSF, matching_kernel, measure_fwhm, moffat_psf, parse_range
 from .errors import ConfigError, InputError
 from .files import check_not_input, sha256_file, sigterm_as_interrupt
 from .pairs import COMPRESSION, PairsWriter
@@ -49,6 +49,18 @@ __all__ = ["PrepareOptions", "prepare_pairs", "TRAIN_FIELD"]
 TRAIN_FIELD = "train"
 #: the noise multiple a test field takes where a training range was given (bench-v1's)
 BENCH_NOISE = 1.0
+#: with declared_psf, a drawn PSF is at least this many times the declared one (the kernel between them is real)
+DECLARED_MARGIN = 1.15
+
+
+def _declared(header) -> tuple[float, float] | None:
+    """The PSF an image's header declares (``PSFFWHM``, ``PSFBETA``, 3 when absent), or None."""
+    try:
+        fwhm = float(header["PSFFWHM"])
+        beta = float(header.get("PSFBETA", 3.0))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (fwhm, beta) if fwhm > 0 and beta > 1 else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +97,14 @@ class PrepareOptions:
         Plane of a 3-D cube.
     compression : {'lzf', 'gzip', 'none'}
         HDF5 compression of the tiles.
+    declared_psf : bool
+        Train images whose header declares their own PSF (``PSFFWHM``,
+        ``PSFBETA``: astrosr simulate writes them) become targets at that
+        PSF: each drawn PSF becomes a Moffat of the image's beta (at least
+        1.15 x the declared FWHM) and the tile's kernel is the one that takes
+        the declared PSF to it (:func:`astrosr.psf.matching_kernel`), so a
+        model learns to deblur to a declared output PSF, as ``astrosr
+        deblur`` asks of it. Other images, and the val fields, as before.
 
     Examples
     --------
@@ -106,6 +126,8 @@ class PrepareOptions:
     hdu: int | str | None = option(None, help="HDU index or EXTNAME [first 2-D image].")
     plane: int | None = option(None, minimum=0, help="Plane of a 3-D cube.")
     compression: str = option("lzf", choices=tuple(COMPRESSION), help="HDF5 compression [lzf].")
+    declared_psf: bool = option(False, help="Train images with PSFFWHM/PSFBETA cards are targets at that PSF: "
+                                            "their kernels match it to the drawn PSF.")
 
     def __post_init__(self):
         check_options(self)
@@ -144,17 +166,30 @@ class _Psfs:
         self.index = {}
         self.kernels, self.params, self.fwhm = [], [], []
 
-    def get(self, psf, image_pixscale=None):
-        """``(index, kernel, fwhm)`` of one drawn PSF (built once, then reused); a file PSF at the image's scale."""
+    def get(self, psf, image_pixscale=None, declared=None):
+        """``(index, kernel, fwhm)`` of one drawn PSF (built once, then reused); a file PSF at the image's scale.
+
+        ``declared`` ``(fwhm, beta)``: the image's own PSF; the kernel takes it to the drawn PSF (a Moffat of that
+        beta, at least :data:`DECLARED_MARGIN` times as wide).
+        """
         if psf.shape == "file":
             psf = dataclasses.replace(psf, image_pixscale=image_pixscale)
-        key = json.dumps(psf.to_dict(), sort_keys=True)
+        if declared is not None:
+            wide = max(psf.fwhm_px() if psf.shape != "file" else 0.0, DECLARED_MARGIN * declared[0])
+            psf = PSF(fwhm=round(float(wide), 4), beta=declared[1], size=max(psf.size, 2 * int(np.ceil(5 * wide)) + 1))
+        key = json.dumps([psf.to_dict(), declared], sort_keys=True)
         if key not in self.index:
             kernel = psf.kernel()
-            fwhm = psf.fwhm_px(kernel)
+            params = psf.to_dict()
+            if declared is not None:
+                kernel = matching_kernel(kernel, moffat_psf(declared[0], beta=declared[1], size=psf.size))
+                fwhm = measure_fwhm(np.clip(kernel, 0.0, None))
+                params.update(declared_fwhm=declared[0], declared_beta=declared[1])
+            else:
+                fwhm = psf.fwhm_px(kernel)
             self.index[key] = len(self.kernels)
             self.kernels.append(kernel)
-            self.params.append(psf.to_dict())
+            self.params.append(params)
             self.fwhm.append(float(fwhm))
         i = self.index[key]
         return i, self.kernels[i], self.fwhm[i]
@@ -174,7 +209,7 @@ def _image_pixscale(image, config):
     return config.psf.for_image(image.header, image.path).image_pixscale
 
 
-def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson):
+def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson, declared=None):
     """Per-tile randomisation: each tile's BLU from its own PSF and noise draw, by :func:`degrade` on its window.
 
     ``bg`` is ORI's ``(median, std)``: the noise scales with the image's
@@ -183,7 +218,7 @@ def _tile_degrade(ori, origins, config, psfs, rng, bg, pixscale, poisson):
     bg_median, bg_std = bg
     tile, s = config.tile, config.scale
     drawn = [(config.psf.draw(rng), config.noise_factor(rng)) for _ in origins]
-    built = [psfs.get(psf, pixscale) for psf, _ in drawn]
+    built = [psfs.get(psf, pixscale, declared) for psf, _ in drawn]
     r = max(k.shape[0] for _, k, _ in built) // 2
     padded = np.pad(np.nan_to_num(ori, nan=0.0), r, mode="edge")
     blu = np.empty((len(origins), tile // s, tile // s))
@@ -219,12 +254,14 @@ def _one_image(i, path, field, sha256, config, psfs):
     rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(i,)) if train else 0)
     poisson = config.poisson_gain if train else None
     s, t = config.scale, config.tile
+    declared = _declared(image.header) if train and config.declared_psf else None
     if train and config.randomise == "tile" and config.randomised:
-        blu_tiles, rows = _tile_degrade(ori, origins, config, psfs, rng, (bg_median, bg_std), pixscale, poisson)
+        blu_tiles, rows = _tile_degrade(ori, origins, config, psfs, rng, (bg_median, bg_std), pixscale, poisson,
+                                        declared)
         blu_stats_from = blu_tiles
     else:
         psf, factor = (config.psf.draw(rng), config.noise_factor(rng)) if train else (config.psf.nominal(), config.noise_factor(None))
-        index, kernel, fwhm = psfs.get(psf, pixscale)
+        index, kernel, fwhm = psfs.get(psf, pixscale, declared)
         blu = degrade(ori, kernel, noise_std=factor * bg_std, rng=rng, poisson_gain=poisson,
                       background=bg_median, scale=s)
         blu_tiles = extract_tiles(blu, [(y // s, x // s) for y, x in origins], t // s)

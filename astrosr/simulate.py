@@ -95,7 +95,8 @@ def _render_galaxy(image, g):
     image[y0:y1, x0:x1] += Sersic2D(**g)(x, y)
 
 
-def simulate_image(rng: np.random.Generator, *, size: int = 512) -> tuple[np.ndarray, dict]:
+def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float | None = None,
+                   psf_beta: float | None = None) -> tuple[np.ndarray, dict]:
     """One simulated field.
 
     Parameters
@@ -103,6 +104,10 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512) -> tuple[np.nda
     rng : numpy.random.Generator
     size : int
         Side in pixels (>= 128).
+    psf_fwhm, psf_beta : float, optional
+        The seeing Moffat's FWHM (px) and beta; drawn (1.5-2.5 px, 2.5-4.5)
+        when not given. The same random numbers are drawn either way, so
+        the rest of the field does not change with them.
 
     Returns
     -------
@@ -132,6 +137,8 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512) -> tuple[np.nda
     noise = float(np.sqrt(sky) * rng.uniform(0.8, 1.5))
     fwhm = float(rng.uniform(1.5, 2.5))
     beta = float(rng.uniform(2.5, 4.5))
+    fwhm = float(psf_fwhm) if psf_fwhm is not None else fwhm
+    beta = float(psf_beta) if psf_beta is not None else beta
     gamma = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
 
     galaxies = [_galaxy(rng, size, noise, main=True)]
@@ -139,7 +146,9 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512) -> tuple[np.nda
     light = np.zeros((size, size))
     for g in galaxies:
         _render_galaxy(light, g)
-    light = signal.fftconvolve(np.pad(light, 20, mode="edge"), moffat_psf(fwhm, beta=beta, size=41), mode="valid")
+    reach = max(20, int(np.ceil(5 * fwhm)))  # the kernel's half-side: 41 px up to FWHM 4
+    light = signal.fftconvolve(np.pad(light, reach, mode="edge"), moffat_psf(fwhm, beta=beta, size=2 * reach + 1),
+                               mode="valid")
 
     # power law N(>F) ~ F**-alpha from a faint limit (peak ~ 3 noise sigma) up to a 5000-sigma cap
     n_stars = int(rng.integers(30, 201))
@@ -150,7 +159,7 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512) -> tuple[np.nda
     positions = rng.uniform(0, size, (n_stars, 2))
     for flux, (py, px) in zip(fluxes, positions):
         cy, cx = int(np.floor(py)), int(np.floor(px))
-        _add_stamp(light, flux * _moffat_stamp(py - cy - 0.5, px - cx - 0.5, gamma, beta), cy, cx)
+        _add_stamp(light, flux * _moffat_stamp(py - cy - 0.5, px - cx - 0.5, gamma, beta, half=reach), cy, cx)
 
     data = sky + light + rng.normal(0.0, noise, (size, size))
     params = dict(size=size, sky=sky, noise_std=noise, psf=dict(shape="moffat", fwhm=fwhm, beta=beta),
@@ -186,7 +195,8 @@ def _header(rng, params, seed, index):
     return header
 
 
-def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512, overwrite: bool = False) -> dict:
+def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512, overwrite: bool = False,
+                    psf_fwhm: float | None = None, psf_beta: float | None = None) -> dict:
     """Simulate image ``index`` of ``seed`` and write it atomically to ``path``.
 
     Parameters
@@ -216,7 +226,7 @@ def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512,
     from astropy.io import fits
 
     rng = np.random.default_rng([int(seed), int(index)])
-    data, params = simulate_image(rng, size=size)
+    data, params = simulate_image(rng, size=size, psf_fwhm=psf_fwhm, psf_beta=psf_beta)
     header = _header(rng, params, seed, index)
     with atomic_path(path, overwrite=overwrite) as tmp:
         fits.PrimaryHDU(data, header=header).writeto(tmp)
@@ -236,6 +246,10 @@ class SimulateOptions:
         fields (never trained on).
     size : int
         Image side in pixels.
+    psf_fwhm, psf_beta : float or None
+        The seeing Moffat (FWHM in px, beta) of every image; drawn per image
+        (1.5-2.5 px, 2.5-4.5) when not given. sky-v1's fields "as observed"
+        state it, so a measured PSF can be checked against the truth.
 
     Examples
     --------
@@ -248,6 +262,8 @@ class SimulateOptions:
     n: int = option(4, minimum=1, help="Number of images.")
     seed: int = option(0, minimum=0, help="Seeds >= 1000 are the simulated test field.")
     size: int = option(512, minimum=128, help="Image side in pixels.")
+    psf_fwhm: float | None = option(None, minimum=0.5, help="Seeing Moffat FWHM in px [drawn, 1.5-2.5].")
+    psf_beta: float | None = option(None, minimum=1.1, help="Seeing Moffat beta [drawn, 2.5-4.5].")
 
     def __post_init__(self):
         check_options(self)
@@ -299,7 +315,8 @@ def simulate_fields(
     if existing and not overwrite:
         raise InputError(f"{existing[0]}: output exists (overwrite=True replaces it)")
     for i, path in enumerate(paths):
-        write_simulated(path, seed=seed, index=i, size=size, overwrite=overwrite)
+        write_simulated(path, seed=seed, index=i, size=size, overwrite=overwrite, psf_fwhm=o.psf_fwhm,
+                        psf_beta=o.psf_beta)
         report(progress, "images", i + 1, n)
     return paths
 

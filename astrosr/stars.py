@@ -33,7 +33,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["GAUSSIAN_FWHM", "resolution_stars", "star_fwhm", "star_fwhms", "background"]
+__all__ = ["GAUSSIAN_FWHM", "resolution_stars", "star_fwhm", "star_fwhms", "background", "flux_ratio", "deepest_ring"]
 
 #: FWHM / sigma of a Gaussian
 GAUSSIAN_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -156,3 +156,44 @@ def star_fwhm(image: np.ndarray, positions: np.ndarray) -> float | None:
     values = star_fwhms(image, positions)
     values = values[np.isfinite(values)]
     return float(np.median(values)) if len(values) else None
+
+
+def flux_ratio(before: np.ndarray, after: np.ndarray, positions: np.ndarray, radius: float) -> float | None:
+    """Median aperture-flux ratio after / before at ``positions`` (sky-v1): each image minus its own median.
+
+    Circular apertures of ``radius`` px (photutils, exact overlap).
+    """
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    if len(positions) == 0:
+        return None
+    aperture = CircularAperture(np.asarray(positions, dtype=np.float64), r=radius)
+    sums = [np.asarray(aperture_photometry(np.nan_to_num(x - background(x)[0]), aperture)["aperture_sum"], float)
+            for x in (np.asarray(before, float), np.asarray(after, float))]
+    good = sums[0] > 0
+    return float(np.median(sums[1][good] / sums[0][good])) if good.any() else None
+
+
+def deepest_ring(image: np.ndarray, positions: np.ndarray, fwhm: float, std: float, *, brightest: int = 10) -> float | None:
+    """The deepest ring around the stars (sky-v1), in units of ``std`` (the input's background std).
+
+    Per star, the minimum over radii 1.5-4 ``fwhm`` of the azimuthal mean of
+    ``image - median`` in 1 px annuli; the median over the first
+    ``brightest`` positions (the brightest kept stars come first).
+    """
+    if len(positions) == 0 or not std > 0:
+        return None
+    image = np.asarray(image, dtype=np.float64)
+    data = image - background(image)[0]
+    outer = int(np.ceil(4 * fwhm)) + 1
+    depths = []
+    for x, y in np.asarray(positions, dtype=np.float64)[:brightest]:
+        cx, cy = int(round(x)), int(round(y))
+        cut = data[max(cy - outer, 0) : cy + outer + 1, max(cx - outer, 0) : cx + outer + 1]
+        yy, xx = np.mgrid[max(cy - outer, 0) : cy + outer + 1, max(cx - outer, 0) : cx + outer + 1]
+        r = np.hypot(xx - x, yy - y)[: cut.shape[0], : cut.shape[1]]
+        means = [np.nanmean(cut[(r >= k) & (r < k + 1)]) for k in range(int(np.floor(1.5 * fwhm)), int(np.ceil(4 * fwhm)))
+                 if np.any((r >= k) & (r < k + 1))]
+        if means:
+            depths.append(min(means) / std)
+    return float(np.median(depths)) if depths else None

@@ -431,3 +431,28 @@ def test_a_prepare_killed_mid_write_leaves_nothing_a_rerun_does_not_remove(tmp_p
     rerun = subprocess.run(args[:2] + [str(data_dir / "M51.fits"), "-o", str(out)], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert out.is_file() and [p.name for p in tmp_path.iterdir()] == ["pairs.h5"]
+
+
+def test_declared_psf_tiles_remove_the_kernel_from_the_declared_psf_to_the_drawn_one(tmp_path, data_dir):
+    from scipy.signal import fftconvolve
+
+    from astrosr.psf import moffat_psf
+    from astrosr.simulate import simulate_fields
+
+    sim = simulate_fields(tmp_path / "s", n=1, seed=9, size=256, psf_fwhm=2.0, psf_beta=3.0)[0]
+    config = PrepareOptions(psf=PSF(fwhm="2.0:6.0", beta=3.0), randomise="tile", declared_psf=True)
+    prepare_pairs([(sim, "train"), (data_dir / "gc_msx_e.fits", "train")], tmp_path / "p.h5", config=config)
+    with h5py.File(tmp_path / "p.h5") as h5:
+        params = json.loads(h5["psfs"].attrs["params"])
+        kernels, fwhm, tiles = h5["psfs"][:], h5["psfs"].attrs["fwhm"], h5["tiles"][:]
+    declared = [p for p in params if "declared_fwhm" in p]
+    assert declared and all(p["declared_fwhm"] == 2.0 and p["fwhm"] >= 1.15 * 2.0 for p in declared)
+    for k, p in enumerate(params):
+        if "declared_fwhm" not in p:
+            continue  # the real image (no PSFFWHM card) keeps the drawn PSF itself
+        size = kernels.shape[1]
+        drawn, target = moffat_psf(p["fwhm"], beta=3.0, size=size), moffat_psf(2.0, beta=3.0, size=size)
+        assert np.abs(fftconvolve(target, kernels[k], mode="same") - drawn).max() < 0.01 * drawn.max()
+        assert fwhm[k] < p["fwhm"]  # the kernel is narrower than the PSF it takes the target to
+    plain = [k for k, p in enumerate(params) if "declared_fwhm" not in p]
+    assert plain and set(tiles["psf_index"][tiles["image"] == 1]) <= set(plain)

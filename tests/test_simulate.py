@@ -105,3 +105,18 @@ def test_existing_output_is_an_error_unless_overwrite(sims):
 def test_bad_options(tmp_path, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         simulate_fields(tmp_path, progress=False, **kwargs)
+
+
+def test_a_stated_seeing_psf_changes_only_the_psf(tmp_path):
+    from astrosr.simulate import simulate_image
+
+    drawn, params = simulate_image(np.random.default_rng([2000, 0]), size=128)
+    stated, stated_params = simulate_image(np.random.default_rng([2000, 0]), size=128, psf_fwhm=4.0, psf_beta=2.5)
+    assert stated_params["psf"] == {"shape": "moffat", "fwhm": 4.0, "beta": 2.5}
+    assert stated_params["sky"] == params["sky"] and stated_params["n_stars"] == params["n_stars"]  # same draws
+    assert not np.allclose(drawn, stated)
+    from astrosr.simulate import simulate_fields
+
+    path = simulate_fields(tmp_path, n=1, seed=2000, size=128, psf_fwhm=4.0, psf_beta=2.5)[0]
+    header = fits.getheader(path)
+    assert header["PSFFWHM"] == 4.0 and header["PSFBETA"] == 2.5

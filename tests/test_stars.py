@@ -45,3 +45,20 @@ def test_background_ignores_nan(rng):
     image[:10] = np.nan
     median, std = background(image)
     assert median == pytest.approx(5.0, abs=0.1) and std == pytest.approx(2.0, rel=0.05)
+
+
+def test_flux_ratio_and_deepest_ring_against_hand_made_images(rng):
+    from astrosr.stars import deepest_ring, flux_ratio
+
+    image = rng.normal(0.0, 1.0, (120, 120))
+    stars = np.array([[40.0, 40.0], [80.0, 80.0]])
+    for x, y in stars.astype(int):
+        image[y - 10 : y + 11, x - 10 : x + 11] += 1000 * gaussian_psf(3.0, size=21)
+    brighter = image * 1.05
+    assert flux_ratio(image, brighter, stars, 8.0) == pytest.approx(1.05, rel=1e-3)
+    ringed = image.copy()
+    yy, xx = np.mgrid[:120, :120]
+    for x, y in stars:  # a ring of -5 (5 sigma of the input's noise) between radii 6 and 8
+        ringed[(np.hypot(xx - x, yy - y) >= 6) & (np.hypot(xx - x, yy - y) < 8)] -= 5.0
+    assert deepest_ring(ringed, stars, 3.0, 1.0) == pytest.approx(-5.0, abs=0.5)
+    assert abs(deepest_ring(image, stars, 3.0, 1.0)) < 0.6  # no ring: about the noise of an annulus mean

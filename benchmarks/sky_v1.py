@@ -1,0 +1,146 @@
+"""sky-v1: real images as observed, PSF measured, output PSF declared (benchmarks/README.md, section sky-v1).
+
+    python benchmarks/sky_v1.py --data-dir ../shared/data/fits [--model default] [--target-fwhm 2]
+
+Per image: the resolution stars of the input (section "Resolution"); rows for the input, astrosr's
+default path (``deblur_image``: PSF measured on the image, output PSF a Moffat of FWHM T with the
+image's beta), and Richardson-Lucy (n = 20) and Wiener (b = 0.1) given the same kernel. Columns:
+star FWHM, its ratio to the declared output PSF drawn at the same stars (ideal 1) and to the input's
+(below 1: sharper), median aperture-flux ratio output / input (radius 4 input FWHM, at most 12 px),
+the deepest ring (input background sigma) and the background std ratio. The simulated fields "as
+observed" (seeds 2000 and up: test fields, never trained or tuned on) state their PSF, so the measured
+PSF is checked against the truth too. Writes benchmarks/results/sky_v1.md and sky_v1.json; the
+floors are benchmarks/sky_v1_floors.py's.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from astrosr import __version__
+from astrosr.baselines import richardson_lucy, wiener
+from astrosr.checkpoint import load_model
+from astrosr.deblur import AUTO_PSF, deblur_image
+from astrosr.fits_io import read_image
+from astrosr.provenance import versions
+from astrosr.psf import moffat_kernel
+from astrosr.psf_matching import match_psf, rendered_fwhm
+from astrosr.simulate import simulate_fields
+from astrosr.stars import background, deepest_ring, flux_ratio, resolution_stars, star_fwhm
+
+#: the real, well-sampled star fields of the data directory (its README)
+REAL = ("vista_h_0005.fits", "vista_h_0008.fits", "saao_bulge_0020.fits", "saao_streak.fits")
+#: simulated fields as observed: (seed, n, FWHM, beta) of their stated Moffat seeing
+SIMULATED = ((2000, 3, 3.5, 3.0), (2001, 3, 5.0, 2.5))
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def scores(x, image, stars, f_in, std_in, target_rendered):
+    f_out = star_fwhm(x, stars)
+    return {
+        "fwhm": f_out,
+        "over_target": None if f_out is None or target_rendered is None else f_out / target_rendered,
+        "over_input": None if f_out is None else f_out / f_in,
+        "flux_ratio": flux_ratio(image, x, stars, min(12.0, 4.0 * f_in)),
+        "ring": deepest_ring(x, stars, f_in, std_in),
+        "bg_ratio": background(x)[1] / std_in,
+    }
+
+
+def one_image(name, image, model, info, target, truth=None):
+    stars = resolution_stars(image)
+    row = {"image": name, "stars": int(len(stars)), "truth_fwhm": truth}
+    if len(stars) < 10:
+        row["refused"] = f"{len(stars)} resolution stars (< 10): not scored"
+        return row
+    f_in = star_fwhm(image, stars)
+    std_in = background(image)[1]
+    start = time.perf_counter()
+    try:
+        match = match_psf(image, AUTO_PSF, target_fwhm=target, name=name, model_info=info)
+    except Exception as exc:  # a refused image fails the floors; say why
+        row["refused"] = str(exc)
+        return row
+    measure_s = time.perf_counter() - start
+    output = moffat_kernel(target, match.image_beta, size=match.kernel.shape[0])
+    target_rendered = rendered_fwhm(output, stars)
+    start = time.perf_counter()
+    sr = deblur_image(image, model, psf=AUTO_PSF, target_fwhm=target, name=name, model_info=info).sr
+    deblur_s = time.perf_counter() - start
+    kernel = np.clip(match.kernel, 0.0, None)
+    kernel /= kernel.sum()
+    rows = {"input": image, "astrosr": sr, "Richardson-Lucy n=20": richardson_lucy(image, kernel, n=20),
+            "Wiener b=0.1": wiener(image, match.kernel, balance=0.1)}
+    row.update(input_fwhm=f_in, target_rendered=target_rendered, measured_fwhm=match.image_fwhm,
+               measured_beta=match.image_beta, psf_stars=match.n_stars, kernel_fwhm=match.kernel_fwhm,
+               notes=match.notes, measure_s=measure_s, deblur_s=deblur_s, megapixels=image.size / 1e6,
+               methods={k: scores(v, image, stars, f_in, std_in, target_rendered) for k, v in rows.items()})
+    return row
+
+
+def fmt(value, digits=3):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results, target, model):
+    lines = [f"# sky-v1: real images as observed (astrosr {__version__}, model {model}, output PSF FWHM {target:g} px)",
+             "", "`python benchmarks/sky_v1.py` (this commit). Stars: the input's resolution stars (section "
+             "Resolution); FWHM by its Gaussian fit; the declared output PSF drawn through the same pixels at each "
+             "star (T'). RL and Wiener are given the kernel astrosr removes.", "",
+             "| image | stars | input FWHM | PSF measured (truth) | kernel | T' | method | FWHM | / T' | / input | "
+             "flux ratio | deepest ring (sigma) | bg std ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "refused" in r:
+            lines.append(f"| {r['image']} | {r['stars']} | | | | | refused: {r['refused']} | | | | | | |")
+            continue
+        truth = f" ({r['truth_fwhm']:g})" if r["truth_fwhm"] else ""
+        for k, (method, s) in enumerate(r["methods"].items()):
+            head = (f"| {r['image']} | {r['stars']} | {fmt(r['input_fwhm'], 2)} | {fmt(r['measured_fwhm'], 2)}{truth} "
+                    f"beta {fmt(r['measured_beta'], 2)} | {fmt(r['kernel_fwhm'], 2)} | {fmt(r['target_rendered'], 2)} ")
+            lines.append((head if k == 0 else "| | | | | | ") + f"| {method} | {fmt(s['fwhm'], 2)} | "
+                         f"{fmt(s['over_target'])} | {fmt(s['over_input'])} | {fmt(s['flux_ratio'])} | "
+                         f"{fmt(s['ring'], 1)} | {fmt(s['bg_ratio'], 2)} |")
+    lines += ["", "| image | Mpix | PSF measurement s | deblur s (measurement included) |", "|---|---|---|---|"]
+    for r in results:
+        if "refused" not in r:
+            lines.append(f"| {r['image']} | {r['megapixels']:.2f} | {r['measure_s']:.1f} | {r['deblur_s']:.1f} |")
+    notes = sorted({n for r in results for n in r.get("notes", [])})
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--target-fwhm", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    model, info = load_model(args.model)
+    results = []
+    for name in REAL:
+        image = read_image(args.data_dir / name).data
+        results.append(one_image(name, image, model, info, args.target_fwhm))
+        print(name, "done", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, n, fwhm, beta in SIMULATED:
+            for path in simulate_fields(Path(tmp) / str(seed), n=n, seed=seed, size=1024, psf_fwhm=fwhm, psf_beta=beta):
+                results.append(one_image(path.name, read_image(path).data, model, info, args.target_fwhm, truth=fwhm))
+                print(path.name, "done", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(results, args.target_fwhm, args.model)
+    (args.out / "sky_v1.md").write_text(text)
+    (args.out / "sky_v1.json").write_text(json.dumps({"astrosr": __version__, "model": args.model,
+                                                       "model_sha256": info.get("sha256"), "target_fwhm": args.target_fwhm,
+                                                       "versions": versions(), "images": results}, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
