@@ -1,5 +1,8 @@
 """Simulated sky images: stars, Sersic galaxies, sky and noise, with a TAN WCS.
 
+Kept together as one module: every simulated image astrosr draws (training
+fields and the star fields tests check a measured PSF against) is made here.
+
 They are astrosr's embedded data (no download) and, from seed 1000 on, its
 own part of bench-v1's ``simulated`` field. Seeds 0-499 are for training,
 500-999 for development and validation, and seeds >= 1000 are test fields
