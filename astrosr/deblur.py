@@ -81,6 +81,9 @@ class DeblurOptions:
     ignore_psf_check : bool
         Deblur even when a stated PSF is broader than the image's stars, or
         the image's PSF is already at or below the output PSF.
+    psf_grid : int
+        With ``psf`` auto: the PSF measured per region of an N x N grid, each
+        region restored with its own kernel, blended across the borders.
     consistency : bool
         Apply the data-consistency step (default True).
     overlap : int
@@ -126,6 +129,8 @@ class DeblurOptions:
     target_fwhm: float = option(2.0, minimum=0.0, help="Output PSF FWHM in output px (0: none; the PSF itself removed) [2].")
     ignore_psf_check: bool = option(False, help="Deblur even when the PSF checks refuse (a stated PSF broader than "
                                                 "the stars; nothing to deblur).")
+    psf_grid: int = option(1, minimum=1, help="With --psf auto: measure and remove the PSF per region of an N x N "
+                                              "grid [1].")
     consistency: bool = option(True, help="Skip the data-consistency step (network output only).")
     overlap: int = option(32, minimum=0, help="Tile overlap in input pixels.")
     samples: int = option(0, minimum=0, help="Posterior draws for an UNCERT extension.")
@@ -142,6 +147,8 @@ class DeblurOptions:
     def __post_init__(self):
         check_options(self)
         check_device(self.device)
+        if self.psf_grid > 1 and self.psf.shape != "auto":
+            raise ConfigError(f"psf_grid: {self.psf_grid} measures the PSF per region; it needs psf auto, not a stated PSF")
         if self.psf.ranged:
             key = self.psf.ranged_key()
             raise ConfigError(f"psf.{key}: {getattr(self.psf, key)} is a range; an image has one PSF (ranges are for prepare)")
@@ -214,6 +221,7 @@ def deblur_image(
     seed: int = 0,
     progress: ProgressCallback = None,
     model_info: dict | None = None,
+    psf_grid: int = 1,
 ) -> Restored:
     """Deblur one image held in memory (the notebook entry point).
 
@@ -253,6 +261,9 @@ def deblur_image(
     model_info : dict, optional
         The model's checkpoint info (its training PSF range), when ``model``
         is a module; read with the file otherwise.
+    psf_grid : int
+        With ``psf`` auto: measure the PSF per region of an N x N grid and
+        restore each region with its own kernel, blended across the borders.
 
     Returns
     -------
@@ -297,22 +308,74 @@ def deblur_image(
         raise InputError(f"deblur_image: expected a 2-D image, got shape {image.shape}")
     if not np.isfinite(image).any():
         raise InputError("deblur_image: every pixel is NaN or infinite")
-    from .psf_matching import match_psf
+    from .psf_matching import match_psf, match_psf_grid
 
-    match = match_psf(image, psf, target_fwhm=target_fwhm, scale=int(getattr(model, "scale", 1)), header=header,
-                      name=name, ignore_psf_check=ignore_psf_check, model_info=model_info)
+    common = dict(target_fwhm=target_fwhm, scale=int(getattr(model, "scale", 1)), header=header, name=name,
+                  ignore_psf_check=ignore_psf_check, model_info=model_info)
+    if psf_grid > 1:
+        if not (isinstance(psf, PSF) and psf.shape == "auto"):
+            raise ConfigError(f"psf_grid: {psf_grid} measures the PSF per region; it needs psf auto, not a stated PSF")
+        match, cells = match_psf_grid(image, psf_grid, **common)
+    else:
+        match, cells = match_psf(image, psf, **common), None
     import torch
 
     # posterior draws from a fixed seed (caller's RNG state untouched): same UNCERT on every run
     cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        restored = restore_image(
-            image, model, psf_kernel=match.kernel, psf_fwhm=match.kernel_fwhm, consistency=consistency,
-            overlap=overlap, samples=samples, device=device, progress=progress,
-        )
+        keys = dict(consistency=consistency, overlap=overlap, samples=samples, device=device)
+        if cells is None:
+            restored = restore_image(image, model, psf_kernel=match.kernel, psf_fwhm=match.kernel_fwhm,
+                                     progress=progress, **keys)
+        else:
+            restored = _restore_regions(image, model, cells, margin=max(2 * overlap, 32), progress=progress, **keys)
     restored.psf = match
     return restored
+
+
+def _restore_regions(image, model, cells, *, margin, progress, **keys):
+    """Restore each grid region with its own kernel, over a window ``margin`` px wider, and blend the windows.
+
+    Across each border between regions the two windows overlap by 2 x ``margin``: one weight rises
+    as sin^2 while the other falls as cos^2, so the weights sum to 1 and no seam shows.
+    """
+    from .degrade import percentile_limits
+    from .restore import Restored, restore_image
+
+    scale = int(getattr(model, "scale", 1))
+    ny, nx = image.shape
+    total = np.zeros((ny * scale, nx * scale))
+    weight = np.zeros_like(total)
+    uncert = np.zeros_like(total) if keys["samples"] else None
+
+    def ramp(n, rise, fall):
+        w = np.ones(n)
+        if rise:
+            w[:rise] = np.sin(0.5 * np.pi * (np.arange(rise) + 0.5) / rise) ** 2
+        if fall:
+            w[n - fall :] = np.minimum(w[n - fall :], np.cos(0.5 * np.pi * (np.arange(fall) + 0.5) / fall) ** 2)
+        return w
+
+    for k, ((y0, y1, x0, x1), match) in enumerate(cells):
+        wy0, wy1, wx0, wx1 = max(0, y0 - margin), min(ny, y1 + margin), max(0, x0 - margin), min(nx, x1 + margin)
+        part = restore_image(image[wy0:wy1, wx0:wx1], model, psf_kernel=match.kernel, psf_fwhm=match.kernel_fwhm,
+                             **keys)
+        w = np.outer(ramp((wy1 - wy0) * scale, 2 * (y0 - wy0) * scale, 2 * (wy1 - y1) * scale),
+                     ramp((wx1 - wx0) * scale, 2 * (x0 - wx0) * scale, 2 * (wx1 - x1) * scale))
+        window = (slice(wy0 * scale, wy1 * scale), slice(wx0 * scale, wx1 * scale))
+        total[window] += w * np.nan_to_num(part.sr)
+        weight[window] += w
+        if uncert is not None:
+            uncert[window] += w * np.nan_to_num(part.uncert)
+        if progress is not None:
+            progress("tiles", k + 1, len(cells))
+    nan = ~np.isfinite(np.repeat(np.repeat(image, scale, axis=0), scale, axis=1))
+    sr = np.where(nan, np.nan, total / weight).astype(np.float32)
+    if uncert is not None:
+        uncert = np.where(nan, np.nan, uncert / weight).astype(np.float32)
+    lo, hi = percentile_limits(image)
+    return Restored(sr, uncert, lo, hi)
 
 
 def deblur_file(
@@ -382,7 +445,8 @@ def deblur_file(
         image = read_image(path, hdu=o.hdu, plane=o.plane, min_size=8)
         psf = dataclasses.replace(psf, pixscale=scale).for_image(image.header, path)  # the card read once
     # the request, not what was measured: the same call on the same file is skipped, another target is not
-    psf_id = psf.identity() + (f"; output PSF FWHM {o.target_fwhm:g}px" if o.target_fwhm else "; no output PSF")
+    psf_id = psf.identity() + (f" on a {o.psf_grid}x{o.psf_grid} grid" if o.psf_grid > 1 else "") + (
+        f"; output PSF FWHM {o.target_fwhm:g}px" if o.target_fwhm else "; no output PSF")
     if o.ignore_psf_check:
         psf_id += "; checks ignored"
     if out.is_dir():
@@ -401,7 +465,8 @@ def deblur_file(
                          "is refused (allow_astrosr_input=True allows it)")
     restored = deblur_image(image.data, model, psf=psf, target_fwhm=o.target_fwhm, header=image.header,
                             name=str(path), ignore_psf_check=o.ignore_psf_check, consistency=o.consistency,
-                            overlap=o.overlap, samples=o.samples, device=device, progress=progress, model_info=info)
+                            overlap=o.overlap, samples=o.samples, device=device, progress=progress, model_info=info,
+                            psf_grid=o.psf_grid)
     scale = int(getattr(model, "scale", 1))
     megapixels = image.data.size / 1e6
     mask = (~np.isfinite(image.data)).astype(np.uint8)

@@ -45,7 +45,7 @@ from .psf import PSF, gaussian_psf, matching_kernel, measure_fwhm, moffat_kernel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PSFMatch", "match_psf", "rendered_fwhm", "trained_range", "CHECK_RATIO"]
+__all__ = ["PSFMatch", "match_psf", "match_psf_grid", "rendered_fwhm", "trained_range", "CHECK_RATIO"]
 
 #: a stated PSF is refused when the image's stars measure below this fraction of it
 CHECK_RATIO = 0.9
@@ -223,18 +223,71 @@ def match_psf(
         from .psf_measure import measure_psf
 
         measured = measure_psf(image, psf_options, header=header, name=name)
-        kernel, image_fwhm, beta = measured.kernel, measured.fwhm, measured.beta
-        source, described, n_stars, integrated, shape = "measured", measured.describe(), measured.n_stars, True, "moffat"
-    else:
-        from .psf import kernel_and_fwhm
+        return _match(measured.kernel, measured.fwhm, measured.beta, "moffat", True, "measured", measured.describe(),
+                      measured.n_stars, target_fwhm, scale, name, ignore_psf_check, model_info)
+    from .psf import kernel_and_fwhm
 
-        kernel, image_fwhm = kernel_and_fwhm(psf)
-        shape = psf.shape if isinstance(psf, PSF) and psf.shape in ("moffat", "gaussian") else "moffat"
-        beta = float(psf.beta) if isinstance(psf, PSF) and psf.shape == "moffat" else None
-        source, n_stars, integrated = "stated", 0, False
-        described = psf.describe() if isinstance(psf, PSF) else f"kernel {kernel.shape[0]}x{kernel.shape[1]}"
-        if not ignore_psf_check:
-            _check_stated(image, kernel, name)
+    kernel, image_fwhm = kernel_and_fwhm(psf)
+    shape = psf.shape if isinstance(psf, PSF) and psf.shape in ("moffat", "gaussian") else "moffat"
+    beta = float(psf.beta) if isinstance(psf, PSF) and psf.shape == "moffat" else None
+    described = psf.describe() if isinstance(psf, PSF) else f"kernel {kernel.shape[0]}x{kernel.shape[1]}"
+    if not ignore_psf_check:
+        _check_stated(image, kernel, name)
+    return _match(kernel, image_fwhm, beta, shape, False, "stated", described, 0, target_fwhm, scale, name,
+                  ignore_psf_check, model_info)
+
+
+def match_psf_grid(
+    image: np.ndarray,
+    grid: int,
+    *,
+    target_fwhm: float = 2.0,
+    scale: int = 1,
+    header=None,
+    name: str = "image",
+    ignore_psf_check: bool = False,
+    model_info: dict | None = None,
+    psf_options=None,
+) -> tuple[PSFMatch, list[tuple[tuple[int, int, int, int], PSFMatch]]]:
+    """The measured PSF per region of a ``grid`` x ``grid`` grid, each matched to one output PSF.
+
+    The output PSF is one for the whole image (a Moffat of FWHM
+    ``target_fwhm`` with the whole image's beta); a region with too few
+    stars takes the whole image's PSF; a region whose PSF is already at the
+    output PSF gets a kernel of at least 1.1 x the output's FWHM (a region is
+    not refused: the image is, by the whole-image check).
+
+    Returns
+    -------
+    whole : PSFMatch
+        The whole image's (its cards and HISTORY describe the output).
+    cells : list of ((y0, y1, x0, x1), PSFMatch)
+        Row-major from the lower left.
+    """
+    from .psf_measure import measure_psf
+
+    measured = measure_psf(image, psf_options, header=header, name=name, grid=grid)
+    whole = _match(measured.kernel, measured.fwhm, measured.beta, "moffat", True, "measured", measured.describe()
+                   + f"; per region of a {grid}x{grid} grid", measured.n_stars, target_fwhm, scale, name,
+                   ignore_psf_check, model_info)
+    cells = []
+    for cell in measured.grid:
+        own = cell["n_stars"] > 0
+        fwhm = cell["fwhm"] if own else measured.fwhm
+        if target_fwhm:
+            fwhm = max(fwhm, 1.1 * target_fwhm / scale)
+        kernel = moffat_kernel(fwhm, cell["beta"] if own else measured.beta,
+                               ellipticity=cell["ellipticity"] if own else measured.ellipticity,
+                               angle=cell["angle"] if own else measured.angle, size=measured.kernel.shape[0])
+        match = _match(kernel, fwhm, measured.beta, "moffat", True, "measured", f"region {len(cells)}",
+                       cell["n_stars"], target_fwhm, scale, name, True, None)
+        cells.append(((cell["y0"], cell["y1"], cell["x0"], cell["x1"]), match))
+    return whole, cells
+
+
+def _match(kernel, image_fwhm, beta, shape, integrated, source, described, n_stars, target_fwhm, scale, name,
+           ignore_psf_check, model_info):
+    """The PSFMatch of an image PSF ``kernel``: the nothing-to-deblur check, the output PSF, the training-range note."""
     notes = []
     if target_fwhm:
         target_in = target_fwhm / scale
