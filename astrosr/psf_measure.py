@@ -176,10 +176,7 @@ def _fit_star(stamp, half, *, subpixels=SUBPIXELS):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = fitting.TRFLSQFitter()(start, x[good], y[good], stamp[good], maxiter=200)
-    q = float(fit.q.value)
-    theta = float(fit.theta.value)
-    if q > 1.0:
-        q, theta = 1.0 / q, theta + math.pi / 2
+    q, theta = float(fit.q.value), float(fit.theta.value)  # q <= 1: theta is the major axis
     model_peak = float(np.max(fit(x, y)))
     plateau = int(np.count_nonzero(stamp[good] >= peak - 1e-3 * abs(peak)))  # clipped pixels share one value
     return {"fwhm": fwhm_of_gamma(float(fit.gamma.value), float(fit.beta.value)), "beta": float(fit.beta.value),

@@ -116,3 +116,22 @@ def test_a_psf_grid_restores_each_region_with_its_own_kernel_and_leaves_no_seam(
     np.testing.assert_allclose(restored.sr, image, rtol=1e-5, atol=1e-3)
     with pytest.raises(ConfigError, match=r"psf_grid: 3 measures the PSF per region; it needs psf auto"):
         DeblurOptions(psf=PSF(fwhm=3.0), psf_grid=3)
+
+
+def test_deblur_with_the_psf_measured_brings_a_simulated_field_to_its_declared_psf(tmp_path):
+    """A simulated field as observed (seed 2000+: never trained on), the README's call: stars at the target, flux kept."""
+    from astrosr.deblur import deblur_file
+    from astrosr.simulate import simulate_fields
+    from astrosr.stars import flux_ratio
+
+    path = simulate_fields(tmp_path, n=1, seed=2002, size=512, psf_fwhm=4.0, psf_beta=3.0)[0]
+    image = fits.getdata(path).astype(float)
+    result = deblur_file(path, tmp_path / "out", device="cpu")
+    sr = fits.getdata(result.output).astype(float)
+    header = fits.getheader(result.output)
+    stars = resolution_stars(image)
+    assert len(stars) >= 5
+    target = rendered_fwhm(moffat_kernel(2.0, header["PSFBETA"], size=31), stars)
+    assert header["ASRIFWHM"] == pytest.approx(4.0, rel=0.05)  # the measured PSF is the simulated one
+    assert star_fwhm(sr, stars) == pytest.approx(target, rel=0.15)
+    assert flux_ratio(image, sr, stars, min(12.0, 4 * star_fwhm(image, stars))) == pytest.approx(1.0, abs=0.03)
