@@ -36,6 +36,8 @@ from astrosr.stars import background, deepest_ring, flux_ratio, resolution_stars
 REAL = ("vista_h_0005.fits", "vista_h_0008.fits", "saao_bulge_0020.fits", "saao_streak.fits")
 #: simulated fields as observed: (seed, n, FWHM, beta) of their stated Moffat seeing
 SIMULATED = ((2000, 3, 3.5, 3.0), (2001, 3, 5.0, 2.5))
+#: --dev: the same protocol on development seeds (500-999), the only sky-like figures a choice may be made on
+DEVELOPMENT = ((600, 3, 3.5, 3.0), (601, 3, 5.0, 2.5), (602, 3, 2.8, 2.8))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -121,22 +123,24 @@ def main():
     parser.add_argument("--model", default="default")
     parser.add_argument("--target-fwhm", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--dev", action="store_true", help="development fields only (seeds 600-602), to choose on")
     args = parser.parse_args()
     model, info = load_model(args.model)
     results = []
-    for name in REAL:
+    for name in () if args.dev else REAL:
         image = read_image(args.data_dir / name).data
         results.append(one_image(name, image, model, info, args.target_fwhm))
         print(name, "done", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for seed, n, fwhm, beta in SIMULATED:
+        for seed, n, fwhm, beta in DEVELOPMENT if args.dev else SIMULATED:
             for path in simulate_fields(Path(tmp) / str(seed), n=n, seed=seed, size=1024, psf_fwhm=fwhm, psf_beta=beta):
                 results.append(one_image(path.name, read_image(path).data, model, info, args.target_fwhm, truth=fwhm))
                 print(path.name, "done", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(results, args.target_fwhm, args.model)
-    (args.out / "sky_v1.md").write_text(text)
-    (args.out / "sky_v1.json").write_text(json.dumps({"astrosr": __version__, "model": args.model,
+    stem = "sky_dev" if args.dev else "sky_v1"
+    (args.out / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.json").write_text(json.dumps({"astrosr": __version__, "model": args.model,
                                                        "model_sha256": info.get("sha256"), "target_fwhm": args.target_fwhm,
                                                        "versions": versions(), "images": results}, indent=1))
     print(text)
