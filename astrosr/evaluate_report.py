@@ -172,6 +172,8 @@ def rows(results: Sequence[ImageResult], methods: Sequence[str]) -> tuple[dict[s
             "n_reference_peaks": len(r.ref.reference_xy),
             "methods": {m: _row([r.scores[m]], [r.seconds[m]], r.megapixels, [_calibration(r, m)])
                         for m in methods},
+            "resolution_stars": r.n_stars,
+            "star_fwhm": dict(r.star_fwhm or {}),
         }
     return fields, images
 
@@ -214,6 +216,24 @@ def _markdown_table(first, table):
     for keys, row in table:
         lines.append("| " + " | ".join(list(keys) + format_row(row)) + " |")
     return "\n".join(lines)
+
+
+def _sharpness_lines(summary):
+    """report.md's star-sharpness section: each method's median star FWHM at ORI's resolution stars."""
+    images = summary["images"]
+    methods = list(dict.fromkeys(m for img in images.values() for m in img.get("star_fwhm", {})))
+    if not methods:
+        return []
+    lines = ["", "## Star sharpness", "",
+             "Median FWHM (px) of a Gaussian fit at ORI's resolution stars (30-sigma, isolated, the brightest "
+             "fifth dropped, the next 40; benchmarks/README.md, section Resolution): lower is sharper, ORI's is "
+             "the ideal; n/a below 5 stars.", "",
+             "| image | field | stars | " + " | ".join(methods) + " |", "|" + "---|" * (3 + len(methods))]
+    for name, img in images.items():
+        fwhm = img.get("star_fwhm", {})
+        lines.append(f"| {name} | {img['field']} | {img.get('resolution_stars', 0)} | "
+                     + " | ".join(fmt(fwhm.get(m), ".2f") for m in methods) + " |")
+    return lines
 
 
 def _calibration_lines(summary):
@@ -293,6 +313,7 @@ def _write_report(path, summary, figures):
         _markdown_table(["image", "field", "method"],
                         [((name, img["field"], m), row) for name, img in summary["images"].items()
                          for m, row in img["methods"].items()]),
+        *_sharpness_lines(summary),
         *_calibration_lines(summary),
         "",
         "## Figures",

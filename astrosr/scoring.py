@@ -39,6 +39,7 @@ import numpy as np
 from . import baselines, metrics
 from .degrade import bench_v1_degrade
 from .errors import AstrosrError, ConfigError, InputError
+from .stars import resolution_stars, star_fwhm
 from .fits_io import read_image, strip_fits_suffix
 from .tiling import extract_tiles
 
@@ -76,6 +77,12 @@ class ImageResult:
         Per method, ``(pixels with |SR - ORI| <= sigma, pixels)`` over the
         scored tiles (:func:`calibration_counts`); None where the method has
         no uncertainty map (no ``samples``, BLU, RL, Wiener).
+    star_fwhm : dict of str -> float or None
+        The resolution figure (median star FWHM, px; :mod:`astrosr.stars`)
+        of ORI and of each method, at ORI's resolution stars; None without
+        5 such stars.
+    n_stars : int
+        ORI's resolution stars.
     """
 
     name: str
@@ -88,6 +95,8 @@ class ImageResult:
     seconds: dict
     panels: dict
     calibration: dict = None
+    star_fwhm: dict = None
+    n_stars: int = 0
 
     @property
     def megapixels(self):
@@ -456,6 +465,8 @@ def score_image(
         seconds[method] = secs
         calibration[method] = None if sigma is None else calibration_counts(ref, image, sigma)
     scores = {m: metrics.score(ref, img) for m, img in images.items()}
+    stars = resolution_stars(np.where(np.isfinite(ref.ori), ref.ori, np.nan))
+    sharpness = {m: star_fwhm(img, stars) for m, img in {"ORI": ref.ori, **images}.items()}
     names = list(images)
     sr = next((m for m in names if m.startswith("SR ")), None)
     rl = next(m for m in names if m.startswith("RL "))
@@ -476,6 +487,8 @@ def score_image(
         seconds=seconds,
         panels={"origins": origins, "tiles": crops},
         calibration=calibration,
+        star_fwhm=sharpness,
+        n_stars=len(stars),
     )
 
 

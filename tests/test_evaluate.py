@@ -395,3 +395,18 @@ def test_an_image_with_no_scoreable_tile_is_an_error_and_planes_can_be_scored(da
     assert direct.exit_code == 0
     scores = [json.loads((tmp_path / r / "summary.json").read_text())["fields"]["images"]["BLU"]["ssim"] for r in ("r3", "r4")]
     assert scores[0] == pytest.approx(scores[1], rel=1e-6)  # the plane scores as the image it holds
+
+
+# BENCHMARK.md section 9 (median star FWHM, px): ORI and the classical rows
+SECTION_9 = {"reprojected_sdss_i": {"ORI": 1.18, "RL n=20": 3.11, "Wiener b=0.1": 4.33},
+             "M51": {"ORI": 2.62, "RL n=20": 3.80, "Wiener b=0.1": 4.74}}
+
+
+@pytest.mark.parametrize("image", list(SECTION_9))
+def test_star_sharpness_column_reproduces_section_9(bench, image):
+    out, summary = bench
+    row = summary["images"][image]
+    for method, fwhm in SECTION_9[image].items():
+        assert row["star_fwhm"][method] == pytest.approx(fwhm, rel=0.02), method
+    assert row["resolution_stars"] == (6 if image == "M51" else 40)
+    assert "## Star sharpness" in (out / "report.md").read_text()
