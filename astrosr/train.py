@@ -80,6 +80,18 @@ def _start_run_dir(out: Path, cfg: TrainConfig, pairs, val_set, holdout):
     return load_val_images(val_set, field=cfg.val_field)
 
 
+def _start_from(raw, cfg: TrainConfig) -> None:
+    """Load ``cfg.init``'s weights into the fresh model (fine-tuning); a different architecture is an error."""
+    from .checkpoint import load_model
+
+    source, info = load_model(cfg.init, device="cpu")
+    if info.get("model") != cfg.model or source.config != raw.config:
+        raise ConfigError(f"init: {cfg.init} holds a {info.get('model')} with {source.config}, not this run's "
+                          f"{cfg.model} with {raw.config}")
+    raw.load_state_dict(source.state_dict())
+    logger.info("starting from the weights of %s (sha256 %s)", cfg.init, str(info.get("sha256"))[:16])
+
+
 def _fmt(value):
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -167,6 +179,8 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
 
     seed_everything(cfg.seed)
     raw = build_model(cfg.model, dict(cfg.model_options, scale=train_set.scale)).to(device)
+    if cfg.init and saved is None:
+        _start_from(raw, cfg)
     optimizer, scheduler = make_optimizer(raw, cfg)
     step, best, last_val = 0, None, None
     if saved is not None:

@@ -68,6 +68,10 @@ class TrainConfig:
     num_workers : int
         DataLoader workers.
     in_memory : bool
+    init : str or None
+        Start from these weights (a ``.pt`` / ``.safetensors`` file or
+        ``'default'``) instead of a fresh initialisation: fine-tuning. The
+        model and its options must be the weights' own.
         Read the training tiles into memory once.
     max_minutes : float
         Stop (and save) after this much wall time (0: no limit).
@@ -120,6 +124,7 @@ class TrainConfig:
     in_memory: bool = True
     max_minutes: float = 0.0
     progress: bool = option(True, help="No progress bar.")
+    init: str | None = option(None, help="Start from these weights (.pt/.safetensors or 'default'): fine-tune.")
 
     def __post_init__(self):
         from .models import MODELS  # torch, only once a config is built

@@ -321,3 +321,17 @@ def test_the_readmes_prepare_then_train_chains_without_a_val_field(tmp_path, cap
         summary = train(tmp_path / "one.h5", cfg, tmp_path / "run1")
     assert "a single training image: training without validation" in caplog.text
     assert summary["best"] == {"step": 2} and (tmp_path / "run1" / "best.pt").is_file()
+
+
+def test_init_starts_from_given_weights_and_refuses_another_architecture(tiny_pairs, tmp_path):
+    first = train(tiny_pairs, _config(max_steps=2), tmp_path / "first")
+    # a fine-tune that can hardly move (lr 1e-12, no decay) keeps the weights it started from
+    still = dict(max_steps=1, lr=1e-12, weight_decay=0.0)
+    tuned = train(tiny_pairs, _config(**still, init=str(tmp_path / "first" / "last.pt")), tmp_path / "ft")
+    a, b = first["module"].state_dict(), tuned["module"].state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-8) for k in a)
+    fresh = train(tiny_pairs, _config(**still), tmp_path / "fresh")["module"].state_dict()
+    assert not all(torch.allclose(a[k].float(), fresh[k].float(), atol=1e-8) for k in a)
+    with pytest.raises(ConfigError, match=r"init: .*last\.pt holds a resvae with .*not this run's resvae"):
+        train(tiny_pairs, _config(max_steps=1, init=str(tmp_path / "first" / "last.pt"),
+                                  model_options={**TINY, "width": 4}), tmp_path / "other")
