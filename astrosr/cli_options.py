@@ -52,6 +52,11 @@ PSF_FLAGS = {
     "pixscale": ("--psf-pixscale", "PSF file pixel scale (arcsec/px) [its SECPIX/PIXSCALE card]: resampled to the image's."),
     "image_pixscale": ("--image-pixscale", "Image pixel scale (arcsec/px) when its header has no celestial WCS."),
 }
+#: the PSF flags of a command whose default PSF is measured on each image (deblur: psf auto)
+PSF_MEASURED = {
+    "path": "auto (measured from each image's own stars) or a PSF kernel FITS file [auto].",
+    "fwhm": "State the PSF instead: its FWHM in pixels (Moffat unless --psf-shape).",
+}
 #: what the PSF flags of a command that draws training PSFs (prepare) also take
 PSF_RANGES = {
     "path": " Also a PSF named in the manifest.",
@@ -110,8 +115,10 @@ def click_options(cls: type, *, only: tuple[str, ...] | None = None, exclude: tu
             decorators.append(click.option(_flag(field), field.name, multiple=True, default=None, help=help_text))
         elif dataclasses.is_dataclass(kind):
             ranges = field.metadata.get("ranges", False)
+            measured = getattr(field.default, "shape", None) == "auto"
             for key, (flag, text) in PSF_FLAGS.items():
                 text = text + PSF_RANGES.get(key, "") if ranges else text
+                text = PSF_MEASURED.get(key, text) if measured else text
                 decorators.append(click.option(flag, f"{field.name}__{key}", default=None, help=text))
         else:
             choices = field.metadata.get("choices")
