@@ -308,16 +308,11 @@ def deblur_image(
         raise InputError(f"deblur_image: expected a 2-D image, got shape {image.shape}")
     if not np.isfinite(image).any():
         raise InputError("deblur_image: every pixel is NaN or infinite")
-    from .psf_matching import match_psf, match_psf_grid
+    from .psf_matching import match_psf
 
-    common = dict(target_fwhm=target_fwhm, scale=int(getattr(model, "scale", 1)), header=header, name=name,
-                  ignore_psf_check=ignore_psf_check, model_info=model_info)
-    if psf_grid > 1:
-        if not (isinstance(psf, PSF) and psf.shape == "auto"):
-            raise ConfigError(f"psf_grid: {psf_grid} measures the PSF per region; it needs psf auto, not a stated PSF")
-        match, cells = match_psf_grid(image, psf_grid, **common)
-    else:
-        match, cells = match_psf(image, psf, **common), None
+    match = match_psf(image, psf, target_fwhm=target_fwhm, scale=int(getattr(model, "scale", 1)), header=header,
+                      name=name, ignore_psf_check=ignore_psf_check, model_info=model_info, grid=psf_grid)
+    cells = match.regions or None
     import torch
 
     # posterior draws from a fixed seed (caller's RNG state untouched): same UNCERT on every run

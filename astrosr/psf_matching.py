@@ -40,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .psf import PSF, gaussian_psf, matching_kernel, measure_fwhm, moffat_kernel, moffat_psf
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PSFMatch", "match_psf", "match_psf_grid", "rendered_fwhm", "trained_range", "CHECK_RATIO"]
+__all__ = ["PSFMatch", "match_psf", "rendered_fwhm", "trained_range", "CHECK_RATIO"]
 
 #: a stated PSF is refused when the image's stars measure below this fraction of it
 CHECK_RATIO = 0.9
@@ -77,6 +77,8 @@ class PSFMatch:
         The output PSF's shape (``'moffat'`` or ``'gaussian'``) and beta.
     notes : list of str
         Warnings (a kernel outside the model's training range).
+    regions : list of ((y0, y1, x0, x1), PSFMatch)
+        Per grid region, when measured on a grid (row-major from the lower left).
     """
 
     kernel: np.ndarray
@@ -90,6 +92,7 @@ class PSFMatch:
     output_shape: str | None = None
     output_beta: float | None = None
     notes: list = field(default_factory=list)
+    regions: list = field(default_factory=list)
 
     def cards(self) -> list[tuple[str, Any, str]]:
         """FITS cards: the image's PSF, the kernel removed and the output PSF (photometry tools read these)."""
@@ -182,6 +185,7 @@ def match_psf(
     ignore_psf_check: bool = False,
     model_info: dict | None = None,
     psf_options=None,
+    grid: int = 1,
 ) -> PSFMatch:
     """The kernel a restoration of ``image`` removes, after the checks that refuse an impossible request.
 
@@ -208,6 +212,13 @@ def match_psf(
         The model's checkpoint info: a kernel outside its training range is noted.
     psf_options : PsfOptions, optional
         How ``auto`` measures.
+    grid : int
+        With ``auto``: also measure the PSF per region of a ``grid`` x
+        ``grid`` grid (``regions`` of the result), each matched to the one
+        output PSF (a Moffat of ``target_fwhm`` with the whole image's beta).
+        A region with too few stars takes the whole image's PSF; one already
+        at the output PSF gets a kernel of at least 1.1 x its FWHM (regions
+        are not refused: the image is, by the whole-image check).
 
     Returns
     -------
@@ -222,9 +233,14 @@ def match_psf(
     if isinstance(psf, PSF) and psf.shape == "auto":
         from .psf_measure import measure_psf
 
-        measured = measure_psf(image, psf_options, header=header, name=name)
-        return _match(measured.kernel, measured.fwhm, measured.beta, "moffat", True, "measured", measured.describe(),
-                      measured.n_stars, target_fwhm, scale, name, ignore_psf_check, model_info)
+        measured = measure_psf(image, psf_options, header=header, name=name, grid=grid)
+        described = measured.describe() + (f"; per region of a {grid}x{grid} grid" if grid > 1 else "")
+        match = _match(measured.kernel, measured.fwhm, measured.beta, "moffat", True, "measured", described,
+                       measured.n_stars, target_fwhm, scale, name, ignore_psf_check, model_info)
+        match.regions = [_region(cell, measured, target_fwhm, scale, k) for k, cell in enumerate(measured.grid)]
+        return match
+    if grid > 1:
+        raise ConfigError(f"psf_grid: {grid} measures the PSF per region; it needs psf auto, not a stated PSF")
     from .psf import kernel_and_fwhm
 
     kernel, image_fwhm = kernel_and_fwhm(psf)
@@ -237,52 +253,18 @@ def match_psf(
                   ignore_psf_check, model_info)
 
 
-def match_psf_grid(
-    image: np.ndarray,
-    grid: int,
-    *,
-    target_fwhm: float = 2.0,
-    scale: int = 1,
-    header=None,
-    name: str = "image",
-    ignore_psf_check: bool = False,
-    model_info: dict | None = None,
-    psf_options=None,
-) -> tuple[PSFMatch, list[tuple[tuple[int, int, int, int], PSFMatch]]]:
-    """The measured PSF per region of a ``grid`` x ``grid`` grid, each matched to one output PSF.
-
-    The output PSF is one for the whole image (a Moffat of FWHM
-    ``target_fwhm`` with the whole image's beta); a region with too few
-    stars takes the whole image's PSF; a region whose PSF is already at the
-    output PSF gets a kernel of at least 1.1 x the output's FWHM (a region is
-    not refused: the image is, by the whole-image check).
-
-    Returns
-    -------
-    whole : PSFMatch
-        The whole image's (its cards and HISTORY describe the output).
-    cells : list of ((y0, y1, x0, x1), PSFMatch)
-        Row-major from the lower left.
-    """
-    from .psf_measure import measure_psf
-
-    measured = measure_psf(image, psf_options, header=header, name=name, grid=grid)
-    whole = _match(measured.kernel, measured.fwhm, measured.beta, "moffat", True, "measured", measured.describe()
-                   + f"; per region of a {grid}x{grid} grid", measured.n_stars, target_fwhm, scale, name,
-                   ignore_psf_check, model_info)
-    cells = []
-    for cell in measured.grid:
-        own = cell["n_stars"] > 0
-        fwhm = cell["fwhm"] if own else measured.fwhm
-        if target_fwhm:
-            fwhm = max(fwhm, 1.1 * target_fwhm / scale)
-        kernel = moffat_kernel(fwhm, cell["beta"] if own else measured.beta,
-                               ellipticity=cell["ellipticity"] if own else measured.ellipticity,
-                               angle=cell["angle"] if own else measured.angle, size=measured.kernel.shape[0])
-        match = _match(kernel, fwhm, measured.beta, "moffat", True, "measured", f"region {len(cells)}",
-                       cell["n_stars"], target_fwhm, scale, name, True, None)
-        cells.append(((cell["y0"], cell["y1"], cell["x0"], cell["x1"]), match))
-    return whole, cells
+def _region(cell, measured, target_fwhm, scale, k):
+    """``((y0, y1, x0, x1), PSFMatch)`` of one grid region of a measurement."""
+    own = cell["n_stars"] > 0
+    fwhm = cell["fwhm"] if own else measured.fwhm
+    if target_fwhm:
+        fwhm = max(fwhm, 1.1 * target_fwhm / scale)
+    kernel = moffat_kernel(fwhm, cell["beta"] if own else measured.beta,
+                           ellipticity=cell["ellipticity"] if own else measured.ellipticity,
+                           angle=cell["angle"] if own else measured.angle, size=measured.kernel.shape[0])
+    match = _match(kernel, fwhm, measured.beta, "moffat", True, "measured", f"region {k}", cell["n_stars"],
+                   target_fwhm, scale, "region", True, None)
+    return (cell["y0"], cell["y1"], cell["x0"], cell["x1"]), match
 
 
 def _match(kernel, image_fwhm, beta, shape, integrated, source, described, n_stars, target_fwhm, scale, name,

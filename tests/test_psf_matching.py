@@ -104,10 +104,9 @@ def test_a_psf_grid_restores_each_region_with_its_own_kernel_and_leaves_no_seam(
     from astrosr.deblur import DeblurOptions, deblur_image
     from astrosr.errors import ConfigError
     from astrosr.models import ResVAE
-    from astrosr.psf_matching import match_psf_grid
-
     image = star_field(2.8, 3.0, fwhm_right=5.0, size=384, stars=150, seed=720)
-    whole, cells = match_psf_grid(image, 3)
+    whole = match_psf(image, PSF(shape="auto"), grid=3)
+    cells = whole.regions
     assert len(cells) == 9 and "3x3 grid" in whole.described
     widths = [m.image_fwhm for _, m in cells]
     assert widths[2] > widths[0] + 1.0 and widths[5] > widths[3] + 1.0  # the right column is wider, as simulated
