@@ -332,6 +332,7 @@ def psf_command(images, out_dir, **given):
     from .psf_measure import measure_files
 
     options = from_cli(PsfOptions, given)
+    log_to(level=logging.WARNING)  # an undersampled PSF, regions without enough stars: said, in one line each
     with Bars({"images": "images"}) as bars:
         rows = measure_files(list(images), out_dir, options, progress=bars)
     if len(rows) == 1 and rows[0]["status"] == "failed":

@@ -308,7 +308,7 @@ def deblur_image(
         raise InputError(f"deblur_image: expected a 2-D image, got shape {image.shape}")
     if not np.isfinite(image).any():
         raise InputError("deblur_image: every pixel is NaN or infinite")
-    from .psf_matching import match_psf
+    from .psf_matching import check_output, match_psf
 
     match = match_psf(image, psf, target_fwhm=target_fwhm, scale=int(getattr(model, "scale", 1)), header=header,
                       name=name, ignore_psf_check=ignore_psf_check, model_info=model_info, grid=psf_grid)
@@ -320,13 +320,28 @@ def deblur_image(
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         keys = dict(consistency=consistency, overlap=overlap, samples=samples, device=device)
-        if cells is None:
+        if match.convolve:
+            restored = _convolved(image, match.kernel, scale=int(getattr(model, "scale", 1)))
+        elif cells is None:
             restored = restore_image(image, model, psf_kernel=match.kernel, psf_fwhm=match.kernel_fwhm,
                                      progress=progress, **keys)
         else:
             restored = _restore_regions(image, model, cells, margin=max(2 * overlap, 32), progress=progress, **keys)
     restored.psf = match
+    check_output(image, restored.sr, match, name=name)
     return restored
+
+
+def _convolved(image, kernel, *, scale):
+    """The image convolved to the output PSF (the network is not run): a Restored on its own grid."""
+    from .degrade import convolve_extend, percentile_limits
+    from .restore import Restored
+
+    if scale != 1:
+        raise ConfigError("target_fwhm: a model that adds pixels cannot convolve to an output PSF broader than the image's")
+    sr = np.where(np.isfinite(image), convolve_extend(image, kernel), np.nan).astype(np.float32)
+    lo, hi = percentile_limits(image)
+    return Restored(sr, None, lo, hi)
 
 
 def _restore_regions(image, model, cells, *, margin, progress, **keys):

@@ -219,7 +219,8 @@ def wcs_cards(header: fits.Header) -> fits.Header:
     """
     out = fits.Header()
     for card in header.cards:
-        if WCS_CARD.match(card.keyword):
+        # EPOCH is the deprecated spelling of EQUINOX: carried only where it is the one the image has
+        if WCS_CARD.match(card.keyword) and not (card.keyword == "EPOCH" and "EQUINOX" in header):
             out.append(card, end=True)
     return out
 
@@ -319,6 +320,9 @@ def add_provenance(
         header.append(fits.Card(key, value, comment if len(comment) <= room else ""), end=True)
     if image.plane is not None:
         header["ASRPLANE"] = (image.plane, "plane of the input cube")
+    if any(isinstance(v, str) and len(v) > 68 for v in header.values()):
+        # a long value (a PSF file's path) is written with CONTINUE cards: say which convention
+        header["LONGSTRN"] = ("OGIP 1.0", "CONTINUE cards: the OGIP long string convention")
     for line in (
         f"astrosr {__version__} deblur {now}Z",
         f"input {image.path.name} HDU {image.hdu}" + (f" plane {image.plane}" if image.plane is not None else ""),

@@ -42,15 +42,14 @@ import numpy as np
 
 from .errors import ConfigError, InputError
 from .psf import PSF, gaussian_psf, matching_kernel, measure_fwhm, moffat_kernel, moffat_psf
+from .psf_measure import UNDERSAMPLED_FWHM
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PSFMatch", "match_psf", "rendered_fwhm", "trained_range", "CHECK_RATIO"]
+__all__ = ["PSFMatch", "match_psf", "check_output", "rendered_fwhm", "trained_range", "CHECK_RATIO", "OUTPUT_TOLERANCE"]
 
 #: a stated PSF is refused when the image's stars measure below this fraction of it
 CHECK_RATIO = 0.9
-#: below this FWHM (px) an image is undersampled: sharper needs a finer grid
-UNDERSAMPLED_FWHM = 2.0
 
 
 @dataclass
@@ -79,6 +78,15 @@ class PSFMatch:
         Warnings (a kernel outside the model's training range).
     regions : list of ((y0, y1, x0, x1), PSFMatch)
         Per grid region, when measured on a grid (row-major from the lower left).
+    output_kernel : ndarray or None
+        The declared output PSF drawn on the kernel's grid.
+    stars : dict
+        After :func:`check_output`: the resolution FWHM of the input's stars,
+        of the output at them, and of the declared output PSF drawn at them.
+    convolve : bool
+        The image's PSF is already at or below the output PSF and the check
+        was overridden: ``kernel`` takes the image's PSF to the output PSF and
+        the image is convolved with it (PSF homogenisation), not deblurred.
     """
 
     kernel: np.ndarray
@@ -93,6 +101,9 @@ class PSFMatch:
     output_beta: float | None = None
     notes: list = field(default_factory=list)
     regions: list = field(default_factory=list)
+    output_kernel: np.ndarray | None = None
+    stars: dict = field(default_factory=dict)
+    convolve: bool = False
 
     def cards(self) -> list[tuple[str, Any, str]]:
         """FITS cards: the image's PSF, the kernel removed and the output PSF (photometry tools read these)."""
@@ -102,7 +113,10 @@ class PSFMatch:
             cards.append(("ASRIBETA", round(self.image_beta, 4), "image PSF Moffat beta"))
         if self.source == "measured":
             cards.append(("ASRNSTAR", self.n_stars, "stars the image PSF was measured on"))
-        cards.append(("ASRKFWHM", round(self.kernel_fwhm, 4), "FWHM of the kernel removed, input px"))
+        cards.append(("ASRKFWHM", round(self.kernel_fwhm, 4), "FWHM of the kernel " + (
+            "convolved with, input px" if self.convolve else "removed, input px")))
+        if self.convolve:
+            cards.append(("ASRCONV", True, "convolved to the output PSF, not deblurred"))
         if self.target_fwhm is None:
             cards.append(("PSFSHAPE", "NONE", "no declared output PSF: the image PSF removed"))
         else:
@@ -110,6 +124,10 @@ class PSFMatch:
             cards.append(("PSFFWHM", float(self.target_fwhm), "output PSF FWHM, px of this image"))
             if self.output_beta is not None:
                 cards.append(("PSFBETA", round(self.output_beta, 4), "output PSF Moffat beta"))
+        if self.stars:
+            cards += [("ASRSFWIN", round(self.stars["input"], 3), "input stars' FWHM (Gaussian fit), px"),
+                      ("ASRSFWOU", round(self.stars["output"], 3), "output FWHM at those stars, px"),
+                      ("ASRSFWTG", round(self.stars["declared"], 3), "declared output PSF at those stars, px")]
         return cards
 
     def history(self) -> list[str]:
@@ -237,6 +255,9 @@ def match_psf(
         described = measured.describe() + (f"; per region of a {grid}x{grid} grid" if grid > 1 else "")
         match = _match(measured.kernel, measured.fwhm, measured.beta, "moffat", True, "measured", described,
                        measured.n_stars, target_fwhm, scale, name, ignore_psf_check, model_info)
+        for note in measured.notes:  # not refused: what the measurement found goes into the output's HISTORY
+            match.notes.append(note)
+            log.warning("%s: %s", name, note)
         match.regions = [_region(cell, measured, target_fwhm, scale, k) for k, cell in enumerate(measured.grid)]
         return match
     if grid > 1:
@@ -255,7 +276,7 @@ def match_psf(
 
 def _region(cell, measured, target_fwhm, scale, k):
     """``((y0, y1, x0, x1), PSFMatch)`` of one grid region of a measurement."""
-    own = cell["n_stars"] > 0
+    own = bool(np.isfinite(cell["fwhm"]))
     fwhm = cell["fwhm"] if own else measured.fwhm
     if target_fwhm:
         fwhm = max(fwhm, 1.1 * target_fwhm / scale)
@@ -273,17 +294,27 @@ def _match(kernel, image_fwhm, beta, shape, integrated, source, described, n_sta
     notes = []
     if target_fwhm:
         target_in = target_fwhm / scale
-        if image_fwhm <= target_in and not ignore_psf_check:
-            hint = (f"; at {image_fwhm:.2f} px it is undersampled: sharper needs super-resolution onto a finer grid "
-                    "(an x2 model)" if image_fwhm < UNDERSAMPLED_FWHM else "")
-            raise InputError(f"{name}: its PSF ({source}, FWHM {image_fwhm:.2f} px) is already at or below the output "
-                             f"PSF (FWHM {target_in:.3g} input px): nothing to deblur (target_fwhm below "
-                             f"{image_fwhm * scale:.2f} would sharpen it){hint}")
         out_beta = beta if beta is not None else 3.0
         output = _output_kernel(shape, target_in, out_beta, kernel.shape[0], integrated=integrated)
+        if image_fwhm <= target_in:
+            if not ignore_psf_check:
+                hint = (f"; at {image_fwhm:.2f} px it is undersampled: sharper needs super-resolution onto a finer "
+                        "grid (an x2 model)" if image_fwhm < UNDERSAMPLED_FWHM else "")
+                raise InputError(f"{name}: its PSF ({source}, FWHM {image_fwhm:.2f} px) is already at or below the "
+                                 f"output PSF (FWHM {target_in:.3g} input px): nothing to deblur (target_fwhm below "
+                                 f"{image_fwhm * scale:.2f} would sharpen it){hint}")
+            # overridden: deconvolving to a broader PSF is no restoration; convolve to it (PSF homogenisation)
+            to_output = matching_kernel(output, kernel)
+            notes.append(f"its PSF (FWHM {image_fwhm:.2f} px) is at or below the output PSF ({target_in:.3g} px): "
+                         "convolved to the output PSF, not deblurred")
+            log.warning("%s: %s", name, notes[-1])
+            return PSFMatch(to_output, measure_fwhm(np.clip(to_output, 0.0, None)), image_fwhm, beta, source,
+                            described, n_stars, float(target_fwhm), shape, out_beta if shape == "moffat" else None,
+                            notes, output_kernel=output, convolve=True)
         removed = matching_kernel(kernel, output)
         match = PSFMatch(removed, measure_fwhm(np.clip(removed, 0.0, None)), image_fwhm, beta, source, described,
-                         n_stars, float(target_fwhm), shape, out_beta if shape == "moffat" else None, notes)
+                         n_stars, float(target_fwhm), shape, out_beta if shape == "moffat" else None, notes,
+                         output_kernel=output)
     else:
         match = PSFMatch(kernel, measure_fwhm(kernel), image_fwhm, beta, source, described, n_stars, notes=notes)
     span = trained_range(model_info)
@@ -294,6 +325,41 @@ def _match(kernel, image_fwhm, beta, shape, integrated, source, described, n_sta
     return match
 
 
+#: the output's stars may differ from the declared output PSF drawn at them by this much before deblur says so
+OUTPUT_TOLERANCE = 0.15
+
+
+def check_output(image: np.ndarray, restored: np.ndarray, match: PSFMatch, *, name: str = "image") -> None:
+    """Measure the restoration's stars against the declared output PSF; a note when it falls short.
+
+    At the input's resolution stars (:mod:`astrosr.stars`; fewer than 5: no
+    check), the resolution FWHM of the input, of ``restored`` and of the
+    declared output PSF drawn at the same stars go into ``match.stars`` (and
+    its cards); when the output's differs from the declared one by more than
+    :data:`OUTPUT_TOLERANCE`, a note (a warning line and a HISTORY line) says
+    by how much, so a header never declares a PSF its stars do not have
+    without saying so. Images on the input's pixel grid only.
+    """
+    from .stars import resolution_stars, star_fwhm
+
+    if match.target_fwhm is None or match.output_kernel is None or restored.shape != image.shape:
+        return
+    stars = resolution_stars(image)
+    if len(stars) == 0:
+        return
+    values = {"input": star_fwhm(image, stars), "output": star_fwhm(restored, stars),
+              "declared": rendered_fwhm(match.output_kernel, stars)}
+    if any(v is None for v in values.values()):
+        return
+    match.stars = values
+    ratio = values["output"] / values["declared"]
+    if abs(ratio - 1.0) > OUTPUT_TOLERANCE:
+        match.notes.append(f"its stars come out at {values['output']:.2f} px FWHM (from {values['input']:.2f}), "
+                           f"the declared output PSF at {values['declared']:.2f} px at the same stars ({ratio:.2f} x): "
+                           f"the restoration {'falls short of' if ratio > 1 else 'overshoots'} the declared PSF")
+        log.warning("%s: %s", name, match.notes[-1])
+
+
 def _check_stated(image, kernel, name):
     from .stars import resolution_stars, star_fwhm
 
@@ -302,6 +368,7 @@ def _check_stated(image, kernel, name):
         return  # no resolution stars: nothing to check the stated PSF against
     observed, stated = star_fwhm(image, stars), rendered_fwhm(kernel, stars)
     if observed is not None and stated is not None and observed < CHECK_RATIO * stated:
-        raise InputError(f"{name}: its stars measure {observed:.2f} px FWHM, narrower than the stated PSF's {stated:.2f} "
-                         f"px drawn at the same stars (below {CHECK_RATIO:g} x): that PSF cannot have blurred this "
-                         "image; state its own PSF, measure it (psf auto), or ignore_psf_check=True")
+        raise InputError(f"{name}: its stars measure {observed:.2f} px FWHM by a Gaussian fit, narrower than the "
+                         f"{stated:.2f} px of the stated PSF drawn and fitted at the same stars (below {CHECK_RATIO:g} x): "
+                         "that PSF cannot have blurred this image; state its own PSF, measure it (psf auto), or "
+                         "ignore_psf_check=True")

@@ -55,6 +55,8 @@ __all__ = ["PsfOptions", "MeasuredPSF", "measure_psf", "write_psf", "psf_file", 
 _NEIGHBOUR_SIGMA = 5.0
 _SATURATION_FRACTION = 0.9
 _FLAT_TOP = 0.9
+#: below this FWHM (px) a PSF is undersampled: the pixel grid does not carry its shape
+UNDERSAMPLED_FWHM = 2.0
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,10 @@ class MeasuredPSF:
         when it was built.
     grid : list of dict
         Per region of the grid (row-major from the lower left): ``y0, y1, x0,
-        x1, fwhm, beta, ellipticity, angle, n_stars`` (NaN and 0 where the
-        region has too few stars).
+        x1, fwhm, beta, ellipticity, angle, n_stars`` (NaN where the region
+        has fewer than ``min_stars``; ``n_stars`` its usable stars either way).
+    notes : list of str
+        Warnings: an undersampled PSF, regions with too few stars.
     """
 
     kernel: np.ndarray
@@ -137,6 +141,7 @@ class MeasuredPSF:
     fwhms: np.ndarray
     epsf: np.ndarray | None = None
     grid: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     def describe(self) -> str:
         """One line for logs and FITS HISTORY.
@@ -371,9 +376,13 @@ def measure_psf(image: np.ndarray, options: PsfOptions | None = None, *, header=
     epsf = _epsf(data, positions, half, size) if o.method == "epsf" or with_epsf else None
     if o.method == "epsf" and epsf is None:
         raise InputError(f"{name}: the empirical PSF of {len(fits_)} stars has no positive sum")
-    grid = []
+    grid, notes = [], []
     if o.grid > 1:
         ny, nx = raw.shape
+        need = 4 * (2 * half + 1)
+        if min(ny, nx) / o.grid < need:
+            raise InputError(f"{name}: grid {o.grid} makes regions of {min(ny, nx) / o.grid:.0f} px; each needs at "
+                             f"least {need} px (4 star stamps of {2 * half + 1} px)")
         ys, xs = np.linspace(0, ny, o.grid + 1).astype(int), np.linspace(0, nx, o.grid + 1).astype(int)
         for j in range(o.grid):
             for i in range(o.grid):
@@ -381,11 +390,18 @@ def measure_psf(image: np.ndarray, options: PsfOptions | None = None, *, header=
                 cell = _kept([f for f in every if x0 <= f["px"] < x1 and y0 <= f["py"] < y1], o.max_stars)
                 enough = len(cell) >= o.min_stars
                 values = _combine(cell) if enough else dict.fromkeys(params, float("nan"))
-                grid.append({"y0": y0, "y1": y1, "x0": x0, "x1": x1, **values, "n_stars": len(cell) if enough else 0})
+                grid.append({"y0": y0, "y1": y1, "x0": x0, "x1": x1, **values, "n_stars": len(cell)})
+        short = sum(1 for c in grid if c["n_stars"] < o.min_stars)
+        if short:
+            notes.append(f"{short} of {len(grid)} regions have fewer than {o.min_stars} usable stars: no figure of "
+                         "their own (deblur gives them the whole image's PSF)")
     result = MeasuredPSF(kernel=epsf if o.method == "epsf" else moffat, method=o.method, n_stars=len(fits_),
                          positions=positions, fwhms=np.array([f["fwhm"] for f in fits_]), epsf=epsf, grid=grid,
-                         **params)
+                         notes=notes, **params)
     log.info("%s: %s", name, result.describe())
+    if result.fwhm < UNDERSAMPLED_FWHM:
+        result.notes.append(f"PSF FWHM {result.fwhm:.2f} px: undersampled (below {UNDERSAMPLED_FWHM:g} px), so its "
+                            "shape is poorly constrained; a sharper image needs super-resolution onto a finer grid")
     return result
 
 
@@ -531,6 +547,8 @@ def measure_files(paths: list[str | Path], out_dir: str | Path, options: PsfOpti
             check_output(out, overwrite=o.overwrite)
             image = read_image(path, hdu=o.hdu, plane=o.plane, min_size=16)
             psf = measure_psf(image.data, o, header=image.header, name=str(path), with_epsf=True)
+            for note in psf.notes:
+                log.warning("%s: %s", path, note)
             write_psf(psf, out, source=str(path), overwrite=o.overwrite)
             plot_psf(psf, image.data, out.with_suffix(".png"), title=f"{Path(path).name}: {psf.describe()}")
             row.update(status="done", kernel=str(out), fwhm=psf.fwhm, beta=psf.beta, ellipticity=psf.ellipticity,
