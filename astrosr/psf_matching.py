@@ -83,6 +83,8 @@ class PSFMatch:
     stars : dict
         After :func:`check_output`: the resolution FWHM of the input's stars,
         of the output at them, and of the declared output PSF drawn at them.
+    resolution : tuple
+        ``(positions, fwhm)`` of the input's resolution stars, once found.
     convolve : bool
         The image's PSF is already at or below the output PSF and the check
         was overridden: ``kernel`` takes the image's PSF to the output PSF and
@@ -104,6 +106,7 @@ class PSFMatch:
     output_kernel: np.ndarray | None = None
     stars: dict = field(default_factory=dict)
     convolve: bool = False
+    resolution: tuple = ()
 
     def cards(self) -> list[tuple[str, Any, str]]:
         """FITS cards: the image's PSF, the kernel removed and the output PSF (photometry tools read these)."""
@@ -255,6 +258,7 @@ def match_psf(
         described = measured.describe() + (f"; per region of a {grid}x{grid} grid" if grid > 1 else "")
         match = _match(measured.kernel, measured.fwhm, measured.beta, "moffat", True, "measured", described,
                        measured.n_stars, target_fwhm, scale, name, ignore_psf_check, model_info)
+        match.resolution = measured.resolution
         for note in measured.notes:  # not refused: what the measurement found goes into the output's HISTORY
             match.notes.append(note)
             log.warning("%s: %s", name, note)
@@ -268,10 +272,11 @@ def match_psf(
     shape = psf.shape if isinstance(psf, PSF) and psf.shape in ("moffat", "gaussian") else "moffat"
     beta = float(psf.beta) if isinstance(psf, PSF) and psf.shape == "moffat" else None
     described = psf.describe() if isinstance(psf, PSF) else f"kernel {kernel.shape[0]}x{kernel.shape[1]}"
-    if not ignore_psf_check:
-        _check_stated(image, kernel, name)
-    return _match(kernel, image_fwhm, beta, shape, False, "stated", described, 0, target_fwhm, scale, name,
-                  ignore_psf_check, model_info)
+    resolution = () if ignore_psf_check else _check_stated(image, kernel, name)
+    match = _match(kernel, image_fwhm, beta, shape, False, "stated", described, 0, target_fwhm, scale, name,
+                   ignore_psf_check, model_info)
+    match.resolution = resolution
+    return match
 
 
 def _region(cell, measured, target_fwhm, scale, k):
@@ -344,10 +349,10 @@ def check_output(image: np.ndarray, restored: np.ndarray, match: PSFMatch, *, na
 
     if match.target_fwhm is None or match.output_kernel is None or restored.shape != image.shape:
         return
-    stars = resolution_stars(image)
+    stars, observed = match.resolution or (resolution_stars(image), None)  # found once, by the earlier checks
     if len(stars) == 0:
         return
-    values = {"input": star_fwhm(image, stars), "output": star_fwhm(restored, stars),
+    values = {"input": observed or star_fwhm(image, stars), "output": star_fwhm(restored, stars),
               "declared": rendered_fwhm(match.output_kernel, stars)}
     if any(v is None for v in values.values()):
         return
@@ -365,10 +370,11 @@ def _check_stated(image, kernel, name):
 
     stars = resolution_stars(image)
     if len(stars) == 0:
-        return  # no resolution stars: nothing to check the stated PSF against
+        return stars, None  # no resolution stars: nothing to check the stated PSF against
     observed, stated = star_fwhm(image, stars), rendered_fwhm(kernel, stars)
     if observed is not None and stated is not None and observed < CHECK_RATIO * stated:
         raise InputError(f"{name}: its stars measure {observed:.2f} px FWHM by a Gaussian fit, narrower than the "
                          f"{stated:.2f} px of the stated PSF drawn and fitted at the same stars (below {CHECK_RATIO:g} x): "
                          "that PSF cannot have blurred this image; state its own PSF, measure it (psf auto), or "
                          "ignore_psf_check=True")
+    return stars, observed

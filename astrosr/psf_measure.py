@@ -128,6 +128,8 @@ class MeasuredPSF:
         has fewer than ``min_stars``; ``n_stars`` its usable stars either way).
     notes : list of str
         Warnings: an undersampled PSF, regions with too few stars.
+    resolution : tuple
+        ``(positions, fwhm)`` of the image's resolution stars (:mod:`astrosr.stars`), for the checks that follow.
     """
 
     kernel: np.ndarray
@@ -142,6 +144,7 @@ class MeasuredPSF:
     epsf: np.ndarray | None = None
     grid: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    resolution: tuple = ()
 
     def describe(self) -> str:
         """One line for logs and FITS HISTORY.
@@ -201,9 +204,10 @@ def _saturation_level(header, options):
 
 
 def _first_fwhm(image):
+    """``(fwhm, stars)``: the resolution figure and its stars (an FWHM of 3 px without them)."""
     stars = resolution_stars(image)
     value = star_fwhm(image, stars) if len(stars) else None
-    return float(value) if value else 3.0
+    return (float(value) if value else 3.0), (stars, value)
 
 
 def _candidates(data, std, fwhm, threshold):
@@ -361,7 +365,7 @@ def measure_psf(image: np.ndarray, options: PsfOptions | None = None, *, header=
     if not std > 0:
         raise InputError(f"{name}: no background noise to measure stars against (std 0)")
     data = raw - median
-    fwhm0 = _first_fwhm(raw)
+    fwhm0, resolution = _first_fwhm(raw)
     saturation = _saturation_level(header, o)
     # one fit per star: the whole image takes the brightest, each grid region its own
     every, half, detail = _select(data, raw, std, fwhm0, o, saturation, cap=max(o.max_stars, 15 * o.grid**2))
@@ -397,7 +401,7 @@ def measure_psf(image: np.ndarray, options: PsfOptions | None = None, *, header=
                          "their own (deblur gives them the whole image's PSF)")
     result = MeasuredPSF(kernel=epsf if o.method == "epsf" else moffat, method=o.method, n_stars=len(fits_),
                          positions=positions, fwhms=np.array([f["fwhm"] for f in fits_]), epsf=epsf, grid=grid,
-                         notes=notes, **params)
+                         notes=notes, resolution=resolution, **params)
     log.info("%s: %s", name, result.describe())
     if result.fwhm < UNDERSAMPLED_FWHM:
         result.notes.append(f"PSF FWHM {result.fwhm:.2f} px: undersampled (below {UNDERSAMPLED_FWHM:g} px), so its "
