@@ -359,9 +359,11 @@ def check_output(image: np.ndarray, restored: np.ndarray, match: PSFMatch, *, na
     match.stars = values
     ratio = values["output"] / values["declared"]
     if abs(ratio - 1.0) > OUTPUT_TOLERANCE:
+        wider = values["output"] > values["input"]
         match.notes.append(f"its stars come out at {values['output']:.2f} px FWHM (from {values['input']:.2f}), "
                            f"the declared output PSF at {values['declared']:.2f} px at the same stars ({ratio:.2f} x): "
-                           f"the restoration {'falls short of' if ratio > 1 else 'overshoots'} the declared PSF")
+                           + ("WIDER than they went in: do not use this restoration for its stars" if wider else
+                              f"the restoration {'falls short of' if ratio > 1 else 'overshoots'} the declared PSF"))
         log.warning("%s: %s", name, match.notes[-1])
 
 

@@ -159,3 +159,14 @@ def test_the_output_is_checked_against_the_declared_psf_and_a_broader_target_is_
     broad = deblur_image(image, ResVAE(), target_fwhm=5.0, ignore_psf_check=True)
     assert broad.psf.convolve and broad.psf.stars["output"] == pytest.approx(broad.psf.stars["declared"], rel=0.03)
     assert "convolved to the output PSF, not deblurred" in broad.psf.notes[0]
+
+
+def test_an_output_with_wider_stars_than_the_input_is_said_plainly():
+    from astrosr.degrade import convolve_extend
+    from astrosr.psf import gaussian_psf
+    from astrosr.psf_matching import check_output
+
+    image = star_field(3.5, 3.0, size=256, stars=60, seed=716)
+    match = match_psf(image, PSF(shape="auto"), target_fwhm=2.0)
+    check_output(image, convolve_extend(image, gaussian_psf(2.0, size=15)), match)
+    assert match.stars["output"] > match.stars["input"] and "WIDER than they went in" in match.notes[-1]
