@@ -1,5 +1,8 @@
 """The kernel a restoration removes: the image's PSF (measured or stated) to a declared output PSF.
 
+Kept together as one module: the kernel, the checks before deblurring and the check of the
+output after it all speak of one output PSF.
+
 A deblurred image has a known PSF, the output PSF: a Moffat of FWHM
 ``target_fwhm`` (output pixels) with the image's own beta, following the
 correct-sampling principle (Magain, Courbin & Sohy 1998, ApJ 494, 472):
