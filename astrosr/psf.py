@@ -40,6 +40,7 @@ __all__ = [
     "PSF",
     "BENCH_V1_PSF",
     "moffat_kernel",
+    "kernel_side",
     "pixel_moffat",
     "matching_kernel",
     "fwhm_of_gamma",
@@ -86,8 +87,7 @@ def moffat_psf(fwhm: float = 4.0, *, beta: float = 3.0, size: int = 41) -> np.nd
         raise ConfigError(f"psf fwhm must be > 0, got {fwhm}")
     if not beta > 1:
         raise ConfigError(f"psf beta must be > 1, got {beta}")
-    gamma = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
-    kernel = (1.0 + (_grid(size) / gamma) ** 2) ** (-beta)
+    kernel = (1.0 + (_grid(size) / gamma_of_fwhm(fwhm, beta)) ** 2) ** (-beta)
     return kernel / kernel.sum()
 
 
@@ -137,12 +137,23 @@ def pixel_moffat(x, y, amplitude, x_0, y_0, gamma, q, theta, beta, subpixels=SUB
 
 def fwhm_of_gamma(gamma: float, beta: float) -> float:
     """A Moffat's FWHM from its core width ``gamma`` and power index ``beta``."""
-    return 2.0 * gamma * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
+    return 2.0 * gamma * np.sqrt(2.0 ** (1.0 / beta) - 1.0)
 
 
 def gamma_of_fwhm(fwhm: float, beta: float) -> float:
     """A Moffat's core width ``gamma`` from its FWHM and power index ``beta``."""
-    return fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    return fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+def kernel_side(fwhm: float) -> int:
+    """The odd side of a kernel drawn for a PSF of ``fwhm`` px: about 8 FWHM, 15 to 81 px.
+
+    Examples
+    --------
+    >>> kernel_side(3.0), kernel_side(1.0), kernel_side(30.0)
+    (25, 15, 81)
+    """
+    return int(min(81, max(15, 2 * math.ceil(4 * fwhm) + 1)))
 
 
 def moffat_kernel(fwhm: float, beta: float, *, ellipticity: float = 0.0, angle: float = 0.0,
@@ -150,7 +161,7 @@ def moffat_kernel(fwhm: float, beta: float, *, ellipticity: float = 0.0, angle: 
     """A pixel-integrated elliptical Moffat kernel (odd side, unit sum): what the fit measures.
 
     ``fwhm`` is the geometric mean of the two axes' FWHM; ``angle`` in
-    degrees from +x. ``size`` defaults to about 8 FWHM (15 to 81 px).
+    degrees from +x. ``size`` defaults to :func:`kernel_side`.
 
     Examples
     --------
@@ -158,7 +169,7 @@ def moffat_kernel(fwhm: float, beta: float, *, ellipticity: float = 0.0, angle: 
     >>> k.shape, round(float(k.sum()), 6)
     ((25, 25), 1.0)
     """
-    size = size or int(min(81, max(15, 2 * math.ceil(4 * fwhm) + 1)))
+    size = size or kernel_side(fwhm)
     half = size // 2
     y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
     kernel = pixel_moffat(x, y, 1.0, 0.0, 0.0, gamma_of_fwhm(fwhm, beta), 1.0 - ellipticity, math.radians(angle), beta)

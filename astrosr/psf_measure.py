@@ -45,8 +45,8 @@ import numpy as np
 
 from .config import check_options, option, replace
 from .errors import InputError
-from .psf import SUBPIXELS, fwhm_of_gamma, moffat_kernel, pixel_moffat
-from .stars import background, resolution_stars, star_fwhm
+from .psf import SUBPIXELS, fwhm_of_gamma, kernel_side, moffat_kernel, pixel_moffat
+from .stars import background, nearest_distance, resolution_stars, star_fwhm
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +303,7 @@ def _select(data, raw, std, fwhm0, options, saturation, *, cap):
     half = int(min(40, max(5, math.ceil(2.5 * fwhm0))))
     isolation = options.isolation or max(6.0, 3.0 * fwhm0)
     x, y, peak = _candidates(data, std, fwhm0, options.threshold)
-    if len(x) > 1:
-        distance = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
-        np.fill_diagonal(distance, np.inf)
-        isolated = distance.min(axis=1) > isolation
-    else:
-        isolated = np.ones(len(x), bool)
+    isolated = nearest_distance(x, y) > isolation
     ny, nx = data.shape
     margin = half + 1
     keep = isolated & (x >= margin) & (x < nx - margin) & (y >= margin) & (y < ny - margin)
@@ -374,7 +369,7 @@ def measure_psf(image: np.ndarray, options: PsfOptions | None = None, *, header=
         raise InputError(f"{name}: {len(fits_)} usable PSF star(s), {o.min_stars} needed: {detail}")
     params = _combine(fits_)
     positions = np.array([(f["px"], f["py"]) for f in fits_])
-    size = int(min(81, max(15, 2 * math.ceil(4 * params["fwhm"]) + 1)))
+    size = kernel_side(params["fwhm"])
     moffat = moffat_kernel(params["fwhm"], params["beta"], ellipticity=params["ellipticity"], angle=params["angle"],
                            size=size)
     epsf = _epsf(data, positions, half, size) if o.method == "epsf" or with_epsf else None

@@ -37,7 +37,7 @@ import numpy as np
 from . import __version__
 from .config import check_options, option, replace
 from .progress import ProgressCallback, report
-from .psf import moffat_psf
+from .psf import gamma_of_fwhm, moffat_psf
 from .errors import ConfigError, InputError
 from .files import atomic_path, make_dir
 
@@ -142,7 +142,7 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
     beta = float(rng.uniform(2.5, 4.5))
     fwhm = float(psf_fwhm) if psf_fwhm is not None else fwhm
     beta = float(psf_beta) if psf_beta is not None else beta
-    gamma = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    gamma = gamma_of_fwhm(fwhm, beta)
 
     galaxies = [_galaxy(rng, size, noise, main=True)]
     galaxies += [_galaxy(rng, size, noise, main=False) for _ in range(int(rng.integers(2, 9)))]
@@ -375,7 +375,7 @@ def star_field(fwhm: float = 3.0, beta: float = 3.0, *, ellipticity: float = 0.0
     for _ in range(stars):
         cx, cy = rng.uniform(half, size - 1 - half, 2)
         here = fwhm if fwhm_right is None else fwhm + (fwhm_right - fwhm) * cx / size
-        gamma = here / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+        gamma = gamma_of_fwhm(here, beta)
         ix, iy = int(round(cx)), int(round(cy))
         v, u = np.meshgrid(sub - (cy - iy), sub - (cx - ix), indexing="ij")
         major, minor = u * np.cos(theta) + v * np.sin(theta), -u * np.sin(theta) + v * np.cos(theta)

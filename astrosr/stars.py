@@ -33,7 +33,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["GAUSSIAN_FWHM", "resolution_stars", "star_fwhm", "star_fwhms", "background", "flux_ratio", "deepest_ring"]
+__all__ = ["GAUSSIAN_FWHM", "nearest_distance", "resolution_stars", "star_fwhm", "star_fwhms", "background", "flux_ratio", "deepest_ring"]
 
 #: FWHM / sigma of a Gaussian
 GAUSSIAN_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -61,15 +61,26 @@ def background(image: np.ndarray) -> tuple[float, float]:
     return float(median), float(std)
 
 
+def nearest_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each source's distance (px) to its nearest other source; infinite for a lone source.
+
+    Examples
+    --------
+    >>> nearest_distance(np.array([0.0, 3.0, 10.0]), np.array([0.0, 4.0, 4.0])).tolist()
+    [5.0, 5.0, 7.0]
+    """
+    if len(x) < 2:
+        return np.full(len(x), np.inf)
+    distance = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    np.fill_diagonal(distance, np.inf)
+    return distance.min(axis=1)
+
+
 def _isolated(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], radius: float) -> np.ndarray:
     """Sources farther than ``radius`` from every other source and from the edges."""
     ny, nx = shape
     inside = (x > radius) & (x < nx - 1 - radius) & (y > radius) & (y < ny - 1 - radius)
-    if len(x) < 2:
-        return inside
-    distance = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
-    np.fill_diagonal(distance, np.inf)
-    return inside & (distance.min(axis=1) > radius)
+    return inside & (nearest_distance(x, y) > radius)
 
 
 def resolution_stars(ref: np.ndarray) -> np.ndarray:

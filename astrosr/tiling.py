@@ -26,7 +26,8 @@ import numpy as np
 from .errors import ConfigError
 from .progress import report
 
-__all__ = ["grid_origins", "nan_free", "extract_tiles", "cover_origins", "blend_weights", "fit_tile", "map_tiles"]
+__all__ = ["grid_origins", "nan_free", "extract_tiles", "cover_origins", "edge_ramp", "blend_weights", "fit_tile",
+           "map_tiles"]
 
 
 def _pair(tile):
@@ -164,13 +165,30 @@ def fit_tile(n: int, max_tile: int, overlap: int, *, multiple: int = 16) -> int:
     return min(n, max_tile, -(-side // multiple) * multiple)
 
 
-def _ramp(n, overlap):
+def edge_ramp(n: int, rise: int, fall: int) -> np.ndarray:
+    """1-D blend weights: a sin^2 rise over the first ``rise`` px, 1, a cos^2 fall over the last ``fall`` px.
+
+    Where one window falls over ``k`` px and the next rises over the same ``k`` px, the two sum to 1.
+
+    Examples
+    --------
+    >>> w = edge_ramp(8, 2, 0)
+    >>> bool(w[0] > 0), float(w[-1]), bool(np.allclose(edge_ramp(4, 0, 4) + edge_ramp(4, 4, 0), 1.0))
+    (True, 1.0, True)
+    """
+    def up(k):
+        return np.sin(0.5 * np.pi * (np.arange(k) + 0.5) / k) ** 2
+
     ramp = np.ones(n)
-    if overlap > 0:
-        rise = np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
-        ramp[:overlap] = rise
-        ramp[-overlap:] = np.minimum(ramp[-overlap:], rise[::-1])
+    if rise > 0:
+        ramp[:rise] = up(rise)
+    if fall > 0:
+        ramp[-fall:] = np.minimum(ramp[-fall:], up(fall)[::-1])
     return ramp
+
+
+def _ramp(n, overlap):
+    return edge_ramp(n, overlap, overlap)
 
 
 def blend_weights(tile: int | tuple[int, int] = 128, overlap: int = 32) -> np.ndarray:
