@@ -42,6 +42,7 @@ from .config import check_device, check_options, option, replace
 from .errors import AstrosrError, ConfigError, InputError
 from .progress import ProgressCallback
 from .psf import PSF
+from .psf_matching import check_grid
 
 #: deblur's default PSF: measured from each image's own stars
 AUTO_PSF = PSF(shape="auto")
@@ -147,8 +148,7 @@ class DeblurOptions:
     def __post_init__(self):
         check_options(self)
         check_device(self.device)
-        if self.psf_grid > 1 and self.psf.shape != "auto":
-            raise ConfigError(f"psf_grid: {self.psf_grid} measures the PSF per region; it needs psf auto, not a stated PSF")
+        check_grid(self.psf_grid, self.psf)
         if self.psf.ranged:
             key = self.psf.ranged_key()
             raise ConfigError(f"psf.{key}: {getattr(self.psf, key)} is a range; an image has one PSF (ranges are for prepare)")
@@ -310,8 +310,9 @@ def deblur_image(
         raise InputError("deblur_image: every pixel is NaN or infinite")
     from .psf_matching import check_output, match_psf
 
-    match = match_psf(image, psf, target_fwhm=target_fwhm, scale=int(getattr(model, "scale", 1)), header=header,
-                      name=name, ignore_psf_check=ignore_psf_check, model_info=model_info, grid=psf_grid)
+    scale = int(getattr(model, "scale", 1))
+    match = match_psf(image, psf, target_fwhm=target_fwhm, scale=scale, header=header, name=name,
+                      ignore_psf_check=ignore_psf_check, model_info=model_info, grid=psf_grid)
     cells = match.regions or None
     import torch
 
@@ -321,12 +322,13 @@ def deblur_image(
         torch.manual_seed(seed)
         keys = dict(consistency=consistency, overlap=overlap, samples=samples, device=device)
         if match.convolve:
-            restored = _convolved(image, match.kernel, scale=int(getattr(model, "scale", 1)))
+            restored = _convolved(image, match.kernel, scale=scale)
         elif cells is None:
             restored = restore_image(image, model, psf_kernel=match.kernel, psf_fwhm=match.kernel_fwhm,
                                      progress=progress, **keys)
         else:
-            restored = _restore_regions(image, model, cells, margin=max(2 * overlap, 32), progress=progress, **keys)
+            restored = _restore_regions(image, model, cells, scale=scale, margin=max(2 * overlap, 32),
+                                        progress=progress, **keys)
     restored.psf = match
     check_output(image, restored.sr, match, name=name)
     return restored
@@ -344,35 +346,27 @@ def _convolved(image, kernel, *, scale):
     return Restored(sr, None, lo, hi)
 
 
-def _restore_regions(image, model, cells, *, margin, progress, **keys):
+def _restore_regions(image, model, cells, *, scale, margin, progress, **keys):
     """Restore each grid region with its own kernel, over a window ``margin`` px wider, and blend the windows.
 
     Across each border between regions the two windows overlap by 2 x ``margin``: one weight rises
-    as sin^2 while the other falls as cos^2, so the weights sum to 1 and no seam shows.
+    while the other falls (:func:`astrosr.tiling.edge_ramp`), so the weights sum to 1 and no seam shows.
     """
     from .degrade import percentile_limits
     from .restore import Restored, restore_image
+    from .tiling import edge_ramp
 
-    scale = int(getattr(model, "scale", 1))
     ny, nx = image.shape
     total = np.zeros((ny * scale, nx * scale))
     weight = np.zeros_like(total)
     uncert = np.zeros_like(total) if keys["samples"] else None
 
-    def ramp(n, rise, fall):
-        w = np.ones(n)
-        if rise:
-            w[:rise] = np.sin(0.5 * np.pi * (np.arange(rise) + 0.5) / rise) ** 2
-        if fall:
-            w[n - fall :] = np.minimum(w[n - fall :], np.cos(0.5 * np.pi * (np.arange(fall) + 0.5) / fall) ** 2)
-        return w
-
     for k, ((y0, y1, x0, x1), match) in enumerate(cells):
         wy0, wy1, wx0, wx1 = max(0, y0 - margin), min(ny, y1 + margin), max(0, x0 - margin), min(nx, x1 + margin)
         part = restore_image(image[wy0:wy1, wx0:wx1], model, psf_kernel=match.kernel, psf_fwhm=match.kernel_fwhm,
                              **keys)
-        w = np.outer(ramp((wy1 - wy0) * scale, 2 * (y0 - wy0) * scale, 2 * (wy1 - y1) * scale),
-                     ramp((wx1 - wx0) * scale, 2 * (x0 - wx0) * scale, 2 * (wx1 - x1) * scale))
+        w = np.outer(edge_ramp((wy1 - wy0) * scale, 2 * (y0 - wy0) * scale, 2 * (wy1 - y1) * scale),
+                     edge_ramp((wx1 - wx0) * scale, 2 * (x0 - wx0) * scale, 2 * (wx1 - x1) * scale))
         window = (slice(wy0 * scale, wy1 * scale), slice(wx0 * scale, wx1 * scale))
         total[window] += w * np.nan_to_num(part.sr)
         weight[window] += w

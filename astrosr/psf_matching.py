@@ -49,7 +49,7 @@ from .psf_measure import UNDERSAMPLED_FWHM
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PSFMatch", "match_psf", "check_output", "rendered_fwhm", "trained_range", "CHECK_RATIO", "OUTPUT_TOLERANCE"]
+__all__ = ["PSFMatch", "match_psf", "check_grid", "check_output", "rendered_fwhm", "trained_range", "CHECK_RATIO", "OUTPUT_TOLERANCE"]
 
 #: a stated PSF is refused when the image's stars measure below this fraction of it
 CHECK_RATIO = 0.9
@@ -198,6 +198,12 @@ def _output_kernel(shape, fwhm, beta, size, *, integrated):
     return moffat_kernel(fwhm, beta, size=size) if integrated else moffat_psf(fwhm, beta=beta, size=size)
 
 
+def check_grid(grid: int, psf: PSF | np.ndarray) -> None:
+    """A PSF grid measures the PSF per region, so it needs ``psf`` auto: otherwise a ConfigError."""
+    if grid > 1 and not (isinstance(psf, PSF) and psf.shape == "auto"):
+        raise ConfigError(f"psf_grid: {grid} measures the PSF per region; it needs psf auto, not a stated PSF")
+
+
 def match_psf(
     image: np.ndarray,
     psf: PSF | np.ndarray,
@@ -267,8 +273,7 @@ def match_psf(
             log.warning("%s: %s", name, note)
         match.regions = [_region(cell, measured, target_fwhm, scale, k) for k, cell in enumerate(measured.grid)]
         return match
-    if grid > 1:
-        raise ConfigError(f"psf_grid: {grid} measures the PSF per region; it needs psf auto, not a stated PSF")
+    check_grid(grid, psf)
     from .psf import kernel_and_fwhm
 
     kernel, image_fwhm = kernel_and_fwhm(psf)

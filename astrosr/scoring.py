@@ -465,7 +465,7 @@ def score_image(
         seconds[method] = secs
         calibration[method] = None if sigma is None else calibration_counts(ref, image, sigma)
     scores = {m: metrics.score(ref, img) for m, img in images.items()}
-    stars = resolution_stars(np.where(np.isfinite(ref.ori), ref.ori, np.nan))
+    stars = resolution_stars(ref.ori)
     sharpness = {m: star_fwhm(img, stars) for m, img in {"ORI": ref.ori, **images}.items()}
     names = list(images)
     sr = next((m for m in names if m.startswith("SR ")), None)
