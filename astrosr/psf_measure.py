@@ -34,6 +34,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -158,9 +159,10 @@ class MeasuredPSF:
                 f"from {self.n_stars} stars" + (" (ePSF kernel)" if self.method == "epsf" else ""))
 
 
-def _fit_star(stamp, half, *, subpixels=SUBPIXELS):
-    """Moffat parameters of one stamp (``data - background``), plus whether its core looks flat-topped."""
-    from astropy.modeling import Fittable2DModel, Parameter, fitting
+@functools.lru_cache(maxsize=None)
+def _pixel_moffat_model(subpixels: int):
+    """The astropy model the stars are fitted with, built once per sampling (astropy on first use)."""
+    from astropy.modeling import Fittable2DModel, Parameter
 
     class PixelMoffat(Fittable2DModel):
         amplitude = Parameter(default=1.0)
@@ -176,6 +178,14 @@ def _fit_star(stamp, half, *, subpixels=SUBPIXELS):
             # a wide star changes little across a pixel: fewer sub-pixel samples keep the fit quick
             return pixel_moffat(x, y, amplitude, x_0, y_0, gamma, q, theta, beta, subpixels)
 
+    return PixelMoffat
+
+
+def _fit_star(stamp, half, *, subpixels=SUBPIXELS):
+    """Moffat parameters of one stamp (``data - background``), plus whether its core looks flat-topped."""
+    from astropy.modeling import fitting
+
+    PixelMoffat = _pixel_moffat_model(subpixels)
     y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
     good = np.isfinite(stamp)
     peak = float(np.nanmax(stamp))
