@@ -192,7 +192,8 @@ def load_model(path: str | os.PathLike, *,
     info : dict
         ``path``, ``sha256`` (of the weights file), ``model``, ``model_config``,
         ``psf`` (the PSF it was trained for, if recorded), ``step``,
-        ``astrosr_version``.
+        ``astrosr_version``, ``uncertainty`` (its calibration, if any: the
+        model's ``uncertainty_scale`` attribute is set from it).
 
     Raises
     ------
@@ -225,6 +226,9 @@ def load_model(path: str | os.PathLike, *,
         reason = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit the {payload['model']} config ({reason[:200]})") from None
     model.to(device).eval()
+    uncertainty = payload.get("uncertainty") or {}
+    # the val-calibrated multiplier of the draws' std (astrosr.uncertainty); 1 for a model never calibrated
+    model.uncertainty_scale = float(uncertainty.get("scale", 1.0))
     info = {
         "path": str(path),
         "sha256": sha256_file(path),
@@ -233,6 +237,7 @@ def load_model(path: str | os.PathLike, *,
         "psf": payload.get("psf"),
         "step": payload.get("step"),
         "astrosr_version": payload.get("astrosr_version"),
+        "uncertainty": payload.get("uncertainty"),
     }
     return model, info
 
@@ -370,6 +375,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, n
         "step": payload.get("step"),
         "best": payload.get("best"),
         "train_config": payload.get("train_config"),
+        "uncertainty": payload.get("uncertainty"),
         "source": {"path": os.fspath(checkpoint), "sha256": sha256_file(checkpoint)},
         "astrosr_version": payload.get("astrosr_version", __version__),
     }

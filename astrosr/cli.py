@@ -375,7 +375,7 @@ def deblur(inputs, out_dir, **given):
     options = from_cli(DeblurOptions, given)
     log_to(level=logging.WARNING)  # a header fixed on the way out is said, in one line
     serial = options.workers == 1 and not (options.scheduler or options.dask_local)
-    with Bars({"images": "images", "tiles": "tiles of this image"}) as bars:
+    with Bars({"images": "images", "tiles": "tiles of this image", "draws": "posterior draws of this image"}) as bars:
         results = deblur_batch(inputs, out_dir, options,
                                progress=bars if serial else lambda task, *a: task == "images" and bars(task, *a))
     if len(inputs) == 1 and len(results) == 1 and results[0].status == "failed":

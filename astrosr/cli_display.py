@@ -99,11 +99,12 @@ def _table(groups: dict, title: str, first: str, *, calibration: bool) -> Table:
     from .evaluate_report import HEADER, fmt, format_row
 
     table = Table(title=title)
-    for col in [first, "method"] + HEADER + (["<=1σ"] if calibration else []):
+    for col in [first, "method"] + HEADER + (["z<=1"] if calibration else []):
         table.add_column(col, justify="left" if col in (first, "method") else "right", no_wrap=True)
     for name, methods in groups.items():
         for i, (method, row) in enumerate(methods.items()):
-            extra = [fmt(row["calibration_1sigma"], ".3f", "-")] if calibration else []
+            u = row["uncertainty"] or {}
+            extra = [fmt(u.get("within_1"), ".3f", "-")] if calibration else []
             table.add_row(name if i == 0 else "", method, *format_row(row), *extra)
         table.add_section()
     return table
@@ -114,7 +115,7 @@ def evaluate_tables(summary: dict, out_dir: str, to: Console | None = None) -> N
     to = to or wide()
     samples = summary["provenance"]["options"].get("samples") or 0
     threads = summary["provenance"]["hardware"]["threads"]
-    note = f"; <=1σ: |SR - ORI| <= sigma, {samples} draws" if samples else ""
+    note = f"; z<=1: source pixels within 1 sigma (with ORI's noise), {samples} draws" if samples else ""
     to.print(_table({n: img["methods"] for n, img in summary["images"].items()}, "bench-v1 per image", "image",
                     calibration=bool(samples)))
     to.print(_table(summary["fields"], f"bench-v1 per field (s/Mpix: wall clock, {threads} torch threads{note})",

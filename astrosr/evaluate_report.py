@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import uncertainty
 from .files import atomic_path, sha256_file
 from .metrics import summarise
 from .provenance import hardware, versions, utc_now
@@ -102,15 +103,13 @@ def _calibration(result, method):
     return (result.calibration or {}).get(method)
 
 
-def _row(scores, seconds, megapixels, counts):
+def _row(scores, seconds, megapixels, errors):
     row = summarise(scores).to_dict()
     timed = [s for s in seconds if s is not None]
     row["s_per_mpix"] = sum(timed) / megapixels if timed and megapixels else None
     # pooled over the pixels of every image (a field's fraction of pixels, not a mean of fractions)
-    counts = [c for c in counts if c is not None]
-    pixels = sum(n for _, n in counts)
-    row["calibration_1sigma"] = sum(k for k, _ in counts) / pixels if pixels else None
-    row["calibration_pixels"] = pixels if counts else None
+    errors = [e for e in errors if e is not None]
+    row["uncertainty"] = uncertainty.summary(uncertainty.pooled(errors)) if errors else None
     return row
 
 
@@ -241,24 +240,32 @@ def _calibration_lines(summary):
     samples = summary["provenance"]["options"].get("samples")
     if not samples:
         return []
-    head = "| {} | method | pixels | fraction within 1σ |\n|---|---|---:|---:|"
-    cell = "| {} | {} | {} | {:.4f} |"
-    per_field = [cell.format(f, m, row["calibration_pixels"], row["calibration_1sigma"])
-                 for f, methods in summary["fields"].items() for m, row in methods.items()
-                 if row["calibration_1sigma"] is not None]
-    per_image = [cell.format(f"{name} ({img['field']})", m, row["calibration_pixels"], row["calibration_1sigma"])
-                 for name, img in summary["images"].items() for m, row in img["methods"].items()
-                 if row["calibration_1sigma"] is not None]
+    head = ("| {} | method | source pixels | z<=1 | z<=2 | pixels | z<=1 (all) | z<=2 (all) | sigma ranking (min) |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    cell = "| {} | {} | {} | {} | {} | {} | {} | {} | {} |"
+
+    def line(name, method, u):
+        return cell.format(name, method, u["source_pixels"], fmt(u["within_1"], ".3f"), fmt(u["within_2"], ".3f"),
+                           u["pixels"], fmt(u["within_1_all"], ".3f"), fmt(u["within_2_all"], ".3f"),
+                           fmt(u["ranking_min"], ".2f"))
+
+    per_field = [line(f, m, row["uncertainty"]) for f, methods in summary["fields"].items()
+                 for m, row in methods.items() if row["uncertainty"] is not None]
+    per_image = [line(f"{name} ({img['field']})", m, row["uncertainty"]) for name, img in summary["images"].items()
+                 for m, row in img["methods"].items() if row["uncertainty"] is not None]
     lines = [
         "",
         f"## Uncertainty calibration ({samples} posterior draws)",
         "",
-        f"sigma is each model's per-pixel std over {samples} posterior draws of the network "
-        f"(torch seed {summary['provenance']['options'].get('sample_seed')} per model and image), taken before the "
-        "data-consistency step; both SR rows of a model are compared with that same sigma map (the step is not "
-        "applied per draw, so for the with-step row it is the network's spread, not the step's). Fraction of the "
-        "scored tiles' pixels with |SR - ORI| <= sigma, physical units; a calibrated Gaussian map gives 0.683. "
-        "With posterior draws the SR rows' s/Mpix include them.",
+        f"sigma is each model's per-pixel std over {samples} posterior draws of that row's whole restoration path "
+        f"(each draw through the data-consistency step for the with-step row; torch seed "
+        f"{summary['provenance']['options'].get('sample_seed')} per model and image), times the model's "
+        "val-calibrated scale. z = |SR - ORI| / sqrt(sigma^2 + s^2), s = ORI's sigma-clipped background std (ORI is "
+        f"noisy too); source pixels: ORI - median > {uncertainty.SOURCE_SIGMA:g} s. Calibrated: 0.683 at z <= 1 and "
+        "0.954 at z <= 2 (floors on source pixels: 0.60-0.76 and 0.90-0.98). Sigma ranking: within each quintile of "
+        "ORI brightness among source pixels, the mean |SR - ORI| of the top tenth of sigma over that of its lower "
+        "half (floor 1.5; the smallest quintile's is shown). reliability.png plots expected against observed "
+        "coverage. With posterior draws the SR rows' s/Mpix do not include them.",
         "",
     ]
     if not per_field:
@@ -390,6 +397,36 @@ def _bar_chart(path, fields):
     plt.close(fig)
 
 
+def _reliability_figure(path, fields) -> bool:
+    """Expected against observed coverage of z <= k, per field and SR row with sigma (source and all pixels)."""
+    curves = [(f, m, row["uncertainty"]) for f, methods in fields.items() for m, row in methods.items()
+              if row.get("uncertainty")]
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    for ax, key, title in ((axes[0], "coverage", "source pixels"), (axes[1], "coverage_all", "all pixels")):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        for field, method, u in curves:
+            levels = [k for k, v in u[key].items() if v is not None]
+            ax.plot([u["expected"][k] for k in levels], [u[key][k] for k in levels], marker="o", ms=3,
+                    label=f"{field}: {method}")
+        ax.set_xlabel("expected coverage (Gaussian, z <= k)")
+        ax.set_title(title)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("observed fraction with z <= k")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
 def write_outputs(
     out: str | Path,
     results: Sequence[ImageResult],
@@ -455,6 +492,8 @@ def write_outputs(
     if results:
         _bar_chart(out / "ssim_by_field.png", fields)
         figures.insert(0, "ssim_by_field.png")
+    if _reliability_figure(out / "reliability.png", fields):
+        figures.insert(1, "reliability.png")
     summary["files"] = ["report.md", "metrics.csv", "summary.json"] + figures
     with atomic_path(out / "summary.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))

@@ -3,11 +3,14 @@
 The loss of one batch (the same reductions for every model)::
 
     loss = recon(y, to_intensity(ori))               # L1 or MSE, mean over pixels
+         [+ recon(y_mean, to_intensity(ori))] / 2    # a conditional model: its prior-mean decode too
          + beta_t * kl                               # the model's per-pixel KL, linear warm-up
+         [+ mean(|y - t|_detached / b + log b)]      # a noise head's Laplace scale b (only b learns)
          + ssim_weight * (1 - SSIM(sr, ori))         # on model units clipped to [0, 1]
          + consistency_weight * recon(to_intensity(PSF * sr), to_intensity(blu))
 
-where ``y`` is the model's output in its intensity space and ``sr =
+where ``y`` is the model's output in its intensity space (for a
+conditional model the decode of a posterior draw, which has seen ORI) and ``sr =
 from_intensity(y)``. The learning rate warms up linearly and then decays
 along a cosine to ``min_lr_ratio`` of its peak at ``max_steps``; AdamW
 decays weight matrices only. ``cfg`` is a :class:`astrosr.train.TrainConfig`
@@ -102,12 +105,25 @@ def batch_loss(model: torch.nn.Module, raw: torch.nn.Module, batch: dict, cfg: T
     (['beta', 'kl', 'loss', 'recon', 'ssim'], 0)
     """
     blu, ori, psf, cond = batch["blu"], batch["ori"], batch["psf"], batch["cond"]
-    y, kl = model(blu, psf=psf, cond=cond, sample=True)
+    y, kl, y_mean, log_scale = model(blu, psf=psf, cond=cond, sample=True, ori=ori)
     recon_fn = F.l1_loss if cfg.loss == "l1" else F.mse_loss
-    recon = recon_fn(y, raw.to_intensity(ori))
+    target = raw.to_intensity(ori)
+    recon = recon_fn(y, target)
+    terms = {}
+    if y_mean is not None:
+        # restoration decodes the prior mean, which never saw ORI: train that decode as well
+        recon_mean = recon_fn(y_mean, target)
+        terms["recon_posterior"], terms["recon_prior"] = recon.item(), recon_mean.item()
+        recon = 0.5 * (recon + recon_mean)
     beta = kl_weight(step, cfg)
     loss = recon + beta * kl
-    terms = {"recon": recon.item(), "kl": kl.item(), "beta": beta}
+    terms.update({"recon": recon.item(), "kl": kl.item(), "beta": beta})
+    if log_scale is not None:
+        # the Laplace negative log-likelihood of what the posterior draw left unexplained; the error
+        # is detached, so this term teaches the scale and never moves the restoration
+        nll = ((y - target).abs().detach() * torch.exp(-log_scale) + log_scale).mean()
+        loss = loss + nll
+        terms["noise_nll"] = nll.item()
     if cfg.ssim_weight or cfg.consistency_weight:
         sr = raw.from_intensity(y)
     if cfg.ssim_weight:

@@ -35,6 +35,7 @@ from scipy import fft
 
 from .degrade import background_stats, block_average, convolve_extend, percentile_limits
 from .errors import InputError
+from .progress import report
 from .tiling import fit_tile, map_tiles
 
 __all__ = ["Restored", "restore_image", "consistency_step"]
@@ -241,7 +242,11 @@ def restore_image(
     batch : int, optional
         Tiles per network call (default: about one megapixel per call).
     samples : int
-        If > 0, also compute the per-pixel std over that many posterior draws.
+        If > 0, also compute the uncertainty: the per-pixel std over that many
+        posterior draws of the whole path (each draw of the network through
+        the consistency step when it is on), times the model's
+        ``uncertainty_scale`` (calibrated on val, 1 when absent). Draws use
+        torch's global RNG: seed it for reproducible maps.
     device : str or torch.device
     progress : callable, optional
         ``progress('tiles', done, total)`` after each network batch (:mod:`astrosr.progress`).
@@ -297,8 +302,8 @@ def restore_image(
     def mean_pass(tiles):
         return network(tiles, model.restore)[:, 0]
 
-    def std_pass(tiles):
-        return network(tiles, lambda b, **kw: model.sample(b, samples, **kw).std(dim=0))[:, 0]
+    def draw_pass(tiles):
+        return network(tiles, lambda b, **kw: model.sample(b, 1, **kw)[0])[:, 0]
 
     model.eval()
     common = {"tile": tile, "overlap": overlap, "batch": batch, "scale": scale}
@@ -308,8 +313,22 @@ def restore_image(
     sr += lo
     uncert = None
     if samples > 0:
-        uncert = map_tiles(x, std_pass, **common)[: ny * scale, : nx * scale]
-        uncert *= span
+        # Welford's running mean and sum of squares: one draw in memory at a time
+        mean = np.zeros_like(sr)
+        m2 = np.zeros_like(sr)
+        for i in range(samples):
+            draw = map_tiles(x, draw_pass, **common)[: ny * scale, : nx * scale]
+            draw *= span
+            draw += lo
+            if consistency:
+                draw = consistency_step(draw, blu, psf_kernel, scale=scale)
+            delta = draw - mean
+            mean += delta / (i + 1)
+            m2 += delta * (draw - mean)
+            report(progress, "draws", i + 1, samples)
+        del mean
+        uncert = np.sqrt(m2 / max(samples - 1, 1), out=m2)
+        uncert *= float(getattr(model, "uncertainty_scale", 1.0))
     del x
     if consistency:
         sr = consistency_step(sr, blu, psf_kernel, scale=scale)

@@ -42,6 +42,7 @@ from .errors import AstrosrError, ConfigError, InputError
 from .stars import resolution_stars, star_fwhm
 from .fits_io import read_image, strip_fits_suffix
 from .tiling import extract_tiles
+from .uncertainty import pixel_errors
 
 if TYPE_CHECKING:  # annotations only: torch is imported where a model runs, not when this module loads
     import torch
@@ -49,7 +50,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where a model runs, not
     from .manifest import Manifest
     from .psf import PSF
 
-__all__ = ["ImageResult", "SAMPLE_SEED", "method_names", "degraded", "baseline_choice", "warm_up", "calibration_counts",
+__all__ = ["ImageResult", "SAMPLE_SEED", "method_names", "degraded", "baseline_choice", "warm_up",
            "score_image", "load_models"]
 
 #: torch seed of the posterior draws, set afresh for every model on every image
@@ -73,9 +74,9 @@ class ImageResult:
     panels : dict
         ``{"origins": [...], "tiles": {panel name: (n, tile, tile) array}}``
         normalised crops for the figure.
-    calibration : dict of str -> (int, int) or None
-        Per method, ``(pixels with |SR - ORI| <= sigma, pixels)`` over the
-        scored tiles (:func:`calibration_counts`); None where the method has
+    calibration : dict of str -> astrosr.uncertainty.PixelErrors or None
+        Per method, the scored tiles' errors and uncertainty
+        (:func:`astrosr.uncertainty.pixel_errors`); None where the method has
         no uncertainty map (no ``samples``, BLU, RL, Wiener).
     star_fwhm : dict of str -> float or None
         The resolution figure (median star FWHM, px; :mod:`astrosr.stars`)
@@ -297,86 +298,57 @@ def warm_up(
     """
     dummy = np.random.default_rng(0).normal(size=(256, 256))
     for _, model in models:
-        _network(dummy, model, kernel, psf_fwhm, min(samples, 2), device)
-
-
-def calibration_counts(ref: metrics.Reference, image: np.ndarray, sigma: np.ndarray) -> tuple[int, int]:
-    """``(within, pixels)``: scored-tile pixels where ``|image - ORI| <= sigma``.
-
-    Parameters
-    ----------
-    ref : astrosr.metrics.Reference
-        ORI's reference: its scored tiles (NaN-free bench-v1 grid) are the pixels counted.
-    image, sigma : ndarray
-        A restoration and its per-pixel uncertainty, both in ORI's physical
-        units (the same affine map as the scoring normalisation, so the count
-        is the same in normalised units); pixels where either is not finite
-        are not counted.
-
-    Returns
-    -------
-    (int, int)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from astrosr.metrics import reference
-    >>> ori = np.random.default_rng(0).normal(100.0, 5.0, (128, 128))
-    >>> ref = reference(ori)
-    >>> calibration_counts(ref, ori + 1.0, np.full(ori.shape, 2.0))
-    (16384, 16384)
-    >>> calibration_counts(ref, ori + 1.0, np.full(ori.shape, 0.5))
-    (0, 16384)
-    """
-    if not ref.origins:
-        return 0, 0
-    err = np.abs(extract_tiles(np.asarray(image, dtype=np.float64), ref.origins, ref.tile)
-                 - extract_tiles(ref.ori, ref.origins, ref.tile))
-    sig = extract_tiles(np.asarray(sigma, dtype=np.float64), ref.origins, ref.tile)
-    counted = np.isfinite(err) & np.isfinite(sig)
-    return int(np.count_nonzero(err[counted] <= sig[counted])), int(np.count_nonzero(counted))
+        _network(dummy, model, kernel, psf_fwhm, device)
 
 
 def _can_sample(model):
     return callable(getattr(model, "sample", None))
 
 
-def _network(blu, model, kernel, psf_fwhm, samples, device):
-    """``restore_image`` without the step; with ``samples`` one call also gives sigma (same mean pass)."""
+def _network(blu, model, kernel, psf_fwhm, device):
+    """``restore_image`` without the step."""
+    from .restore import restore_image
+
+    return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, device=device)
+
+
+def _draws_sigma(blu, model, kernel, psf_fwhm, samples, consistency, device):
+    """The uncertainty of the model's path (draws through the step when it is on), or None."""
     import torch
 
     from .restore import restore_image
 
     if not (samples and _can_sample(model)):
-        return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, device=device)
+        return None
     # seeded per model and image, so a rerun or a subset of the images draws the same; the caller's
     # torch RNG state is left as it was
     with torch.random.fork_rng(devices=[] if torch.device(device).type != "cuda" else None):
         torch.manual_seed(SAMPLE_SEED)
-        return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, samples=samples,
-                             device=device)
+        return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=consistency,
+                             samples=samples, device=device).uncert
 
 
 def _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device, samples=0):
     """Yield ``(method, image, seconds, sigma)`` for every restoration method, timed.
 
-    ``sigma`` is the model's per-pixel posterior std (physical units) with
-    ``samples`` > 0, else None; both SR rows of a model share it.
+    ``sigma`` is the model's per-pixel uncertainty (physical units) with
+    ``samples`` > 0, else None: the std of draws of that row's own path
+    (through the step for the with-step row), times the model's calibration.
     """
     from .restore import consistency_step
 
     for label, model in models:
         t0 = time.perf_counter()
-        restored = _network(blu, model, kernel, psf_fwhm, samples, device)
-        raw, sigma = restored.sr, restored.uncert
+        raw = _network(blu, model, kernel, psf_fwhm, device).sr
         t_raw = time.perf_counter() - t0
         if consistency:
             # restore_image's own last step, applied to the same network output (BLU has no NaN):
             # the with-step row costs one network pass less and equals restore_image(consistency=True)
             t0 = time.perf_counter()
             sr = consistency_step(raw, blu, kernel)
-            yield f"SR {label}", sr, t_raw + time.perf_counter() - t0, sigma
-        yield f"SR {label} (no DC)", raw, t_raw, sigma
+            seconds = t_raw + time.perf_counter() - t0
+            yield f"SR {label}", sr, seconds, _draws_sigma(blu, model, kernel, psf_fwhm, samples, True, device)
+        yield f"SR {label} (no DC)", raw, t_raw, _draws_sigma(blu, model, kernel, psf_fwhm, samples, False, device)
     t0 = time.perf_counter()
     rl = baselines.richardson_lucy(blu, kernel, n=choice["rl_iters"])
     yield f"RL n={choice['rl_iters']}", rl, time.perf_counter() - t0, None
@@ -463,7 +435,7 @@ def score_image(
                                                    samples):
         images[method] = image
         seconds[method] = secs
-        calibration[method] = None if sigma is None else calibration_counts(ref, image, sigma)
+        calibration[method] = None if sigma is None else pixel_errors(ref, image, sigma)
     scores = {m: metrics.score(ref, img) for m, img in images.items()}
     stars = resolution_stars(ref.ori)
     sharpness = {m: star_fwhm(img, stars) for m, img in {"ORI": ref.ori, **images}.items()}

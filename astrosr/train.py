@@ -96,6 +96,25 @@ def _fmt(value):
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _calibrate_best(path: Path, raw, val_images, cfg: TrainConfig, device, tile: int) -> dict | None:
+    """Fit best.pt's uncertainty scale on the val images and store it in best.pt (``uncertainty``)."""
+    from .checkpoint import load_checkpoint
+    from .uncertainty import calibrate
+
+    if not callable(getattr(raw, "sample", None)) or getattr(raw, "native_tile", None):
+        return None
+    payload = load_checkpoint(path)
+    model = build_model(cfg.model, payload["model_config"]).to(device)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    record = calibrate(model, val_images, samples=cfg.uncertainty_samples, seed=cfg.seed, device=device, tile=tile)
+    payload["uncertainty"] = record
+    save_checkpoint(path, payload)
+    logger.info("uncertainty of best.pt calibrated on the val images: scale %.4g (%d draws; source pixels within "
+                "1 sigma %.3f, 2 sigma %.3f)", record["scale"], record["samples"], record["within_1"], record["within_2"])
+    return record
+
+
 def _checkpoint(cfg: TrainConfig, raw, optimizer, scheduler, *, step: int, best, last_val, about: dict) -> dict:
     """The checkpoint payload: a plain dict of tensors and plain data (``about``: its ``psf`` and ``data``)."""
     return {
@@ -268,11 +287,15 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
                                                          last_val=last_val, about=about))
         raise
 
+    calibration = None
+    if main and val_images and cfg.uncertainty_samples and (out / "best.pt").is_file():
+        calibration = _calibrate_best(out / "best.pt", raw, val_images, cfg, device, tile)
     summary = {
         "pairs": str(Path(pairs).resolve()), "steps": step, "max_steps": cfg.max_steps, "best": best, "last_val": last_val,
         "val_images": val_note or (f"{len(holdout)} held-out training image(s)" if holdout else "the val images")
         + " scored with evaluate's path",
         "val_reference": {"method": "Richardson-Lucy n=20", **reference} if reference else None,
+        "uncertainty": calibration,
         "seconds": time.perf_counter() - start_time, "world_size": world, "device": str(device),
         "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in raw.parameters()),
         "model": cfg.model, "model_config": raw.config, "train_tiles": len(train_set), "versions": versions(),

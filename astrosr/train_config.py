@@ -75,6 +75,10 @@ class TrainConfig:
         Read the training tiles into memory once.
     max_minutes : float
         Stop (and save) after this much wall time (0: no limit).
+    uncertainty_samples : int
+        Posterior draws per val image to calibrate the uncertainty of a
+        sampling model at the end of training (:mod:`astrosr.uncertainty`;
+        the scale goes into ``best.pt``); 0: not calibrated.
     progress : bool
         Whether ``astrosr train`` shows a progress bar (:func:`train` itself
         never draws one: it reports to its ``progress`` callback).
@@ -125,6 +129,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     progress: bool = option(True, help="No progress bar.")
     init: str | None = option(None, help="Start from these weights (.pt/.safetensors or 'default'): fine-tune.")
+    uncertainty_samples: int = 16
 
     def __post_init__(self):
         from .models import MODELS  # torch, only once a config is built
@@ -136,7 +141,7 @@ class TrainConfig:
         for key in ("batch", "max_steps", "val_every", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup", "kl_warmup", "crop", "threads", "num_workers", "seed", "ssim_weight",
+        for key in ("warmup", "kl_warmup", "crop", "threads", "num_workers", "seed", "ssim_weight", "uncertainty_samples",
                     "consistency_weight", "beta", "weight_decay", "grad_clip", "max_minutes"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")

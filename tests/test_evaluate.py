@@ -272,91 +272,86 @@ def spread_model(tmp_path_factory):
     return path
 
 
-def _within(ref, image, sigma):
-    """Independent count: slice every scored 128 tile by hand."""
-    inside = total = 0
+def _coverage(ref, image, sigma):
+    """Independent figures: slice every scored 128 tile by hand; z with ORI's own noise; source pixels."""
+    z, src = [], []
     for y, x in ref.origins:
         win = (slice(y, y + 128), slice(x, x + 128))
-        inside += int((np.abs(image[win].astype(np.float64) - ref.ori[win]) <= sigma[win]).sum())
-        total += 128 * 128
-    return inside, total
+        ori = ref.ori[win]
+        z.append(np.abs(image[win].astype(np.float64) - ori) / np.sqrt(sigma[win].astype(np.float64) ** 2 + ref.std**2))
+        src.append(ori - ref.median > 5 * ref.std)
+    z, src = np.concatenate([a.ravel() for a in z]), np.concatenate([a.ravel() for a in src])
+    return z, src
 
 
-def test_samples_report_the_fraction_of_pixels_within_one_sigma(data_dir, spread_model, tmp_path):
+def test_samples_report_coverage_of_source_pixels_with_the_draws_of_each_path(data_dir, spread_model, tmp_path):
     from astrosr import metrics
     from astrosr.checkpoint import load_model
     from astrosr.degrade import degrade
     from astrosr.fits_io import read_image
-    from astrosr.restore import consistency_step, restore_image
+    from astrosr.restore import restore_image
+    from astrosr.scoring import SAMPLE_SEED
 
     names = ["synth", "gc_msx_e"]
     result = _cli("evaluate", "--images", *[data_dir / f"{n}.fits" for n in names], "--model", spread_model,
                   "--samples", "3", "--panels", "0", "-o", tmp_path)
     assert result.exit_code == 0, result.output
-    assert "<=1σ" in result.output and "3 draws" in result.output
+    assert "z<=1" in result.output and "3 draws" in result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["provenance"]["options"]["samples"] == 3
     model = load_model(spread_model)[0]
     kernel = PSF().kernel()
-    pooled = {"SR spread": [0, 0], "SR spread (no DC)": [0, 0]}
+    pooled = {"SR spread": [], "SR spread (no DC)": []}
     for name in names:
         ori = read_image(data_dir / f"{name}.fits").data
         ref = metrics.reference(ori)
         blu = degrade(ori, kernel, noise_std=ref.std, rng=np.random.default_rng(0))
-        torch.manual_seed(0)
-        restored = restore_image(blu, model, psf_kernel=kernel, psf_fwhm=4.0, consistency=False, samples=3)
-        assert np.nanmax(restored.uncert) > 0
         rows = summary["images"][name]["methods"]
-        for method, image in [("SR spread", consistency_step(restored.sr, blu, kernel)),
-                              ("SR spread (no DC)", restored.sr)]:
-            inside, total = _within(ref, image, restored.uncert)
-            assert rows[method]["calibration_pixels"] == total == len(ref.origins) * 128 * 128
-            assert rows[method]["calibration_1sigma"] == pytest.approx(inside / total, abs=1e-9)
-            assert 0.05 < inside / total < 0.95  # a real spread, neither none nor everything inside
-            pooled[method][0] += inside
-            pooled[method][1] += total
-        # sampling costs no second mean pass and changes no score: the no-samples restoration scores the same
+        sigmas = {}
+        for method, step in [("SR spread", True), ("SR spread (no DC)", False)]:
+            torch.manual_seed(SAMPLE_SEED)
+            restored = restore_image(blu, model, psf_kernel=kernel, psf_fwhm=4.0, consistency=step, samples=3)
+            assert np.nanmax(restored.uncert) > 0
+            sigmas[method] = restored.uncert
+            z, src = _coverage(ref, restored.sr, restored.uncert)
+            u = rows[method]["uncertainty"]
+            assert u["pixels"] == z.size == len(ref.origins) * 128 * 128
+            assert u["source_pixels"] == int(src.sum()) > 0
+            assert u["within_1_all"] == pytest.approx(np.mean(z <= 1), abs=1e-9)
+            assert u["within_2_all"] == pytest.approx(np.mean(z <= 2), abs=1e-9)
+            assert u["within_1"] == pytest.approx(np.mean(z[src] <= 1), abs=1e-9)
+            pooled[method].append((z, src))
+        # each row's sigma is the spread of its own path: draws through the step differ from the network's
+        assert not np.allclose(sigmas["SR spread"], sigmas["SR spread (no DC)"])
+        # sampling changes no score: the no-samples restoration scores the same
         direct = metrics.score(ref, restore_image(blu, model, psf_kernel=kernel, psf_fwhm=4.0).sr).summary()
         assert rows["SR spread"]["ssim"] == pytest.approx(direct.ssim, rel=1e-12)
         for method in ("BLU", "RL n=20", "Wiener b=0.1"):
-            assert rows[method]["calibration_1sigma"] is None and rows[method]["calibration_pixels"] is None
-    for method, (inside, total) in pooled.items():
-        assert summary["fields"]["images"][method]["calibration_1sigma"] == pytest.approx(inside / total, abs=1e-9)
+            assert rows[method]["uncertainty"] is None
+    for method, parts in pooled.items():
+        z = np.concatenate([p[0] for p in parts])
+        src = np.concatenate([p[1] for p in parts])
+        field = summary["fields"]["images"][method]["uncertainty"]
+        assert field["within_1"] == pytest.approx(np.mean(z[src] <= 1), abs=1e-9)
+        assert field["within_2"] == pytest.approx(np.mean(z[src] <= 2), abs=1e-9)
     report = (tmp_path / "report.md").read_text()
-    assert "## Uncertainty calibration (3 posterior draws)" in report and "before the data-consistency step" in report
-    frac = summary["images"]["gc_msx_e"]["methods"]["SR spread"]["calibration_1sigma"]
-    assert f"| gc_msx_e (images) | SR spread | 16384 | {frac:.4f} |" in report
+    assert "## Uncertainty calibration (3 posterior draws)" in report and "through the data-consistency step" in report
+    u = summary["images"]["gc_msx_e"]["methods"]["SR spread"]["uncertainty"]
+    assert f"| gc_msx_e (images) | SR spread | {u['source_pixels']} | {u['within_1']:.3f} |" in report
+    assert "reliability.png" in summary["files"] and (tmp_path / "reliability.png").stat().st_size > 0
 
 
 def test_without_samples_nothing_is_added(data_dir, spread_model, tmp_path):
     result = _cli("evaluate", "--images", data_dir / "gc_msx_e.fits", "--model", spread_model, "--panels", "0",
                   "-o", tmp_path)
     assert result.exit_code == 0, result.output
-    assert "<=1σ" not in result.output
+    assert "z<=1" not in result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["provenance"]["options"]["samples"] == 0
     for row in summary["images"]["gc_msx_e"]["methods"].values():
-        assert row["calibration_1sigma"] is None and row["calibration_pixels"] is None
+        assert row["uncertainty"] is None
     assert "calibration" not in (tmp_path / "report.md").read_text().lower()
-
-
-def test_calibration_counts_a_known_gaussian_spread():
-    from astrosr import metrics
-    from astrosr.scoring import calibration_counts
-
-    rng = np.random.default_rng(3)
-    ori = rng.normal(10.0, 1.0, size=(256, 384))
-    ori[200:, 300:] = np.nan  # one tile is not scored
-    ref = metrics.reference(ori)
-    assert len(ref.origins) == 5
-    sigma = rng.uniform(0.5, 3.0, size=ori.shape)
-    image = ori + sigma * rng.normal(size=ori.shape)
-    sigma[0, :10] = np.nan  # not counted
-    inside, total = calibration_counts(ref, image, sigma)
-    assert total == 5 * 128 * 128 - 10
-    p = 0.682689
-    assert abs(inside / total - p) < 4 * np.sqrt(p * (1 - p) / total)
-    assert calibration_counts(ref, image, 2 * np.abs(image - ori))[0] == total + 10
+    assert not (tmp_path / "reliability.png").exists()
 
 
 def test_negative_samples_is_a_config_error(tmp_path):

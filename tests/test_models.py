@@ -42,7 +42,8 @@ def test_vae_shapes_range_and_kl():
     torch.manual_seed(0)
     model = VAE()
     blu = torch.rand(3, 1, 128, 128) * 1.4 - 0.2
-    y, kl = model(blu)
+    y, kl, y_mean, log_scale = model(blu)
+    assert y_mean is None and log_scale is None
     assert y.shape == (3, 1, 128, 128) and kl.ndim == 0 and kl.item() >= 0
     assert 0 <= y.min() and y.max() <= 1
     assert model.restore(blu).shape == (3, 1, 128, 128)
@@ -55,7 +56,7 @@ def test_vae_kl_matches_torch_distributions():
     torch.manual_seed(1)
     model = VAE(latent=8)
     blu = torch.rand(2, 1, 128, 128)
-    _, kl = model(blu, sample=False)
+    kl = model(blu, sample=False).kl
     mu, logvar = model._encode(blu)
     q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
     expected = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(1).mean() / 128**2
@@ -66,8 +67,8 @@ def test_vae_kl_matches_torch_distributions():
 def test_resvae_output_shapes(shape, scale):
     model = ResVAE(scale=scale, width=8)
     blu = torch.rand(2, 1, *shape)
-    y, kl = model(blu, psf=torch.tensor(moffat_psf(4.0), dtype=torch.float32).expand(2, 41, 41),
-                  cond=torch.tensor([[4.0, 0.01]] * 2))
+    y, kl, _, _ = model(blu, psf=torch.tensor(moffat_psf(4.0), dtype=torch.float32).expand(2, 41, 41),
+                        cond=torch.tensor([[4.0, 0.01]] * 2))
     expected = (2, 1, shape[0] * scale, shape[1] * scale)
     assert y.shape == expected and kl.ndim == 0
     assert model.restore(blu).shape == expected
@@ -102,7 +103,7 @@ def test_inference_path_equals_the_training_form():
     psf = torch.tensor(moffat_psf(4.0), dtype=torch.float32).expand(3, 41, 41)
     cond = torch.tensor([4.0, 0.02]).expand(3, 2)
     with torch.enable_grad():  # the training form: FiLM applied after conv1, per sample
-        y, _ = model(blu, psf=psf, cond=cond, sample=False)
+        y = model(blu, psf=psf, cond=cond, sample=False).y
         expected = model.from_intensity(y).detach()
     with torch.inference_mode():  # FiLM folded into conv1, in-place block updates
         fast = model.restore(blu, psf=psf, cond=cond)
@@ -123,7 +124,7 @@ def test_forms_are_chosen_by_the_call_not_by_the_autograd_mode():
         torch.manual_seed(2)
         draws = model.sample(blu, 2, psf=psf, cond=cond)
         torch.manual_seed(3)
-        plain, _ = model(blu, psf=psf, cond=cond)
+        plain = model(blu, psf=psf, cond=cond).y
     assert torch.equal(model.restore(blu, psf=psf, cond=cond).detach(), fast)
     torch.manual_seed(2)
     assert torch.equal(model.sample(blu, 2, psf=psf, cond=cond).detach(), draws)
@@ -182,3 +183,67 @@ def test_vae_overfits_a_batch_of_real_tiles(tiny_pairs):
     cfg = TrainConfig(model="vae", loss="mse", beta=1.0, kl_warmup=0)
     losses = _overfit(VAE(latent=16), _batch(tiny_pairs), cfg, steps=100, lr=1e-3)
     assert losses[-1] < 0.2 * losses[0]
+
+
+# --- the conditional VAE: a posterior that sees ORI in training, a prior that sees BLU alone ------
+
+
+def _conditional(**options):
+    torch.manual_seed(0)
+    model = ResVAE(width=8, levels=2, posterior=True, noise_head=True, **options)
+    with torch.no_grad():  # an untrained decoder ignores the latent: give it some weight
+        model.tail.weight.normal_(0.0, 0.05)
+        model.scale_head[-1].bias.fill_(-2.0)
+    return model
+
+
+def test_the_posterior_sees_ori_and_inference_never_does():
+    model = _conditional()
+    blu = torch.rand(2, 1, 32, 32)
+    ori_a, ori_b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32) + 1.0
+    out_a, out_b = model(blu, ori=ori_a, sample=False), model(blu, ori=ori_b, sample=False)
+    assert not torch.allclose(out_a.y, out_b.y)  # the training-time posterior depends on ORI
+    assert torch.equal(out_a.y_mean, out_b.y_mean)  # the prior-mean decode does not
+    assert out_a.kl.item() > 0 and out_a.log_scale.shape == (2, 1, 32, 32)
+    with torch.inference_mode():
+        torch.manual_seed(5)
+        draws_a = model.sample(blu, 4)
+        model(blu, ori=ori_b)  # whatever the model was last trained on
+        torch.manual_seed(5)
+        draws_b = model.sample(blu, 4)
+        mean = model.restore(blu)
+    assert torch.equal(draws_a, draws_b)
+    assert draws_a.std(dim=0).min() > 0  # prior draws and the noise head's noise differ
+    assert torch.allclose(mean, model.from_intensity(out_a.y_mean), atol=1e-5)  # restoration = prior-mean decode
+
+
+def test_a_conditional_model_needs_ori_to_train():
+    with pytest.raises(ConfigError, match="posterior: training needs ori"):
+        _conditional()(torch.rand(1, 1, 16, 16))
+
+
+def test_kl_between_matches_torch_distributions():
+    from astrosr.models.layers import kl_between
+
+    g = torch.Generator().manual_seed(2)
+    mu_q, lv_q, mu_p, lv_p = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(4))
+    q = torch.distributions.Normal(mu_q, (0.5 * lv_q).exp())
+    p = torch.distributions.Normal(mu_p, (0.5 * lv_p).exp())
+    expected = torch.distributions.kl_divergence(q, p).flatten(1).sum(1).mean() / 64
+    assert kl_between(mu_q, lv_q, mu_p, lv_p, 64).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_noise_head_learns_the_error_scale_and_leaves_the_restoration_alone(tiny_pairs):
+    from astrosr.losses import batch_loss
+
+    model = _conditional()
+    batch = _batch(tiny_pairs, n=4)
+    loss, terms = batch_loss(model, model, batch, TrainConfig(), step=0)
+    assert {"noise_nll", "recon_prior", "recon_posterior"} <= set(terms)
+    # the noise term's gradient reaches the scale head and nothing else
+    out = model(batch["blu"], psf=batch["psf"], cond=batch["cond"], ori=batch["ori"])
+    target = model.to_intensity(batch["ori"])
+    nll = ((out.y - target).abs().detach() * torch.exp(-out.log_scale) + out.log_scale).mean()
+    nll.backward()
+    moved = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0}
+    assert moved and all(n.startswith("scale_head") for n in moved)

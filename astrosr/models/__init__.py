@@ -4,14 +4,17 @@ Training, restoration, evaluation and deblurring hold a model only through
 this one interface, so either family (and a checkpoint of either) can stand in
 anywhere::
 
-    y, kl = model(blu, psf=None, cond=None, sample=True)   # y in intensity space
+    y, kl, y_mean, log_scale = model(blu, psf=None, cond=None, sample=True, ori=None)  # training
     sr = model.restore(blu, psf=None, cond=None)            # model units, no clamp
     draws = model.sample(blu, n, psf=None, cond=None)       # (n, B, 1, H, W)
 
 ``blu`` is a ``(B, 1, h, w)`` batch in model units (the BLU image mapped by its
 own 0.5/99.9 percentiles, unclipped); ``psf`` is ``(B, k, k)``; ``cond`` is
-``(B, 2)`` = ``[psf_fwhm_px, noise_std_model_units]``. The training loss is
-``recon(y, model.to_intensity(ori)) + beta * kl``.
+``(B, 2)`` = ``[psf_fwhm_px, noise_std_model_units]``. Training gets an
+:class:`~astrosr.models.layers.Output`: ``y`` in intensity space, the KL,
+and for a conditional ``resvae`` (``posterior``) the prior-mean decode and
+for one with a ``noise_head`` its log scale (:mod:`astrosr.losses`). Only
+training passes ``ori``; restoration and draws see BLU alone.
 
 KL reduction (the same for both models): the KL divergence of the latent is
 summed over latent elements, divided by the number of output pixels and

@@ -11,12 +11,36 @@ explicitly; it never follows the autograd mode.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Film", "ResBlock", "kl_per_pixel"]
+__all__ = ["Film", "ResBlock", "Output", "kl_per_pixel", "kl_between"]
+
+class Output(NamedTuple):
+    """What a model's training forward returns; the loss (:func:`astrosr.losses.batch_loss`) reads it.
+
+    Attributes
+    ----------
+    y : Tensor (B, 1, H, W)
+        The reconstruction trained on, in the model's intensity space: the
+        decode of a latent draw (of the posterior, for a conditional model).
+    kl : Tensor
+        The latent's KL term (scalar, per output pixel, batch mean).
+    y_mean : Tensor or None
+        A conditional model's decode of its prior mean: what restoration
+        returns, trained alongside ``y`` so that it stays a good estimate.
+    log_scale : Tensor or None
+        The noise head's per-pixel log Laplace scale (intensity space).
+    """
+
+    y: Tensor
+    kl: Tensor
+    y_mean: Tensor | None = None
+    log_scale: Tensor | None = None
+
 
 #: One block's FiLM parameters: ``(gamma, beta)``, each ``(B or 1, C, 1, 1)``
 FilmParams = tuple[Tensor, Tensor]
@@ -41,6 +65,20 @@ def kl_per_pixel(mu: Tensor, logvar: Tensor, n_pixels: int) -> Tensor:
         A scalar.
     """
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+    return kl.flatten(1).sum(dim=1).mean() / n_pixels
+
+
+def kl_between(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor, n_pixels: int) -> Tensor:
+    """KL(q || p) of two diagonal Gaussians, reduced like :func:`kl_per_pixel` (which is p = N(0, 1)).
+
+    Examples
+    --------
+    >>> mu, logvar = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    >>> zero = torch.zeros_like(mu)
+    >>> bool(torch.isclose(kl_between(mu, logvar, zero, zero, 16), kl_per_pixel(mu, logvar, 16)))
+    True
+    """
+    kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) * (-logvar_p).exp() - 1.0)
     return kl.flatten(1).sum(dim=1).mean() / n_pixels
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..operators import box_blur_kernel, noise_level, wiener_filter
 from ..psf import moffat_psf
-from .layers import Film, ResBlock, kl_per_pixel
+from .layers import Film, Output, ResBlock, kl_between, kl_per_pixel
 
 __all__ = ["ResVAE"]
 
@@ -70,6 +70,18 @@ class ResVAE(nn.Module):
         FiLM-condition the blocks on ``cond``.
     psf_fwhm, psf_beta : float
         The Moffat PSF assumed when a call gives no ``psf`` / ``cond``.
+    posterior : bool
+        Conditional VAE: in training the latent is drawn from a posterior
+        that sees BLU and ORI (a small encoder of the residual ORI needs),
+        and its KL is taken against the prior the encoder infers from BLU
+        alone; restoration decodes the prior mean and draws sample the prior.
+        Without it the latent is inferred from BLU alone against N(0, 1)
+        (the original design, whose decoder learns to ignore it).
+    noise_head : bool
+        A per-pixel Laplace scale of what the latent leaves unexplained (ORI's
+        own noise, among others), from the decoder's features; each posterior
+        draw adds noise of that scale. It reads detached features, so it never
+        changes the restoration itself.
 
     Examples
     --------
@@ -84,7 +96,7 @@ class ResVAE(nn.Module):
     ...     sr = model.restore(blu)
     >>> sr.shape, bool((sr - blu).abs().max() < 1e-6)
     (torch.Size([2, 1, 32, 32]), True)
-    >>> y, kl = model(blu, cond=torch.tensor([[4.0, 0.01]] * 2))
+    >>> y, kl, _, _ = model(blu, cond=torch.tensor([[4.0, 0.01]] * 2))
     >>> y.shape, kl.ndim
     (torch.Size([2, 1, 32, 32]), 0)
     >>> with torch.inference_mode():
@@ -109,6 +121,8 @@ class ResVAE(nn.Module):
         condition: bool = True,
         psf_fwhm: float = 4.0,
         psf_beta: float = 3.0,
+        posterior: bool = False,
+        noise_head: bool = False,
     ) -> None:
         super().__init__()
         checks = {"scale": scale, "width": width, "levels": levels, "latent": latent, "mid_blocks": mid_blocks}
@@ -134,6 +148,8 @@ class ResVAE(nn.Module):
             "condition": bool(condition),
             "psf_fwhm": float(psf_fwhm),
             "psf_beta": float(psf_beta),
+            "posterior": bool(posterior),
+            "noise_head": bool(noise_head),
         }
         self.scale = scale
         self.multiple = 2**levels
@@ -156,6 +172,17 @@ class ResVAE(nn.Module):
         self.tail = nn.Conv2d(widths[0], 4, 3, padding=1)
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
+        if posterior:
+            # the residual ORI asks for, taken down to the latent's grid beside the prior's features
+            self.post_head = nn.Conv2d(4, widths[0], 3, padding=1)
+            self.post_down = nn.ModuleList(
+                nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(levels - 1))
+            self.post_out = nn.Conv2d(2 * mid, 2 * latent, 3, padding=1)
+        if noise_head:
+            self.scale_head = nn.Sequential(nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.ReLU(),
+                                            nn.Conv2d(widths[0], 4, 3, padding=1))
+            nn.init.zeros_(self.scale_head[-1].weight)
+            nn.init.constant_(self.scale_head[-1].bias, -3.0)  # a small scale to start from (asinh units)
         enc_widths = [c for c in widths for _ in range(blocks)]
         film_widths = enc_widths + [mid] * mid_blocks + enc_widths[::-1]
         self.film = Film(film_widths) if condition else None
@@ -228,13 +255,34 @@ class ResVAE(nn.Module):
                 h = self.up[level](h) + skips[level]
             for layer in self.dec[level]:
                 h = layer(h, next(films, None), fused=fused)
-        return F.pixel_shuffle(self.tail(h), 2)
+        corr = F.pixel_shuffle(self.tail(h), 2)
+        if not self.config["noise_head"]:
+            return corr, None
+        return corr, F.pixel_shuffle(self.scale_head(h.detach()), 2).clamp(-12.0, 3.0)
+
+    def _posterior(self, h, base, ori):
+        """``(mu, logvar)`` of the training-time posterior: the prior's features and the residual ORI needs."""
+        residual = self.to_intensity(ori) - base
+        m = self.multiple
+        hh, ww = residual.shape[-2:]
+        py, px = (-hh) % m, (-ww) % m
+        if py or px:
+            mode = "reflect" if min(hh, ww) > max(py, px) else "replicate"
+            residual = F.pad(residual, (0, px, 0, py), mode=mode)
+        r = F.relu(self.post_head(F.pixel_unshuffle(residual, 2)))
+        for down in self.post_down:
+            r = F.relu(down(r))
+        mu, logvar = self.post_out(torch.cat([h, r], dim=1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-20.0, 10.0)
 
     def _run(
-        self, blu: Tensor, psf: Tensor | None, cond: Tensor | None, choices: Sequence[LatentChoice], *, fused: bool
-    ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Outputs in intensity space, one per latent choice (a callable of (mu, logvar)).
+        self, blu: Tensor, psf: Tensor | None, cond: Tensor | None, choices: Sequence[LatentChoice], *, fused: bool,
+        ori: Tensor | None = None,
+    ) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor]:
+        """``([(y, log_scale), ...], kl)``: outputs in intensity space, one per latent choice.
 
+        A choice is a callable of ``(mu, logvar)``: of the posterior when
+        ``ori`` is given (training a conditional model), else of the prior.
         The encoder runs once for all choices; ``fused`` selects the blocks'
         inference form (and one condition row for a batch of equal rows).
         """
@@ -243,40 +291,67 @@ class ResVAE(nn.Module):
         n_enc = sum(len(layers) for layers in self.enc) + len(self.mid_in)
         h, skips, mu, logvar = self._encode(net_in, iter(film[:n_enc]), fused)
         hh, ww = base.shape[-2:]
+        n_pixels = hh * ww
+        if ori is not None:
+            mu_q, logvar_q = self._posterior(h, base, ori)
+            kl = kl_between(mu_q, logvar_q, mu, logvar, n_pixels)
+            mu, logvar = mu_q, logvar_q
+        else:
+            kl = kl_per_pixel(mu, logvar, n_pixels)
         outs = []
         for choose in choices:
-            corr = self._decode(h, skips, choose(mu, logvar), iter(film[n_enc:]), fused)
-            outs.append(base + corr[..., :hh, :ww])
-        return outs, mu, logvar
+            corr, log_scale = self._decode(h, skips, choose(mu, logvar), iter(film[n_enc:]), fused)
+            outs.append((base + corr[..., :hh, :ww], None if log_scale is None else log_scale[..., :hh, :ww]))
+        return outs, kl
 
     def forward(
-        self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None, sample: bool = True
-    ) -> tuple[Tensor, Tensor]:
-        """``(y, kl)``: y ``(B, 1, h*S, w*S)`` in intensity space, kl the per-pixel KL (batch mean).
+        self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None, sample: bool = True,
+        ori: Tensor | None = None,
+    ) -> Output:
+        """The training form (whatever the autograd mode): an :class:`~astrosr.models.layers.Output`.
 
-        The training form, whatever the autograd mode.
+        ``y`` is ``(B, 1, h*S, w*S)`` in intensity space. A conditional model
+        (``posterior``) needs ``ori`` (model units, ``(B, 1, h*S, w*S)``): its
+        latent is drawn from the posterior and ``y_mean`` is the decode of the
+        prior mean; the other models ignore ``ori``.
         """
 
-        def choose(mu, logvar):
+        def draw(mu, logvar):
             return mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
 
-        (y,), mu, logvar = self._run(blu, psf, cond, [choose], fused=False)
-        return y, kl_per_pixel(mu, logvar, y.shape[-1] * y.shape[-2])
+        if not self.config["posterior"]:
+            ((y, log_scale),), kl = self._run(blu, psf, cond, [draw], fused=False)
+            return Output(y, kl, None, log_scale)
+        if ori is None:
+            raise ConfigError("resvae posterior: training needs ori (the posterior sees BLU and ORI)")
+        ((y, log_scale),), kl = self._run(blu, psf, cond, [draw], fused=False, ori=ori)
+        ((y_mean, _),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=False)
+        return Output(y, kl, y_mean, log_scale)
 
     def restore(self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        """Posterior-mean restoration ``(B, 1, h*S, w*S)`` in model units, unclamped.
+        """Restoration ``(B, 1, h*S, w*S)`` in model units, unclamped: the decode of the prior's mean latent.
 
         The inference form, whatever the autograd mode (call it in
         ``torch.inference_mode``: it is not meant to be differentiated).
         """
-        (y,), _, _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=True)  # no KL: not needed here
+        ((y, _),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=True)
         return self.from_intensity(y)
 
     def sample(self, blu: Tensor, n: int, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        """``n`` posterior draws ``(n, B, 1, h*S, w*S)`` in model units (encoder run once, inference form)."""
+        """``n`` draws ``(n, B, 1, h*S, w*S)`` in model units: latents from the prior, plus the noise head's noise.
+
+        The encoder runs once; inference form. BLU is all a draw sees.
+        """
 
         def draw(mu, logvar):
             return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
-        outs, _, _ = self._run(blu, psf, cond, [draw] * n, fused=True)
-        return self.from_intensity(torch.stack(outs))
+        outs, _ = self._run(blu, psf, cond, [draw] * n, fused=True)
+        ys = []
+        for y, log_scale in outs:
+            if log_scale is not None:
+                # Laplace noise by inverse CDF: u in (-1/2, 1/2), x = -b sign(u) log(1 - 2|u|)
+                u = torch.rand_like(y) - 0.5
+                y = y - log_scale.exp() * torch.sign(u) * torch.log1p(-2.0 * u.abs().clamp_max(0.4999999))
+            ys.append(y)
+        return self.from_intensity(torch.stack(ys))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .layers import kl_per_pixel
+from .layers import Output, kl_per_pixel
 
 __all__ = ["VAE"]
 
@@ -110,19 +110,23 @@ class VAE(nn.Module):
         return self.decoder(self.fc_decode(z).view(-1, 64, 16, 16))
 
     def forward(
-        self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None, sample: bool = True
-    ) -> tuple[Tensor, Tensor]:
-        """``(y, kl)``: y ``(B, 1, h*S, w*S)`` in [0, 1]; ``psf`` and ``cond`` are ignored."""
+        self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None, sample: bool = True,
+        ori: Tensor | None = None,
+    ) -> Output:
+        """``Output(y, kl)``: y ``(B, 1, h*S, w*S)`` in [0, 1]; ``psf``, ``cond`` and ``ori`` are ignored.
+
+        The seed design: its latent is inferred from BLU alone.
+        """
         blocks, layout = self._blocks(blu)
         mu, logvar = self._encode(blocks)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
         y = self._decode(z)
         kl = kl_per_pixel(mu, logvar, self.tile * self.tile) * blocks.shape[0] / blu.shape[0]
-        return self._unblocks(y, layout), kl
+        return Output(self._unblocks(y, layout), kl)
 
     def restore(self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         """Posterior-mean restoration in model units (the decoded mean latent)."""
-        y, _ = self(blu, psf=psf, cond=cond, sample=False)
+        y = self(blu, psf=psf, cond=cond, sample=False).y
         return self.from_intensity(y)
 
     def sample(self, blu: Tensor, n: int, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
