@@ -61,7 +61,27 @@ __all__ = [
     "deblur_image",
     "deblur_file",
     "trained_for",
+    "catalog_path",
+    "CATALOG_SAMPLES",
 ]
+
+#: Posterior draws behind a source table when ``samples`` is not given
+CATALOG_SAMPLES = 16
+
+
+def catalog_path(output: str | Path) -> Path:
+    """The source table written beside a deblur output: ``<stem>_sources.ecsv``.
+
+    Examples
+    --------
+    >>> catalog_path("out/m51_deblur.fits.fz").name
+    'm51_deblur_sources.ecsv'
+    """
+    output = Path(output)
+    name = output.name
+    for suffix in (".fz", ".fits"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    return output.with_name(f"{name}_sources.ecsv")
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,13 @@ class DeblurOptions:
     overlap : int
         Tile overlap in input pixels.
     samples : int
-        Posterior draws for an ``UNCERT`` extension (0: none).
+        Posterior draws for an ``UNCERT`` extension (0: none; with
+        ``catalog``, :data:`CATALOG_SAMPLES`).
+    catalog : bool
+        Write a source table beside each output (``<output>_sources.ecsv``,
+        :mod:`astrosr.catalog`): positions (pixel and WCS), aperture flux and
+        its uncertainty over the draws, and ``p_detect``, the fraction of
+        draws that find the source again.
     compress : bool
         Write lossless tile-compressed ``_deblur.fits.fz`` files (image in HDU 1).
     overwrite : bool
@@ -134,7 +160,9 @@ class DeblurOptions:
                                               "grid [1].")
     consistency: bool = option(True, help="Skip the data-consistency step (network output only).")
     overlap: int = option(32, minimum=0, help="Tile overlap in input pixels.")
-    samples: int = option(0, minimum=0, help="Posterior draws for an UNCERT extension.")
+    samples: int = option(0, minimum=0, help="Posterior draws for an UNCERT extension [0; 16 with --catalog].")
+    catalog: bool = option(False, help="Write a source table (ECSV) beside each output: positions, aperture flux and "
+                                       "p_detect over the posterior draws.")
     compress: bool = option(False, help="Write lossless tile-compressed _deblur.fits.fz files.")
     overwrite: bool = option(False, help="Replace existing outputs instead of skipping them.")
     device: str = option("auto", help="cpu, cuda, cuda:1... or auto (a GPU when present).")
@@ -149,6 +177,8 @@ class DeblurOptions:
         check_options(self)
         check_device(self.device)
         check_grid(self.psf_grid, self.psf)
+        if self.catalog and self.psf_grid > 1:
+            raise ConfigError("catalog: not available with psf_grid > 1 yet (one detector FWHM per image)")
         if self.psf.ranged:
             key = self.psf.ranged_key()
             raise ConfigError(f"psf.{key}: {getattr(self.psf, key)} is a range; an image has one PSF (ranges are for prepare)")
@@ -222,6 +252,7 @@ def deblur_image(
     progress: ProgressCallback = None,
     model_info: dict | None = None,
     psf_grid: int = 1,
+    catalog: bool = False,
 ) -> Restored:
     """Deblur one image held in memory (the notebook entry point).
 
@@ -264,6 +295,9 @@ def deblur_image(
     psf_grid : int
         With ``psf`` auto: measure the PSF per region of an N x N grid and
         restore each region with its own kernel, blended across the borders.
+    catalog : bool
+        Also build the source table (``restored.catalog``, a
+        :class:`~astrosr.catalog.DrawCatalog`; its ``p_detect`` needs ``samples``).
 
     Returns
     -------
@@ -314,6 +348,9 @@ def deblur_image(
     match = match_psf(image, psf, target_fwhm=target_fwhm, scale=scale, header=header, name=name,
                       ignore_psf_check=ignore_psf_check, model_info=model_info, grid=psf_grid)
     cells = match.regions or None
+    if catalog and cells:
+        raise ConfigError("catalog: not available with psf_grid > 1 yet (one detector FWHM per image)")
+    observer = _catalog_observer(image, match, scale) if catalog else None
     import torch
 
     # posterior draws from a fixed seed (caller's RNG state untouched): same UNCERT on every run
@@ -323,15 +360,29 @@ def deblur_image(
         keys = dict(consistency=consistency, overlap=overlap, samples=samples, device=device)
         if match.convolve:
             restored = _convolved(image, match.kernel, scale=scale)
+            if observer is not None:
+                observer.restored(restored.sr)
         elif cells is None:
             restored = restore_image(image, model, psf_kernel=match.kernel, psf_fwhm=match.kernel_fwhm,
-                                     progress=progress, **keys)
+                                     progress=progress, observer=observer, **keys)
         else:
             restored = _restore_regions(image, model, cells, scale=scale, margin=max(2 * overlap, 32),
                                         progress=progress, **keys)
     restored.psf = match
+    restored.catalog = observer
     check_output(image, restored.sr, match, name=name)
     return restored
+
+
+def _catalog_observer(image, match, scale):
+    """The :class:`~astrosr.catalog.DrawCatalog` of one image: the output PSF's FWHM, the input's background."""
+    from .catalog import DrawCatalog
+    from .stars import background
+
+    median, std = background(image)
+    # without a declared output PSF the output's is not known: the image's own is the conservative scale
+    fwhm = match.target_fwhm or match.image_fwhm * scale
+    return DrawCatalog(fwhm=fwhm, background_std=std, median=median)
 
 
 def _convolved(image, kernel, *, scale):
@@ -455,9 +506,11 @@ def deblur_file(
         psf_id += "; checks ignored"
     if out.is_dir():
         raise InputError(f"{out}: a directory stands where the output file goes; move it or choose another out_dir")
+    samples = o.samples or (CATALOG_SAMPLES if o.catalog else 0)
+    sources = catalog_path(out) if o.catalog else None
     if out.exists() and not o.overwrite:
-        if existing_matches(out, sha256=info["sha256"], psf_id=psf_id, consistency=o.consistency, samples=o.samples,
-                            overlap=o.overlap):
+        if existing_matches(out, sha256=info["sha256"], psf_id=psf_id, consistency=o.consistency, samples=samples,
+                            overlap=o.overlap) and (sources is None or sources.is_file()):
             return FileResult(str(path), str(out), "skipped", "done before with this model, PSF and settings")
         raise InputError(f"{out}: output exists and was not made with this model and PSF, or with other "
                          "consistency/samples/overlap settings (overwrite=True replaces it)")
@@ -469,8 +522,8 @@ def deblur_file(
                          "is refused (allow_astrosr_input=True allows it)")
     restored = deblur_image(image.data, model, psf=psf, target_fwhm=o.target_fwhm, header=image.header,
                             name=str(path), ignore_psf_check=o.ignore_psf_check, consistency=o.consistency,
-                            overlap=o.overlap, samples=o.samples, device=device, progress=progress, model_info=info,
-                            psf_grid=o.psf_grid)
+                            overlap=o.overlap, samples=samples, device=device, progress=progress, model_info=info,
+                            psf_grid=o.psf_grid, catalog=o.catalog)
     scale = int(getattr(model, "scale", 1))
     megapixels = image.data.size / 1e6
     mask = (~np.isfinite(image.data)).astype(np.uint8)
@@ -479,7 +532,7 @@ def deblur_file(
     image.data = None  # free the float64 input before the float32 copies and the write
     sr = restored.sr.astype(np.float32, copy=False)
     uncert = None if restored.uncert is None else restored.uncert.astype(np.float32, copy=False)
-    lo, hi, match = restored.blu_lo, restored.blu_hi, restored.psf
+    lo, hi, match, observer = restored.blu_lo, restored.blu_hi, restored.psf, restored.catalog
     del restored
     header, fixed, dropped = standard_cards(clean_header(image.header, image_axes_only=image.plane is not None))
     if fixed or dropped:
@@ -496,12 +549,23 @@ def deblur_file(
         trained_for=trained_for(info),
         consistency=o.consistency,
         overlap=o.overlap,
-        samples=o.samples,
+        samples=samples,
         scale=scale,
         lo=lo,
         hi=hi,
         cards=match.cards(),
         history=match.history(),
     )
+    if sources is not None:
+        # before the image: an output file on disk is what marks an input as done
+        from astropy.wcs import WCS
+
+        from . import __version__
+        from .catalog import write_catalog
+
+        table = observer.table(WCS(header))
+        table.meta.update({"image": out.name, "input": path.name, "astrosr_version": __version__,
+                           "model_sha256": info["sha256"]})
+        write_catalog(sources, table)
     write_output(out, sr, header, mask, uncert, compress=o.compress, overwrite=o.overwrite)
     return FileResult(str(path), str(out), "done", "", time.perf_counter() - start, megapixels)

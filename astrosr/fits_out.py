@@ -308,6 +308,8 @@ def add_provenance(
         ("ASRCONS", bool(consistency), "data-consistency step applied"),
         ("ASROVLP", int(overlap), "tile overlap, input pixels"),
         ("ASRSAMP", int(samples), "posterior draws behind UNCERT (0: none)"),
+        ("ASRUSCAL", float((info.get("uncertainty") or {}).get("scale", 1.0)),
+         "UNCERT = std of the draws x this (val-calibrated)"),
         ("ASRSCALE", int(scale), "output pixels per input pixel per axis"),
         ("ASRLO", lo, "input 0.5 percentile: model normalisation"),
         ("ASRHI", hi, "input 99.9 percentile: model normalisation"),
@@ -449,7 +451,13 @@ def write_output(
         uncert_header = wcs_cards(header)
         if "BUNIT" in header:
             uncert_header["BUNIT"] = header["BUNIT"]
-        uncert_header["COMMENT"] = "per-pixel std over posterior draws, in the image's units"
+        # astropy's CCDData reads an uncertainty HDU by this card
+        uncert_header["UTYPE"] = ("StdDevUncertainty", "1-sigma uncertainty of each pixel")
+        for key in ("ASRSAMP", "ASRUSCAL"):
+            if key in header:
+                uncert_header[key] = (header[key], header.comments[key])
+        uncert_header["COMMENT"] = ("per-pixel std over posterior draws of the whole restoration (each through the "
+                                    "data-consistency step when on), times ASRUSCAL, in the image's units")
         hdus.append(_hdu(uncert, uncert_header, name="UNCERT", compress=compress))
     _reproducible_writes()
     with atomic_path(out, overwrite=overwrite) as tmp:

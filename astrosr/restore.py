@@ -216,6 +216,7 @@ def restore_image(
     samples: int = 0,
     device: str | torch.device = "cpu",
     progress: Callable[[str, int, int], None] | None = None,
+    observer: Any = None,
 ) -> Restored:
     """Restore a whole blurred image with a model, as evaluate scores and deblur writes it.
 
@@ -249,7 +250,13 @@ def restore_image(
         torch's global RNG: seed it for reproducible maps.
     device : str or torch.device
     progress : callable, optional
-        ``progress('tiles', done, total)`` after each network batch (:mod:`astrosr.progress`).
+        ``progress('tiles', done, total)`` after each network batch, and
+        ``progress('draws', done, samples)`` after each draw (:mod:`astrosr.progress`).
+    observer : object, optional
+        Sees the restoration and then each draw, each whole and in physical
+        units: ``observer.restored(sr)`` once, then ``observer.draw(image)``
+        per draw (:class:`astrosr.catalog.DrawCatalog`); NaN pixels are not
+        yet restored to NaN.
 
     Returns
     -------
@@ -311,6 +318,10 @@ def restore_image(
     sr = map_tiles(x, mean_pass, progress=progress, **common)[: ny * scale, : nx * scale]
     sr *= span
     sr += lo
+    if consistency:
+        sr = consistency_step(sr, blu, psf_kernel, scale=scale)
+    if observer is not None:
+        observer.restored(sr)
     uncert = None
     if samples > 0:
         # Welford's running mean and sum of squares: one draw in memory at a time
@@ -322,6 +333,8 @@ def restore_image(
             draw += lo
             if consistency:
                 draw = consistency_step(draw, blu, psf_kernel, scale=scale)
+            if observer is not None:
+                observer.draw(draw)
             delta = draw - mean
             mean += delta / (i + 1)
             m2 += delta * (draw - mean)
@@ -330,8 +343,6 @@ def restore_image(
         uncert = np.sqrt(m2 / max(samples - 1, 1), out=m2)
         uncert *= float(getattr(model, "uncertainty_scale", 1.0))
     del x
-    if consistency:
-        sr = consistency_step(sr, blu, psf_kernel, scale=scale)
     if bad.any():
         mask = np.repeat(np.repeat(bad, scale, axis=0), scale, axis=1) if scale > 1 else bad
         sr[mask] = np.nan

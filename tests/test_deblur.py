@@ -195,6 +195,19 @@ def test_nan_pixels_stay_nan_and_are_masked(data_dir, models, tmp_path, bolocam_
         assert np.nanmax(uncert) > 0 and hdul["UNCERT"].header["BUNIT"] == hdul[0].header["BUNIT"]
 
 
+def test_uncert_is_a_ccddata_std_uncertainty_with_its_draws_and_scale(bolocam_outputs):
+    from astropy.nddata import CCDData, StdDevUncertainty
+
+    with fits.open(bolocam_outputs[0]) as hdul:
+        head = hdul["UNCERT"].header
+        assert head["UTYPE"] == "StdDevUncertainty" and head["ASRSAMP"] == 2
+        assert head["ASRUSCAL"] == hdul[0].header["ASRUSCAL"] > 0
+        uncert = hdul["UNCERT"].data
+    ccd = CCDData.read(bolocam_outputs[0], hdu_uncertainty="UNCERT", hdu_mask="MASK", unit="adu")
+    assert isinstance(ccd.uncertainty, StdDevUncertainty)
+    assert np.array_equal(ccd.uncertainty.array, uncert, equal_nan=True)
+
+
 def test_compressed_output_reads_back_bit_identical(bolocam_outputs):
     plain, packed = bolocam_outputs
     assert packed.endswith("bolocam_deblur.fits.fz")
