@@ -1,4 +1,10 @@
-"""Classical baselines of bench-v1: Richardson-Lucy and Wiener with the true PSF.
+"""Classical baselines of bench-v1: Richardson-Lucy and Wiener with the true PSF, and BM3D where installed.
+
+BM3D deblurring (the ``bm3d`` package, behind the optional ``peers`` extra:
+its licence allows non-commercial use only, so it is never a core
+dependency) is the strongest classical peer: its noise multiplier is chosen
+on val like RL's iterations, and its restorations are cached per image and
+settings (it costs about a minute per megapixel).
 
 bench-v1 (``benchmarks/README.md``, section Report rows and baselines) fixes
 both calls (skimage, ``clip=False``; RL on ``BLU - min(BLU)`` because it needs
@@ -41,6 +47,10 @@ __all__ = [
     "richardson_lucy",
     "richardson_lucy_sweep",
     "wiener",
+    "BM3D_MULTIPLIERS",
+    "bm3d_available",
+    "bm3d_deblur",
+    "cached_bm3d",
     "choose_parameters",
     "cached_choice",
     "default_choice",
@@ -50,6 +60,12 @@ RL_ITERS = (5, 10, 20, 30, 50)
 WIENER_BALANCES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_RL_ITERS = 20
 DEFAULT_WIENER_BALANCE = 0.1
+#: BM3D's noise std is the true one times one of these (chosen on val)
+BM3D_MULTIPLIERS = (0.5, 0.7, 1.0, 1.4, 2.0)
+DEFAULT_BM3D_MULTIPLIER = 1.0
+#: what a report says when the BM3D row is missing
+BM3D_MISSING = ("BM3D skipped: the bm3d package is not installed (pip install 'astrosr-restore[peers]'; "
+                "its licence allows non-commercial use only)")
 CACHE_NAME = "baselines_choice.json"
 
 
@@ -200,11 +216,101 @@ def default_choice(reason: str) -> dict[str, Any]:
     return {
         "rl_iters": DEFAULT_RL_ITERS,
         "wiener_balance": DEFAULT_WIENER_BALANCE,
+        "bm3d_multiplier": DEFAULT_BM3D_MULTIPLIER if bm3d_available() else None,
         "source": "default",
         "note": reason,
         "rl_ssim": {},
         "wiener_ssim": {},
+        "bm3d_ssim": {},
     }
+
+
+def bm3d_available() -> bool:
+    """Whether the optional ``bm3d`` package imports.
+
+    Examples
+    --------
+    >>> isinstance(bm3d_available(), bool)
+    True
+    """
+    try:
+        import bm3d  # noqa: F401
+    except Exception:  # ImportError, or a broken install of it or of bm4d
+        return False
+    return True
+
+
+def bm3d_deblur(blu: np.ndarray, psf: np.ndarray, *, noise_std: float,
+                multiplier: float = DEFAULT_BM3D_MULTIPLIER) -> np.ndarray:
+    """BM3D deblurring as the benchmark runs it: ``bm3d.bm3d_deblurring`` with the true PSF and noise std.
+
+    The image is scaled by its own 0.5/99.9 percentiles to order 1 and
+    reflect-padded by the PSF's half-width (the method's inverse filter is
+    circular), restored with noise std ``multiplier x noise_std`` (in those
+    units), cropped and scaled back.
+
+    Parameters
+    ----------
+    blu : ndarray (H, W)
+    psf : ndarray
+        The true PSF (unit sum, odd sides).
+    noise_std : float
+        BLU's noise std, physical units.
+    multiplier : float
+
+    Returns
+    -------
+    ndarray (H, W), float64
+    """
+    import bm3d
+
+    if not hasattr(np, "trapz"):  # bm4d 4.2 calls np.trapz, which numpy 2.x renamed
+        np.trapz = np.trapezoid
+    from .degrade import percentile_limits
+
+    lo, hi = percentile_limits(blu)
+    span = hi - lo
+    pad = psf.shape[0] // 2
+    z = np.pad((np.asarray(blu, dtype=np.float64) - lo) / span, pad, mode="reflect")
+    out = np.asarray(bm3d.bm3d_deblurring(z, multiplier * noise_std / span, psf), dtype=np.float64)
+    return out[pad:-pad, pad:-pad] * span + lo if pad else out * span + lo
+
+
+def cached_bm3d(cache_dir: str | Path | None, blu: np.ndarray, psf: np.ndarray, *, noise_std: float,
+                multiplier: float) -> tuple[np.ndarray, float]:
+    """``(restoration, seconds)`` of :func:`bm3d_deblur`, from ``cache_dir`` when it was computed before.
+
+    The key is the image's and the kernel's bytes, the noise std and the
+    multiplier; ``seconds`` is the time the computation took (also on a
+    cache hit, so s/Mpix stays the method's cost). None: no cache.
+    """
+    import time
+
+    key = hashlib.sha256()
+    for part in (np.ascontiguousarray(blu, dtype=np.float64), np.ascontiguousarray(psf, dtype=np.float64)):
+        key.update(part.tobytes())
+        key.update(str(part.shape).encode())
+    key.update(f"{noise_std!r} {multiplier!r} bm3d".encode())
+    name = key.hexdigest()[:24]
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{name}.npy"
+        meta = path.with_suffix(".json")
+        if path.is_file() and meta.is_file():
+            try:
+                return np.load(path), float(json.loads(meta.read_text())["seconds"])
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged entry is recomputed
+    t0 = time.perf_counter()
+    out = bm3d_deblur(blu, psf, noise_std=noise_std, multiplier=multiplier)
+    seconds = time.perf_counter() - t0
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, overwrite=True) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, out)
+        with atomic_path(meta, overwrite=True) as tmp:
+            tmp.write_text(json.dumps({"seconds": seconds, "noise_std": noise_std, "multiplier": multiplier}))
+    return out, seconds
 
 
 def choose_parameters(
@@ -214,8 +320,11 @@ def choose_parameters(
     iters: Sequence[int] = RL_ITERS,
     balances: Sequence[float] = WIENER_BALANCES,
     progress: Callable[[], None] | None = None,
+    bm3d: bool = False,
+    multipliers: Sequence[float] = BM3D_MULTIPLIERS,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Choose RL iterations and Wiener balance by mean val SSIM.
+    """Choose RL iterations, Wiener balance and (with ``bm3d``) BM3D's noise multiplier by mean val SSIM.
 
     bench-v1's rule (``benchmarks/README.md``, section Report rows and
     baselines): each parameter is the grid value with the highest mean SSIM
@@ -231,12 +340,20 @@ def choose_parameters(
         The grids (bench-v1's by default).
     progress : callable, optional
         Called once per image done.
+    bm3d : bool
+        Also choose BM3D's multiplier (needs the ``bm3d`` package); the
+        noise std of each val image is its reference's background std (the
+        bench-v1 degradation's).
+    multipliers : sequence of float
+    cache_dir : str or Path, optional
+        Where BM3D restorations are cached (:func:`cached_bm3d`).
 
     Returns
     -------
     dict
-        ``rl_iters``, ``wiener_balance``, ``source`` ('val'), and the mean
-        SSIM of every grid value (``rl_ssim``, ``wiener_ssim``, keyed by str).
+        ``rl_iters``, ``wiener_balance``, ``bm3d_multiplier`` (None without
+        ``bm3d``), ``source`` ('val'), and the mean SSIM of every grid value
+        (``rl_ssim``, ``wiener_ssim``, ``bm3d_ssim``, keyed by str).
 
     Raises
     ------
@@ -268,23 +385,29 @@ def choose_parameters(
 
     rl = {n: [] for n in iters}
     wi = {b: [] for b in balances}
+    bm = {m: [] for m in (multipliers if bm3d else ())}
     for ref, blu in pairs:
         for n, image in richardson_lucy_sweep(blu, psf, iters).items():
             rl[n].append(tile_ssim(ref, image))
         for b in balances:
             wi[b].append(tile_ssim(ref, wiener(blu, psf, balance=b)))
+        for m in bm:
+            bm[m].append(tile_ssim(ref, cached_bm3d(cache_dir, blu, psf, noise_std=ref.std, multiplier=m)[0]))
         if progress is not None:
             progress()
     rl_mean = {n: float(np.concatenate(v).mean()) for n, v in rl.items()}
     wi_mean = {b: float(np.concatenate(v).mean()) for b, v in wi.items()}
+    bm_mean = {m: float(np.concatenate(v).mean()) for m, v in bm.items()}
     # ties go to the first grid value (fewest iterations, least regularisation)
     return {
         "rl_iters": int(max(iters, key=lambda n: rl_mean[n])),
         "wiener_balance": float(max(balances, key=lambda b: wi_mean[b])),
+        "bm3d_multiplier": float(max(bm, key=lambda m: bm_mean[m])) if bm else None,
         "source": "val",
         "note": "chosen by mean SSIM on the val field",
         "rl_ssim": {str(n): v for n, v in rl_mean.items()},
         "wiener_ssim": {f"{b:g}": v for b, v in wi_mean.items()},
+        "bm3d_ssim": {f"{m:g}": v for m, v in bm_mean.items()},
     }
 
 

@@ -65,6 +65,10 @@ class DrawCatalog:
         The output PSF's FWHM (output px): the detector's and the aperture's scale.
     background_std, median : float
         The input's sigma-clipped background std and median, in the output's units.
+    finder : callable, optional
+        ``finder(image) -> (n, 2) (x, y)``, replacing the detector (evaluate
+        uses bench-v1's own source finder, so ``p_detect`` qualifies exactly
+        the sources its spurious count counts).
 
     Examples
     --------
@@ -81,8 +85,9 @@ class DrawCatalog:
     (1, 1.0)
     """
 
-    def __init__(self, *, fwhm: float, background_std: float, median: float) -> None:
+    def __init__(self, *, fwhm: float, background_std: float, median: float, finder=None) -> None:
         self.fwhm, self.median = float(fwhm), float(median)
+        self.finder = finder
         self.threshold = THRESHOLD * float(background_std)
         self.radius = APERTURE_FWHM * self.fwhm
         self.xy = None
@@ -100,9 +105,19 @@ class DrawCatalog:
         table = aperture_photometry(data, CircularAperture(self.xy, r=self.radius))
         return np.asarray(table["aperture_sum"], dtype=np.float64)
 
+    def _find(self, image):
+        if self.finder is not None:
+            return np.asarray(self.finder(image), dtype=np.float64).reshape(-1, 2)
+        return detect(image, fwhm=self.fwhm, threshold=self.threshold, median=self.median)
+
+    @property
+    def p_detect(self) -> np.ndarray:
+        """Per source: the fraction of draws that found it again (NaN before any draw)."""
+        return self.hits / self.n_draws if self.n_draws else np.full(len(self.xy), np.nan)
+
     def restored(self, image: np.ndarray) -> None:
         """The restoration itself: its sources are the table's rows."""
-        self.xy = detect(image, fwhm=self.fwhm, threshold=self.threshold, median=self.median)
+        self.xy = self._find(image)
         self.flux = self._photometry(image)
         self.hits = np.zeros(len(self.xy), dtype=int)
         self._sum, self._sum2 = np.zeros(len(self.xy)), np.zeros(len(self.xy))
@@ -114,7 +129,7 @@ class DrawCatalog:
         self.n_draws += 1
         if len(self.xy) == 0:
             return
-        found = detect(image, fwhm=self.fwhm, threshold=self.threshold, median=self.median)
+        found = self._find(image)
         if len(found):
             from scipy.spatial import cKDTree
 
@@ -141,7 +156,7 @@ class DrawCatalog:
             table["dec"] = sky.icrs.dec.deg
         table["flux"] = self.flux
         table["flux_err"] = np.sqrt(var) if self.n_draws > 1 else np.full(len(self.xy), np.nan)
-        table["p_detect"] = self.hits / n if self.n_draws else np.full(len(self.xy), np.nan)
+        table["p_detect"] = self.p_detect
         table.meta.update({
             "detector": f"photutils DAOStarFinder(fwhm={self.fwhm:.4g}, threshold={THRESHOLD:g} x input background "
                         f"std = {self.threshold:.6g}) on image - {self.median:.6g}",

@@ -239,7 +239,7 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
     import torch
 
     from .evaluate_report import write_outputs
-    from .scoring import SAMPLE_SEED, baseline_choice, load_models, method_names, score_image, warm_up
+    from .scoring import BM3D_CACHE, SAMPLE_SEED, baseline_choice, load_models, method_names, score_image, warm_up
 
     if o.threads:
         torch.set_num_threads(int(o.threads))
@@ -264,7 +264,8 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
             log.info("scoring %s (%s)", Path(path).name, field)
             results.append(
                 score_image(path, field, kernel, [(m["label"], m["model"]) for m in loaded_models],
-                             psf_fwhm, choice, o.consistency, device, o.panels, o.samples, hdu=o.hdu, plane=o.plane)
+                             psf_fwhm, choice, o.consistency, device, o.panels, o.samples, hdu=o.hdu, plane=o.plane,
+                             bm3d_cache=out / BM3D_CACHE)
             )
             report(progress, "images", i + 1, len(sources))
         _dedupe_names(results)

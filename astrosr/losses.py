@@ -3,9 +3,9 @@
 The loss of one batch (the same reductions for every model)::
 
     loss = recon(y, to_intensity(ori))               # L1 or MSE, mean over pixels
-         [+ recon(y_mean, to_intensity(ori))] / 2    # a conditional model: its prior-mean decode too
+         [+ recon(y_mean, to_intensity(ori))]        # a conditional model: its prior-mean decode too
          + beta_t * kl                               # the model's per-pixel KL, linear warm-up
-         [+ mean(|y - t|_detached / b + log b)]      # a noise head's Laplace scale b (only b learns)
+         [+ mean(|sr - ori|_detached / b + log b)]   # a noise head's Laplace scale b, linear units (only b learns)
          + ssim_weight * (1 - SSIM(sr, ori))         # on model units clipped to [0, 1]
          + consistency_weight * recon(to_intensity(PSF * sr), to_intensity(blu))
 
@@ -114,14 +114,15 @@ def batch_loss(model: torch.nn.Module, raw: torch.nn.Module, batch: dict, cfg: T
         # restoration decodes the prior mean, which never saw ORI: train that decode as well
         recon_mean = recon_fn(y_mean, target)
         terms["recon_posterior"], terms["recon_prior"] = recon.item(), recon_mean.item()
-        recon = 0.5 * (recon + recon_mean)
+        recon = recon + recon_mean
     beta = kl_weight(step, cfg)
     loss = recon + beta * kl
     terms.update({"recon": recon.item(), "kl": kl.item(), "beta": beta})
     if log_scale is not None:
-        # the Laplace negative log-likelihood of what the posterior draw left unexplained; the error
-        # is detached, so this term teaches the scale and never moves the restoration
-        nll = ((y - target).abs().detach() * torch.exp(-log_scale) + log_scale).mean()
+        # the Laplace negative log-likelihood of what the posterior draw left unexplained, in linear
+        # model units; the error is detached, so this term teaches the scale, never the restoration
+        err = (raw.from_intensity(y.detach()) - ori).abs()
+        nll = (err * torch.exp(-log_scale) + log_scale).mean()
         loss = loss + nll
         terms["noise_nll"] = nll.item()
     if cfg.ssim_weight or cfg.consistency_weight:

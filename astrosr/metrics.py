@@ -45,6 +45,10 @@ __all__ = [
     "FieldScore",
     "reference",
     "find_sources",
+    "P_CONFIDENT",
+    "detected",
+    "matched_sources",
+    "source_trust",
     "normalise",
     "tile_metrics",
     "score",
@@ -256,6 +260,69 @@ def reference(ori: np.ndarray, *, tile: int = BENCH_TILE) -> Reference:
     )
 
 
+#: A source with p_detect at least this is one the posterior draws agree on
+P_CONFIDENT = 0.9
+
+
+def detected(ref: Reference, image: np.ndarray) -> np.ndarray:
+    """bench-v1's detections in a restoration: ``find_sources(image - median, 10 std)`` with ORI's statistics.
+
+    The list the spurious count of :func:`score` judges.
+    """
+    return find_sources(np.asarray(image, dtype=np.float64) - ref.median, DETECT_SIGMA * ref.std)
+
+
+def matched_sources(ref: Reference, xy: np.ndarray) -> int:
+    """Number of ORI's 10-sigma sources with one of ``xy`` within 3 px (completeness)."""
+    if len(xy) == 0 or len(ref.sources) == 0:
+        return 0
+    dist, _ = cKDTree(np.asarray(xy).reshape(-1, 2)).query(ref.sources, k=1)
+    return int(np.count_nonzero(dist <= MATCH_RADIUS))
+
+
+def source_trust(ref: Reference, xy: np.ndarray, p_detect: np.ndarray) -> dict[str, int]:
+    """Spurious counts and completeness of a restoration's sources, all and with ``p_detect >= 0.9``.
+
+    Parameters
+    ----------
+    ref : Reference
+    xy : ndarray (n, 2)
+        The restoration's detections (:func:`detected`).
+    p_detect : ndarray (n,)
+        Fraction of posterior draws finding each again.
+
+    Returns
+    -------
+    dict
+        ``detected``, ``spurious`` (no ORI 5-sigma peak within 3 px),
+        ``confident`` (p_detect >= 0.9), ``spurious_confident``,
+        ``complete_confident`` (ORI 10-sigma sources matched by a confident
+        source), ``n_sources`` (ORI's 10-sigma sources: the denominator).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astrosr.psf import moffat_psf
+    >>> ori = np.random.default_rng(0).normal(0.0, 1.0, (128, 128))
+    >>> star = moffat_psf(4.0, size=9)
+    >>> ori[60:69, 40:49] += 300.0 * star / star.max()
+    >>> ref = reference(ori)
+    >>> source_trust(ref, np.array([[44.0, 64.0], [100.0, 20.0]]), np.array([1.0, 0.2]))
+    {'detected': 2, 'spurious': 1, 'confident': 1, 'spurious_confident': 0, 'complete_confident': 1, 'n_sources': 1}
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    confident = np.asarray(p_detect) >= P_CONFIDENT
+    near = ref.near_reference(xy)
+    return {
+        "detected": int(len(xy)),
+        "spurious": int(np.count_nonzero(~near)),
+        "confident": int(np.count_nonzero(confident)),
+        "spurious_confident": int(np.count_nonzero(~near[confident])),
+        "complete_confident": matched_sources(ref, xy[confident]),
+        "n_sources": int(ref.n_sources),
+    }
+
+
 def tile_metrics(x_tiles: np.ndarray, ori_tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-tile ``(ssim, mse, psnr)`` arrays of normalised tiles (PSNR inf where MSE is 0).
 
@@ -359,7 +426,7 @@ def score(ref: Reference, image: np.ndarray) -> ImageScore:
     ssim, mse, psnr = tile_metrics(tiles, ref.ori_tiles)
     sub = image - ref.median
     flux_err = np.abs(_aperture_sums(sub, ref.sources) / ref.ori_flux - 1.0)
-    found = find_sources(sub, DETECT_SIGMA * ref.std)
+    found = detected(ref, image)
     spurious = int(np.count_nonzero(~ref.near_reference(found)))
     return ImageScore(
         origins=list(ref.origins),

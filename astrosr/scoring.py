@@ -19,7 +19,7 @@ Examples
 >>> from astrosr.scoring import score_image
 >>> from astrosr.simulate import example_field
 >>> path = example_field()
->>> choice = baselines.default_choice("example: no val images")
+>>> choice = dict(baselines.default_choice("example: no val images"), bm3d_multiplier=None)  # no BM3D row
 >>> result = score_image(path, "val", moffat_psf(4.0, size=9), [], 4.0, choice, True, "cpu", 1)
 >>> list(result.scores)
 ['BLU', 'RL n=20', 'Wiener b=0.1']
@@ -53,6 +53,9 @@ if TYPE_CHECKING:  # annotations only: torch is imported where a model runs, not
 __all__ = ["ImageResult", "SAMPLE_SEED", "method_names", "degraded", "baseline_choice", "warm_up",
            "score_image", "load_models"]
 
+#: BM3D restorations are cached in this folder of the evaluate output (a minute per megapixel each)
+BM3D_CACHE = "bm3d_cache"
+
 #: torch seed of the posterior draws, set afresh for every model on every image
 SAMPLE_SEED = 0
 
@@ -78,6 +81,11 @@ class ImageResult:
         Per method, the scored tiles' errors and uncertainty
         (:func:`astrosr.uncertainty.pixel_errors`); None where the method has
         no uncertainty map (no ``samples``, BLU, RL, Wiener).
+    trust : dict of str -> dict
+        With posterior draws: per with-step SR row, its sources' spurious
+        counts and completeness, all and with ``p_detect >= 0.9``
+        (:func:`astrosr.metrics.source_trust`), and for the Wiener row its
+        plain detections' (``detected``, ``spurious``, ``complete``).
     star_fwhm : dict of str -> float or None
         The resolution figure (median star FWHM, px; :mod:`astrosr.stars`)
         of ORI and of each method, at ORI's resolution stars; None without
@@ -96,6 +104,7 @@ class ImageResult:
     seconds: dict
     panels: dict
     calibration: dict = None
+    trust: dict = None
     star_fwhm: dict = None
     n_stars: int = 0
 
@@ -121,7 +130,7 @@ def _unique_labels(paths):
 
 
 def method_names(model_labels: Sequence[str], choice: dict[str, Any], *, consistency: bool = True) -> list[str]:
-    """Report rows in order: BLU, per model (with then without the step), RL, Wiener.
+    """Report rows in order: BLU, per model (with then without the step), RL, Wiener, BM3D (when installed).
 
     Parameters
     ----------
@@ -139,8 +148,8 @@ def method_names(model_labels: Sequence[str], choice: dict[str, Any], *, consist
     Examples
     --------
     >>> from astrosr.baselines import default_choice
-    >>> method_names(["resvae/best"], default_choice("example"))
-    ['BLU', 'SR resvae/best', 'SR resvae/best (no DC)', 'RL n=20', 'Wiener b=0.1']
+    >>> method_names(["resvae/best"], dict(default_choice("example"), bm3d_multiplier=1.0))
+    ['BLU', 'SR resvae/best', 'SR resvae/best (no DC)', 'RL n=20', 'Wiener b=0.1', 'BM3D x1']
     """
     names = ["BLU"]
     for label in model_labels:
@@ -149,7 +158,14 @@ def method_names(model_labels: Sequence[str], choice: dict[str, Any], *, consist
         names.append(f"SR {label} (no DC)")
     names.append(f"RL n={choice['rl_iters']}")
     names.append(f"Wiener b={choice['wiener_balance']:g}")
+    if choice.get("bm3d_multiplier") is not None:
+        names.append(bm3d_name(choice))
     return names
+
+
+def bm3d_name(choice: dict[str, Any]) -> str:
+    """The BM3D row's name: ``'BM3D x1'`` (its noise multiplier)."""
+    return f"BM3D x{choice['bm3d_multiplier']:g}"
 
 
 def degraded(path: str | Path, kernel: np.ndarray, *, hdu: int | str | None = None,
@@ -246,7 +262,8 @@ def baseline_choice(
         "psf": psf.to_dict(),
         "psf_kernel_sha256": hashlib.sha256(np.ascontiguousarray(kernel).tobytes()).hexdigest(),
         "val": [sha256_file(p) for p, _ in val],
-        "grid": {"rl_iters": list(baselines.RL_ITERS), "wiener_balances": list(baselines.WIENER_BALANCES)},
+        "grid": {"rl_iters": list(baselines.RL_ITERS), "wiener_balances": list(baselines.WIENER_BALANCES),
+                 "bm3d_multipliers": list(baselines.BM3D_MULTIPLIERS) if baselines.bm3d_available() else None},
     }
 
     def compute():
@@ -254,7 +271,8 @@ def baseline_choice(
         for path, _ in val:
             _, ref, blu = degraded(path, kernel)
             pairs.append((ref, blu))
-        return baselines.choose_parameters(pairs, kernel, progress=progress)
+        return baselines.choose_parameters(pairs, kernel, progress=progress, bm3d=baselines.bm3d_available(),
+                                           cache_dir=Path(out) / BM3D_CACHE)
 
     choice, cached = baselines.cached_choice(out, key, compute)
     return dict(choice, cached=cached, val_images=[str(p) for p, _ in val])
@@ -312,7 +330,7 @@ def _network(blu, model, kernel, psf_fwhm, device):
     return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=False, device=device)
 
 
-def _draws_sigma(blu, model, kernel, psf_fwhm, samples, consistency, device):
+def _draws_sigma(blu, model, kernel, psf_fwhm, samples, consistency, device, observer=None):
     """The uncertainty of the model's path (draws through the step when it is on), or None."""
     import torch
 
@@ -325,16 +343,21 @@ def _draws_sigma(blu, model, kernel, psf_fwhm, samples, consistency, device):
     with torch.random.fork_rng(devices=[] if torch.device(device).type != "cuda" else None):
         torch.manual_seed(SAMPLE_SEED)
         return restore_image(blu, model, psf_kernel=kernel, psf_fwhm=psf_fwhm, consistency=consistency,
-                             samples=samples, device=device).uncert
+                             samples=samples, device=device, observer=observer).uncert
 
 
-def _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device, samples=0):
-    """Yield ``(method, image, seconds, sigma)`` for every restoration method, timed.
+def _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device, samples=0, noise_std=None,
+                 bm3d_cache=None, finder=None):
+    """Yield ``(method, image, seconds, sigma, catalog)`` for every restoration method, timed.
 
     ``sigma`` is the model's per-pixel uncertainty (physical units) with
     ``samples`` > 0, else None: the std of draws of that row's own path
     (through the step for the with-step row), times the model's calibration.
+    ``catalog`` (with-step rows with draws, else None) is the
+    :class:`~astrosr.catalog.DrawCatalog` of those draws, detecting with
+    ``finder``: its ``p_detect`` qualifies each source.
     """
+    from .catalog import DrawCatalog
     from .restore import consistency_step
 
     for label, model in models:
@@ -347,14 +370,21 @@ def _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device, sam
             t0 = time.perf_counter()
             sr = consistency_step(raw, blu, kernel)
             seconds = t_raw + time.perf_counter() - t0
-            yield f"SR {label}", sr, seconds, _draws_sigma(blu, model, kernel, psf_fwhm, samples, True, device)
-        yield f"SR {label} (no DC)", raw, t_raw, _draws_sigma(blu, model, kernel, psf_fwhm, samples, False, device)
+            catalog = (DrawCatalog(fwhm=metrics.FWHM, background_std=1.0, median=0.0, finder=finder)
+                       if samples and finder is not None and _can_sample(model) else None)
+            sigma = _draws_sigma(blu, model, kernel, psf_fwhm, samples, True, device, observer=catalog)
+            yield f"SR {label}", sr, seconds, sigma, catalog
+        yield f"SR {label} (no DC)", raw, t_raw, _draws_sigma(blu, model, kernel, psf_fwhm, samples, False, device), None
     t0 = time.perf_counter()
     rl = baselines.richardson_lucy(blu, kernel, n=choice["rl_iters"])
-    yield f"RL n={choice['rl_iters']}", rl, time.perf_counter() - t0, None
+    yield f"RL n={choice['rl_iters']}", rl, time.perf_counter() - t0, None, None
     t0 = time.perf_counter()
     wi = baselines.wiener(blu, kernel, balance=choice["wiener_balance"])
-    yield f"Wiener b={choice['wiener_balance']:g}", wi, time.perf_counter() - t0, None
+    yield f"Wiener b={choice['wiener_balance']:g}", wi, time.perf_counter() - t0, None, None
+    if choice.get("bm3d_multiplier") is not None and noise_std is not None and baselines.bm3d_available():
+        bm, seconds = baselines.cached_bm3d(bm3d_cache, blu, kernel, noise_std=noise_std,
+                                            multiplier=choice["bm3d_multiplier"])
+        yield bm3d_name(choice), bm, seconds, None, None
 
 
 def _panel_crops(ref, images, origins, panel_methods):
@@ -378,6 +408,7 @@ def score_image(
     *,
     hdu: int | str | None = None,
     plane: int | None = None,
+    bm3d_cache: str | Path | None = None,
 ) -> ImageResult:
     """Degrade one image as bench-v1 does, restore it by every method and score each against ORI.
 
@@ -417,8 +448,9 @@ def score_image(
     >>> from astrosr.psf import moffat_psf
     >>> from astrosr.simulate import example_field
     >>> path = example_field()
+    >>> choice = dict(default_choice("example"), bm3d_multiplier=None)  # no BM3D row
     >>> result = score_image(path, "val", moffat_psf(4.0, size=9), [("untrained", ResVAE())], 4.0,
-    ...                      default_choice("example"), True, "cpu", 1)
+    ...                      choice, True, "cpu", 1)
     >>> list(result.scores)
     ['BLU', 'SR untrained', 'SR untrained (no DC)', 'RL n=20', 'Wiener b=0.1']
     """
@@ -431,11 +463,20 @@ def score_image(
     images = {"BLU": blu}
     seconds = {"BLU": None}
     calibration = {"BLU": None}
-    for method, image, secs, sigma in _restore_all(blu, models, kernel, psf_fwhm, choice, consistency, device,
-                                                   samples):
+    trust = {}
+    for method, image, secs, sigma, catalog in _restore_all(
+            blu, models, kernel, psf_fwhm, choice, consistency, device, samples, noise_std=ref.std,
+            bm3d_cache=bm3d_cache, finder=lambda im: metrics.detected(ref, im)):
         images[method] = image
         seconds[method] = secs
         calibration[method] = None if sigma is None else pixel_errors(ref, image, sigma)
+        if catalog is not None:
+            trust[method] = metrics.source_trust(ref, catalog.xy, catalog.p_detect)
+    if trust:  # the peer a trusted source list is held against: Wiener's plain detections
+        wiener_name = next(m for m in images if m.startswith("Wiener "))
+        found = metrics.detected(ref, images[wiener_name])
+        trust[wiener_name] = {"detected": len(found), "spurious": int(np.count_nonzero(~ref.near_reference(found))),
+                              "complete": metrics.matched_sources(ref, found), "n_sources": int(ref.n_sources)}
     scores = {m: metrics.score(ref, img) for m, img in images.items()}
     stars = resolution_stars(ref.ori)
     sharpness = {m: star_fwhm(img, stars) for m, img in {"ORI": ref.ori, **images}.items()}
@@ -459,6 +500,7 @@ def score_image(
         seconds=seconds,
         panels={"origins": origins, "tiles": crops},
         calibration=calibration,
+        trust=trust,
         star_fwhm=sharpness,
         n_stars=len(stars),
     )

@@ -85,11 +85,20 @@ def _start_from(raw, cfg: TrainConfig) -> None:
     from .checkpoint import load_model
 
     source, info = load_model(cfg.init, device="cpu")
-    if info.get("model") != cfg.model or source.config != raw.config:
+    # a model may gain a posterior or a noise head over its source: those parts start fresh, the rest is loaded
+    added = {"posterior": ("post_",), "noise_head": ("scale_head",)}
+    gained = [k for k in added if raw.config.get(k) and not source.config.get(k, False)]
+    same = {k: v for k, v in source.config.items() if k not in gained} == {
+        k: v for k, v in raw.config.items() if k not in gained}
+    if info.get("model") != cfg.model or not same:
         raise ConfigError(f"init: {cfg.init} holds a {info.get('model')} with {source.config}, not this run's "
                           f"{cfg.model} with {raw.config}")
-    raw.load_state_dict(source.state_dict())
-    logger.info("starting from the weights of %s (sha256 %s)", cfg.init, str(info.get("sha256"))[:16])
+    missing, unexpected = raw.load_state_dict(source.state_dict(), strict=False)
+    fresh = tuple(p for k in gained for p in added[k])
+    if unexpected or any(not name.startswith(fresh) for name in missing):
+        raise ConfigError(f"init: {cfg.init}'s weights do not fit this run's {cfg.model}")
+    logger.info("starting from the weights of %s (sha256 %s)%s", cfg.init, str(info.get("sha256"))[:16],
+                f"; new: {', '.join(gained)}" if gained else "")
 
 
 def _fmt(value):

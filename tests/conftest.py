@@ -47,6 +47,15 @@ def _cache_dir(tmp_path_factory):
     os.environ.pop("ASTROSR_CACHE_DIR", None)
 
 
+@pytest.fixture(autouse=True)
+def _no_bm3d_unless_asked(request, monkeypatch):
+    """BM3D costs a minute per megapixel: evaluate skips its row unless a test is marked ``peers``."""
+    if request.node.get_closest_marker("peers") is None:
+        from astrosr import baselines
+
+        monkeypatch.setattr(baselines, "bm3d_available", lambda: False)
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread: on a shared 2-core machine two OpenMP threads mostly wait on each other."""

@@ -328,6 +328,17 @@ def test_samples_report_coverage_of_source_pixels_with_the_draws_of_each_path(da
         assert rows["SR spread"]["ssim"] == pytest.approx(direct.ssim, rel=1e-12)
         for method in ("BLU", "RL n=20", "Wiener b=0.1"):
             assert rows[method]["uncertainty"] is None
+        # the trusted-source counts judge the row's own detections: all of them are the section-5 count
+        trust = rows["SR spread"]["trust"]
+        assert trust["spurious"] == rows["SR spread"]["n_spurious"] and trust["n_sources"] == ref.n_sources
+        assert trust["spurious_confident"] <= trust["spurious"] and trust["confident"] <= trust["detected"]
+        from astrosr.baselines import wiener
+        from scipy.spatial import cKDTree
+
+        found = metrics.detected(ref, wiener(blu, kernel, balance=0.1))
+        expected = 0 if not len(found) or not len(ref.sources) else int(
+            (cKDTree(found).query(ref.sources)[0] <= 3.0).sum())
+        assert rows["Wiener b=0.1"]["trust"]["complete"] == expected
     for method, parts in pooled.items():
         z = np.concatenate([p[0] for p in parts])
         src = np.concatenate([p[1] for p in parts])
@@ -338,6 +349,7 @@ def test_samples_report_coverage_of_source_pixels_with_the_draws_of_each_path(da
     assert "## Uncertainty calibration (3 posterior draws)" in report and "through the data-consistency step" in report
     u = summary["images"]["gc_msx_e"]["methods"]["SR spread"]["uncertainty"]
     assert f"| gc_msx_e (images) | SR spread | {u['source_pixels']} | {u['within_1']:.3f} |" in report
+    assert "### Sources you can trust" in report and "| images | SR spread |" in report
     assert "reliability.png" in summary["files"] and (tmp_path / "reliability.png").stat().st_size > 0
 
 
@@ -405,3 +417,36 @@ def test_star_sharpness_column_reproduces_section_9(bench, image):
         assert row["star_fwhm"][method] == pytest.approx(fwhm, rel=0.02), method
     assert row["resolution_stars"] == (6 if image == "M51" else 40)
     assert "## Star sharpness" in (out / "report.md").read_text()
+
+
+# --- the BM3D row (peers extra) ------------------------------------------------------------------
+
+
+def test_without_bm3d_the_report_says_it_was_skipped(data_dir, tmp_path):
+    result = _cli("evaluate", "--images", data_dir / "gc_msx_e.fits", "--baselines-only", "--panels", "0",
+                  "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert not any(m.startswith("BM3D") for m in summary["methods"])
+    assert "BM3D skipped: the bm3d package is not installed" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.peers
+def test_the_bm3d_row_is_scored_and_its_restorations_cached(data_dir, tmp_path, monkeypatch):
+    from astrosr import baselines
+
+    calls = []
+
+    def stand_in(image, kernel, *, noise_std, multiplier):  # the real one is tested in test_baselines
+        calls.append(multiplier)
+        return baselines.wiener(image, kernel, balance=0.05)
+
+    monkeypatch.setattr(baselines, "bm3d_available", lambda: True)
+    monkeypatch.setattr(baselines, "bm3d_deblur", stand_in)
+    args = ["evaluate", "--images", data_dir / "gc_msx_e.fits", "--baselines-only", "--panels", "0", "-o", tmp_path]
+    assert _cli(*args).exit_code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    row = summary["images"]["gc_msx_e"]["methods"]["BM3D x1"]
+    assert summary["methods"][-1] == "BM3D x1" and row["ssim"] is not None and row["s_per_mpix"] is not None
+    assert "non-commercial" in (tmp_path / "report.md").read_text()
+    assert _cli(*args).exit_code == 0 and calls == [1.0]  # the second run reads the cache

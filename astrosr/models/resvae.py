@@ -78,10 +78,11 @@ class ResVAE(nn.Module):
         Without it the latent is inferred from BLU alone against N(0, 1)
         (the original design, whose decoder learns to ignore it).
     noise_head : bool
-        A per-pixel Laplace scale of what the latent leaves unexplained (ORI's
-        own noise, among others), from the decoder's features; each posterior
-        draw adds noise of that scale. It reads detached features, so it never
-        changes the restoration itself.
+        A per-pixel scale ``b`` (model units, linear) of the error the latent
+        leaves unexplained (ORI's own noise, among others), from the decoder's
+        features; each posterior draw adds Gaussian noise of that error's std
+        (``sqrt(2) b``, the std of a Laplace of scale b). It reads detached
+        features, so it never changes the restoration itself.
 
     Examples
     --------
@@ -182,7 +183,7 @@ class ResVAE(nn.Module):
             self.scale_head = nn.Sequential(nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.ReLU(),
                                             nn.Conv2d(widths[0], 4, 3, padding=1))
             nn.init.zeros_(self.scale_head[-1].weight)
-            nn.init.constant_(self.scale_head[-1].bias, -3.0)  # a small scale to start from (asinh units)
+            nn.init.constant_(self.scale_head[-1].bias, -4.0)  # a small scale to start from (model units)
         enc_widths = [c for c in widths for _ in range(blocks)]
         film_widths = enc_widths + [mid] * mid_blocks + enc_widths[::-1]
         self.film = Film(film_widths) if condition else None
@@ -310,7 +311,8 @@ class ResVAE(nn.Module):
     ) -> Output:
         """The training form (whatever the autograd mode): an :class:`~astrosr.models.layers.Output`.
 
-        ``y`` is ``(B, 1, h*S, w*S)`` in intensity space. A conditional model
+        ``y`` is ``(B, 1, h*S, w*S)`` in intensity space (``log_scale``, of
+        the noise head, is of model units). A conditional model
         (``posterior``) needs ``ori`` (model units, ``(B, 1, h*S, w*S)``): its
         latent is drawn from the posterior and ``y_mean`` is the decode of the
         prior mean; the other models ignore ``ori``.
@@ -347,11 +349,11 @@ class ResVAE(nn.Module):
             return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
         outs, _ = self._run(blu, psf, cond, [draw] * n, fused=True)
-        ys = []
+        draws = []
         for y, log_scale in outs:
+            t = self.from_intensity(y)
             if log_scale is not None:
-                # Laplace noise by inverse CDF: u in (-1/2, 1/2), x = -b sign(u) log(1 - 2|u|)
-                u = torch.rand_like(y) - 0.5
-                y = y - log_scale.exp() * torch.sign(u) * torch.log1p(-2.0 * u.abs().clamp_max(0.4999999))
-            ys.append(y)
-        return self.from_intensity(torch.stack(ys))
+                # linear units: noise added in asinh space would be multiplied by the core's brightness
+                t = t + (2.0**0.5) * log_scale.exp() * torch.randn_like(t)
+            draws.append(t)
+        return torch.stack(draws)
