@@ -4,7 +4,9 @@ BM3D deblurring (the ``bm3d`` package, behind the optional ``peers`` extra:
 its licence allows non-commercial use only, so it is never a core
 dependency) is the strongest classical peer: its noise multiplier is chosen
 on val like RL's iterations, and its restorations are cached per image and
-settings (it costs about a minute per megapixel).
+settings (it costs about a minute per megapixel). The three are kept together in one module:
+each is a classical peer called the same way (BLU and the true PSF in, a restoration out) whose
+one parameter is chosen on val by the same rule.
 
 bench-v1 (``benchmarks/README.md``, section Report rows and baselines) fixes
 both calls (skimage, ``clip=False``; RL on ``BLU - min(BLU)`` because it needs

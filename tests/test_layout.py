@@ -15,7 +15,7 @@ LAYERS = [
     ["fits_io", "fits_out", "psf", "stars", "degrade", "tiling", "simulate", "manifest"],
     ["pairs", "prepare", "dataset", "psf_measure", "psf_matching"],
     ["operators", "models", "models.layers", "models.vae", "models.resvae", "checkpoint"],
-    ["metrics", "baselines", "restore", "losses", "train_log", "train_runtime", "validation", "train_config", "train"],
+    ["metrics", "baselines", "restore", "uncertainty", "catalog", "losses", "train_log", "train_runtime", "validation", "train_config", "train"],
     ["scoring", "evaluate_report", "evaluate", "deblur", "batch"],
     ["pipeline_config", "pipeline"],
     ["cli_options", "cli_display", "cli"],
