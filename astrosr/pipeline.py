@@ -222,6 +222,8 @@ class _Runner:
         resume = self.resume and (out / "last.pt").is_file()
         if not resume:
             _fresh(out)
+        if cfg.init in self.p.train:
+            cfg = dataclasses.replace(cfg, init=str(self.model(cfg.init)))
         summary = train(pairs, cfg, out, resume=resume)
         best = summary.get("best") or {}
         shown = ", ".join(f"{k} {best[k]:.4g}" for k in ("ssim", "mse", "flux_err", "tile_ssim", "tile_mse")
@@ -359,7 +361,9 @@ def run_pipeline(pipeline: str | os.PathLike | Pipeline, *, run_dir: str | os.Pa
         deps = [f"simulate.{n}" for n, sim in p.simulate.items() if sim.field] + (["data"] if p.data else [])
         r.stage("prepare", to_dict(p.prepare), deps, r.prepare)
     for name, cfg in p.train.items():
-        r.stage(f"train.{name}", to_dict(cfg), ["prepare"], lambda name=name, cfg=cfg: r.train(name, cfg))
+        # init may name an earlier model of this run: fine-tuned from its best.pt, after it
+        deps = ["prepare"] + ([f"train.{cfg.init}"] if cfg.init in p.train and cfg.init != name else [])
+        r.stage(f"train.{name}", to_dict(cfg), deps, lambda name=name, cfg=cfg: r.train(name, cfg))
     if p.evaluate is not None:
         e = p.evaluate
         deps = r.inputs(e.models, e.images) + (["data"] if e.fields else [])

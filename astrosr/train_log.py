@@ -19,7 +19,8 @@ from .files import atomic_path, write_failure
 __all__ = ["COLUMNS", "MetricsLog", "plot_loss_curve", "write_config", "write_json"]
 
 #: the columns of ``metrics.csv``, in order
-COLUMNS = ["step", "lr", "loss", "recon", "kl", "beta", "ssim", "consistency", "tiles_per_s", "elapsed_s",
+COLUMNS = ["step", "lr", "loss", "recon", "kl", "beta", "ssim", "consistency", "recon_posterior", "recon_prior",
+           "noise_nll", "tiles_per_s", "elapsed_s",
            "val_tile_ssim", "val_tile_mse", "val_ssim", "val_mse", "val_flux_err", "val_spurious"]
 
 
@@ -91,9 +92,10 @@ def plot_loss_curve(rows: list[dict], path: str | Path) -> None:
         return list(zip(*pts)) if pts else ([], [])
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*series("loss"), lw=1, label="train loss")
+    # the reconstruction term, not the loss: a noise head's log-likelihood term makes the loss negative
+    ax.plot(*series("recon"), lw=1, label="train reconstruction")
     ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
+    ax.set_ylabel("train reconstruction loss")
     ax.set_yscale("log")
     twin = ax.twinx()
     for key, style in (("val_mse", "o-"), ("val_tile_mse", "s--")):

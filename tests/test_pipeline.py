@@ -182,3 +182,24 @@ def test_data_stage_checks_the_manifest(tmp_path, data_dir, monkeypatch):
     assert result.exit_code == 0, result.output
     checked = json.loads((tmp_path / "run" / "data.json").read_text())["files"]
     assert sorted(Path(p).name for p, _ in checked) == ["M13_blue_0005.fits", "reprojected_sdss_i.fits"]
+
+
+def test_a_model_fine_tuned_from_an_earlier_one_of_the_run(tmp_path):
+    from astrosr.checkpoint import load_checkpoint
+
+    path, data = small_quickstart(tmp_path)
+    base = data["train"]["resvae"]
+    data["train"]["tuned"] = dict(base, init="resvae", max_steps=2,
+                                  model_options=dict(base["model_options"], posterior=True, noise_head=True))
+    data.pop("evaluate")
+    data.pop("deblur")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "run"
+    result = run(path, "-o", out, "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "stages.json").read_text())["stages"]
+    assert list(records)[-2:] == ["train.resvae", "train.tuned"]
+    first, tuned = load_checkpoint(out / "train/resvae/best.pt"), load_checkpoint(out / "train/tuned/best.pt")
+    assert tuned["train_config"]["init"] == str(out / "train/resvae/best.pt")
+    assert tuned["model_config"]["posterior"] and not first["model_config"].get("posterior", False)
+    assert "post_head.weight" in tuned["state_dict"]

@@ -245,7 +245,7 @@ class ResVAE(nn.Module):
             h = layer(h, next(films, None), fused=fused)
         return h, skips, self.to_mu(h), self.to_logvar(h).clamp(-20.0, 10.0)
 
-    def _decode(self, h, skips, z, films, fused):
+    def _decode(self, h, skips, z, films, fused, want_scale=True):
         # bias added apart: oneDNN's fused-bias 1x1 conv rounds differently with the thread
         # count, and deblur promises the same bits serial, in processes or on Dask
         h = h + F.conv2d(z, self.from_latent.weight) + self.from_latent.bias[:, None, None]
@@ -257,7 +257,7 @@ class ResVAE(nn.Module):
             for layer in self.dec[level]:
                 h = layer(h, next(films, None), fused=fused)
         corr = F.pixel_shuffle(self.tail(h), 2)
-        if not self.config["noise_head"]:
+        if not (self.config["noise_head"] and want_scale):
             return corr, None
         return corr, F.pixel_shuffle(self.scale_head(h.detach()), 2).clamp(-12.0, 3.0)
 
@@ -278,7 +278,7 @@ class ResVAE(nn.Module):
 
     def _run(
         self, blu: Tensor, psf: Tensor | None, cond: Tensor | None, choices: Sequence[LatentChoice], *, fused: bool,
-        ori: Tensor | None = None,
+        ori: Tensor | None = None, want_scale: bool = True,
     ) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor]:
         """``([(y, log_scale), ...], kl)``: outputs in intensity space, one per latent choice.
 
@@ -301,7 +301,7 @@ class ResVAE(nn.Module):
             kl = kl_per_pixel(mu, logvar, n_pixels)
         outs = []
         for choose in choices:
-            corr, log_scale = self._decode(h, skips, choose(mu, logvar), iter(film[n_enc:]), fused)
+            corr, log_scale = self._decode(h, skips, choose(mu, logvar), iter(film[n_enc:]), fused, want_scale)
             outs.append((base + corr[..., :hh, :ww], None if log_scale is None else log_scale[..., :hh, :ww]))
         return outs, kl
 
@@ -327,7 +327,7 @@ class ResVAE(nn.Module):
         if ori is None:
             raise ConfigError("resvae posterior: training needs ori (the posterior sees BLU and ORI)")
         ((y, log_scale),), kl = self._run(blu, psf, cond, [draw], fused=False, ori=ori)
-        ((y_mean, _),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=False)
+        ((y_mean, _),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=False, want_scale=False)
         return Output(y, kl, y_mean, log_scale)
 
     def restore(self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
@@ -336,7 +336,7 @@ class ResVAE(nn.Module):
         The inference form, whatever the autograd mode (call it in
         ``torch.inference_mode``: it is not meant to be differentiated).
         """
-        ((y, _),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=True)
+        ((y, _),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=True, want_scale=False)
         return self.from_intensity(y)
 
     def sample(self, blu: Tensor, n: int, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
