@@ -274,7 +274,10 @@ def bm3d_deblur(blu: np.ndarray, psf: np.ndarray, *, noise_std: float,
     span = hi - lo
     pad = psf.shape[0] // 2
     z = np.pad((np.asarray(blu, dtype=np.float64) - lo) / span, pad, mode="reflect")
-    out = np.asarray(bm3d.bm3d_deblurring(z, multiplier * noise_std / span, psf), dtype=np.float64)
+    # one channel, explicitly: given a 2-D image, bm3d 4.0.3 builds its noise PSD as (1, H, W) against the
+    # image's (H, W, 1) and broadcasts every product to H x W x W
+    out = np.asarray(bm3d.bm3d_deblurring(z[:, :, None], multiplier * noise_std / span, psf), dtype=np.float64)
+    out = out.reshape(z.shape)
     return out[pad:-pad, pad:-pad] * span + lo if pad else out * span + lo
 
 

@@ -5,7 +5,8 @@ The loss of one batch (the same reductions for every model)::
     loss = recon(y, to_intensity(ori))               # L1 or MSE, mean over pixels
          [+ recon(y_mean, to_intensity(ori))]        # a conditional model: its prior-mean decode too
          + beta_t * kl                               # the model's per-pixel KL, linear warm-up
-         [+ mean(|sr - ori|_detached / b + log b)]   # a noise head's Laplace scale b, linear units (only b learns)
+         [+ mean(|sr - ori|_detached / b + log b)]   # a noise head's Laplace scale b of the restoration's
+                                                     # error (prior-mean decode), linear units; only b learns
          + ssim_weight * (1 - SSIM(sr, ori))         # on model units clipped to [0, 1]
          + consistency_weight * recon(to_intensity(PSF * sr), to_intensity(blu))
 
@@ -119,9 +120,10 @@ def batch_loss(model: torch.nn.Module, raw: torch.nn.Module, batch: dict, cfg: T
     loss = recon + beta * kl
     terms.update({"recon": recon.item(), "kl": kl.item(), "beta": beta})
     if log_scale is not None:
-        # the Laplace negative log-likelihood of what the posterior draw left unexplained, in linear
-        # model units; the error is detached, so this term teaches the scale, never the restoration
-        err = (raw.from_intensity(y.detach()) - ori).abs()
+        # the Laplace negative log-likelihood of the restoration's error, in linear model units; the
+        # error is detached, so this term teaches the scale, never the restoration
+        restored = y if y_mean is None else y_mean  # what restoration returns
+        err = (raw.from_intensity(restored.detach()) - ori).abs()
         nll = (err * torch.exp(-log_scale) + log_scale).mean()
         loss = loss + nll
         terms["noise_nll"] = nll.item()

@@ -78,11 +78,11 @@ class ResVAE(nn.Module):
         Without it the latent is inferred from BLU alone against N(0, 1)
         (the original design, whose decoder learns to ignore it).
     noise_head : bool
-        A per-pixel scale ``b`` (model units, linear) of the error the latent
-        leaves unexplained (ORI's own noise, among others), from the decoder's
-        features; each posterior draw adds Gaussian noise of that error's std
-        (``sqrt(2) b``, the std of a Laplace of scale b). It reads detached
-        features, so it never changes the restoration itself.
+        A per-pixel scale ``b`` (model units, linear) of the restoration's
+        error (ORI's own noise among it), from the decoder's features; each
+        posterior draw adds Gaussian noise of that error's std (``sqrt(2) b``,
+        the std of a Laplace of scale b). It reads detached features, so it
+        never changes the restoration itself.
 
     Examples
     --------
@@ -326,8 +326,9 @@ class ResVAE(nn.Module):
             return Output(y, kl, None, log_scale)
         if ori is None:
             raise ConfigError("resvae posterior: training needs ori (the posterior sees BLU and ORI)")
-        ((y, log_scale),), kl = self._run(blu, psf, cond, [draw], fused=False, ori=ori)
-        ((y_mean, _),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=False, want_scale=False)
+        ((y, _),), kl = self._run(blu, psf, cond, [draw], fused=False, ori=ori, want_scale=False)
+        # the noise head reads the prior-mean decode, the restoration itself, whose error sigma must cover
+        ((y_mean, log_scale),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=False)
         return Output(y, kl, y_mean, log_scale)
 
     def restore(self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
