@@ -149,12 +149,17 @@ class EvaluateOptions:
     plane : int or None
         Plane of a 3-D cube.
     samples : int
-        Posterior draws per model and image (0: off). With N > 0 each model
-        that has a ``sample`` method restores once with ``samples=N`` (the
-        same mean pass plus a per-pixel std map sigma) and both its SR rows
-        get ``calibration_1sigma``: the fraction of the scored tiles' pixels
-        with ``|SR - ORI| <= sigma`` (about 0.683 for a calibrated Gaussian
-        map). The SR rows' s/Mpix then include the draws.
+        Posterior draws per model and image (0: off; 16 is the trust issue's
+        N). With N > 0 each model that has a ``sample`` method draws N
+        restorations of each SR row's path (through the consistency step for
+        the with-step row): their std times the model's calibration is sigma,
+        and the rows get the coverage of the truth by sigma, sigma's ranking
+        of errors (:mod:`astrosr.uncertainty`) and, with the step, the
+        sources the draws agree on (``p_detect``). The SR rows' s/Mpix do not
+        include the draws.
+    peers : bool
+        Score BM3D too when the optional ``bm3d`` package is installed
+        (about a minute per megapixel, cached in OUT).
 
     Examples
     --------
@@ -185,8 +190,9 @@ class EvaluateOptions:
     panels: int = option(3, minimum=0, help="Figure tiles per image.")
     hdu: int | str | None = option(None, help="HDU index or EXTNAME of the images [first 2-D image].")
     plane: int | None = option(None, minimum=0, help="Plane of a 3-D cube.")
-    samples: int = option(0, minimum=0, help="Posterior draws per model: the fraction of pixels with "
-                                             "|SR - ORI| <= 1 sigma (0: off).")
+    samples: int = option(0, minimum=0, help="Posterior draws per model: coverage of the truth by sigma, its "
+                                             "ranking of errors, p_detect of sources (0: off; 16 recommended).")
+    peers: bool = option(True, help="Skip BM3D even when the bm3d package is installed.")
 
     def __post_init__(self):
         check_options(self)
@@ -258,7 +264,7 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
     try:
         results = []
         report(progress, "images", 0, None)  # the RL/Wiener choice on val comes first
-        choice = baseline_choice(loaded if o.fields else None, o.data_dir, psf, kernel, out=out)
+        choice = baseline_choice(loaded if o.fields else None, o.data_dir, psf, kernel, out=out, peers=o.peers)
         warm_up([(m["label"], m["model"]) for m in loaded_models], kernel, psf_fwhm, device, o.samples)
         for i, (path, field) in enumerate(sources):
             log.info("scoring %s (%s)", Path(path).name, field)
@@ -274,7 +280,7 @@ def evaluate(out: str | Path, options: EvaluateOptions | None = None, *, progres
             out, results, methods=methods, choice=choice, models=loaded_models, manifest=loaded, psf=psf,
             psf_fwhm=psf_fwhm, device=device,
             options={"fields": o.fields or None, "images": [str(p) for p in o.images], "consistency": o.consistency,
-                     "data_dir": str(o.data_dir) if o.data_dir else None, "samples": o.samples,
+                     "data_dir": str(o.data_dir) if o.data_dir else None, "samples": o.samples, "peers": o.peers,
                      "sample_seed": SAMPLE_SEED if o.samples else None,
                      **({"hdu": o.hdu} if o.hdu is not None else {}), **({"plane": o.plane} if o.plane is not None else {})},
         )

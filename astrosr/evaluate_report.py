@@ -348,7 +348,8 @@ def _write_report(path, summary, figures):
         f"- Richardson-Lucy n = {choice['rl_iters']}, Wiener b = {choice['wiener_balance']:g}: {choice['note']}",
         f"- BM3D (bm3d.bm3d_deblurring with the true PSF and noise std times {choice['bm3d_multiplier']:g}, the same "
         "choice; the optional `peers` extra, whose bm3d licence allows non-commercial use only)"
-        if choice.get("bm3d_multiplier") is not None else f"- {BM3D_MISSING}",
+        if choice.get("bm3d_multiplier") is not None else
+        f"- {'BM3D not scored (peers off)' if prov['options'].get('peers') is False else BM3D_MISSING}",
     ]
     for m in prov["models"]:
         lines.append(f"- model {m['label']}: {m['path']} ({m['model']}, sha256 {str(m['sha256'])[:12]})")

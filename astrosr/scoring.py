@@ -210,8 +210,9 @@ def baseline_choice(
     *,
     out: str | Path,
     progress: Callable[[], None] | None = None,
+    peers: bool = True,
 ) -> dict[str, Any]:
-    """RL iterations and Wiener balance for this run (``benchmarks/README.md``, section Report rows and baselines).
+    """RL iterations, Wiener balance and (``peers``, bm3d installed) BM3D's multiplier for this run (``benchmarks/README.md``, section Report rows and baselines).
 
     Chosen by mean SSIM on the manifest's val field and cached in ``out``,
     keyed by manifest, PSF and val files; n = 20, b = 0.1 (with a note saying
@@ -231,6 +232,8 @@ def baseline_choice(
         The evaluate output directory, holding the cache.
     progress : callable, optional
         Called once per val image done.
+    peers : bool
+        Include BM3D when the bm3d package is installed.
 
     Returns
     -------
@@ -249,21 +252,27 @@ def baseline_choice(
     from .files import sha256_file
     from .manifest import resolve
 
+    bm3d = peers and baselines.bm3d_available()
+
+    def fallback(reason):
+        choice = baselines.default_choice(reason)
+        return choice if bm3d else dict(choice, bm3d_multiplier=None)
+
     if manifest is None:
-        return baselines.default_choice("images given: val images not part of the run")
+        return fallback("images given: val images not part of the run")
     if "val" not in manifest.fields:
-        return baselines.default_choice(f"{manifest.path}: no val field in the manifest")
+        return fallback(f"{manifest.path}: no val field in the manifest")
     try:
         val = resolve(manifest, data_dir, ["val"])
     except AstrosrError as exc:  # a missing val file only costs the choice, never the run
-        return baselines.default_choice(f"val images not available ({exc})")
+        return fallback(f"val images not available ({exc})")
     key = {
         "manifest": {"name": manifest.name, "sha256": sha256_file(manifest.path)},
         "psf": psf.to_dict(),
         "psf_kernel_sha256": hashlib.sha256(np.ascontiguousarray(kernel).tobytes()).hexdigest(),
         "val": [sha256_file(p) for p, _ in val],
         "grid": {"rl_iters": list(baselines.RL_ITERS), "wiener_balances": list(baselines.WIENER_BALANCES),
-                 "bm3d_multipliers": list(baselines.BM3D_MULTIPLIERS) if baselines.bm3d_available() else None},
+                 "bm3d_multipliers": list(baselines.BM3D_MULTIPLIERS) if bm3d else None},
     }
 
     def compute():
@@ -271,7 +280,7 @@ def baseline_choice(
         for path, _ in val:
             _, ref, blu = degraded(path, kernel)
             pairs.append((ref, blu))
-        return baselines.choose_parameters(pairs, kernel, progress=progress, bm3d=baselines.bm3d_available(),
+        return baselines.choose_parameters(pairs, kernel, progress=progress, bm3d=bm3d,
                                            cache_dir=Path(out) / BM3D_CACHE)
 
     choice, cached = baselines.cached_choice(out, key, compute)
