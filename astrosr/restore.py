@@ -314,12 +314,15 @@ def restore_image(
 
     model.eval()
     common = {"tile": tile, "overlap": overlap, "batch": batch, "scale": scale}
-    # float32 from here on, updated in place: a 10k x 10k image is 400 MB per copy
-    sr = map_tiles(x, mean_pass, progress=progress, **common)[: ny * scale, : nx * scale]
-    sr *= span
-    sr += lo
-    if consistency:
-        sr = consistency_step(sr, blu, psf_kernel, scale=scale)
+    def whole(pass_fn, progress=None):
+        """One network pass over the whole image, in physical units, through the step when it is on."""
+        # float32 from here on, updated in place: a 10k x 10k image is 400 MB per copy
+        out = map_tiles(x, pass_fn, progress=progress, **common)[: ny * scale, : nx * scale]
+        out *= span
+        out += lo
+        return consistency_step(out, blu, psf_kernel, scale=scale) if consistency else out
+
+    sr = whole(mean_pass, progress)
     if observer is not None:
         observer.restored(sr)
     uncert = None
@@ -328,11 +331,7 @@ def restore_image(
         mean = np.zeros_like(sr)
         m2 = np.zeros_like(sr)
         for i in range(samples):
-            draw = map_tiles(x, draw_pass, **common)[: ny * scale, : nx * scale]
-            draw *= span
-            draw += lo
-            if consistency:
-                draw = consistency_step(draw, blu, psf_kernel, scale=scale)
+            draw = whole(draw_pass)
             if observer is not None:
                 observer.draw(draw)
             delta = draw - mean

@@ -200,6 +200,16 @@ class ResVAE(nn.Module):
         return self.config["asinh_scale"] * torch.sinh(y.double()).to(y.dtype)
 
     # -- network ------------------------------------------------------------
+    def _pad(self, t):
+        """``t`` padded on the bottom and right to a multiple of the U-Net's ``2**levels``."""
+        m = self.multiple
+        hh, ww = t.shape[-2:]
+        py, px = (-hh) % m, (-ww) % m
+        if not (py or px):
+            return t
+        mode = "reflect" if min(hh, ww) > max(py, px) else "replicate"
+        return F.pad(t, (0, px, 0, py), mode=mode)
+
     def _inputs(self, blu, psf, cond, fused):
         """Upsampled input in intensity space, network input tensor (padded), FiLM params."""
         b, _, h, w = blu.shape
@@ -213,13 +223,7 @@ class ResVAE(nn.Module):
             if self.scale > 1:
                 psf = box_blur_kernel(psf, self.scale)
             channels.append(self.to_intensity(wiener_filter(x, psf, balance=self.config["wiener_balance"])))
-        net_in = torch.cat(channels, dim=1)
-        m = self.multiple
-        hh, ww = net_in.shape[-2:]
-        py, px = (-hh) % m, (-ww) % m
-        if py or px:
-            mode = "reflect" if min(hh, ww) > max(py, px) else "replicate"
-            net_in = F.pad(net_in, (0, px, 0, py), mode=mode)
+        net_in = self._pad(torch.cat(channels, dim=1))
         film = None
         if self.film is not None:
             if cond is None:
@@ -263,13 +267,7 @@ class ResVAE(nn.Module):
 
     def _posterior(self, h, base, ori):
         """``(mu, logvar)`` of the training-time posterior: the prior's features and the residual ORI needs."""
-        residual = self.to_intensity(ori) - base
-        m = self.multiple
-        hh, ww = residual.shape[-2:]
-        py, px = (-hh) % m, (-ww) % m
-        if py or px:
-            mode = "reflect" if min(hh, ww) > max(py, px) else "replicate"
-            residual = F.pad(residual, (0, px, 0, py), mode=mode)
+        residual = self._pad(self.to_intensity(ori) - base)
         r = F.relu(self.post_head(F.pixel_unshuffle(residual, 2)))
         for down in self.post_down:
             r = F.relu(down(r))
