@@ -26,7 +26,7 @@ def test_batch_loss_is_the_sum_of_its_weighted_terms():
     torch.manual_seed(1)
     loss, terms = batch_loss(model, model, batch, cfg, step=1)
     torch.manual_seed(1)
-    y, kl, _, _ = model(batch["blu"], psf=batch["psf"], cond=batch["cond"], sample=True)
+    y, kl, *_ = model(batch["blu"], psf=batch["psf"], cond=batch["cond"], sample=True)
     sr = model.from_intensity(y)
     recon = F.mse_loss(y, model.to_intensity(batch["ori"]))
     s = ssim_loss(sr.clamp(0, 1), batch["ori"].clamp(0, 1))

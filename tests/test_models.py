@@ -42,7 +42,7 @@ def test_vae_shapes_range_and_kl():
     torch.manual_seed(0)
     model = VAE()
     blu = torch.rand(3, 1, 128, 128) * 1.4 - 0.2
-    y, kl, y_mean, log_scale = model(blu)
+    y, kl, y_mean, log_scale, _ = model(blu)
     assert y_mean is None and log_scale is None
     assert y.shape == (3, 1, 128, 128) and kl.ndim == 0 and kl.item() >= 0
     assert 0 <= y.min() and y.max() <= 1
@@ -67,7 +67,7 @@ def test_vae_kl_matches_torch_distributions():
 def test_resvae_output_shapes(shape, scale):
     model = ResVAE(scale=scale, width=8)
     blu = torch.rand(2, 1, *shape)
-    y, kl, _, _ = model(blu, psf=torch.tensor(moffat_psf(4.0), dtype=torch.float32).expand(2, 41, 41),
+    y, kl, *_ = model(blu, psf=torch.tensor(moffat_psf(4.0), dtype=torch.float32).expand(2, 41, 41),
                         cond=torch.tensor([[4.0, 0.01]] * 2))
     expected = (2, 1, shape[0] * scale, shape[1] * scale)
     assert y.shape == expected and kl.ndim == 0

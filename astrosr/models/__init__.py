@@ -4,7 +4,7 @@ Training, restoration, evaluation and deblurring hold a model only through
 this one interface, so either family (and a checkpoint of either) can stand in
 anywhere::
 
-    y, kl, y_mean, log_scale = model(blu, psf=None, cond=None, sample=True, ori=None)  # training
+    y, kl, y_mean, log_scale, kl_prior = model(blu, psf=None, cond=None, sample=True, ori=None)  # training
     sr = model.restore(blu, psf=None, cond=None)            # model units, no clamp
     draws = model.sample(blu, n, psf=None, cond=None)       # (n, B, 1, H, W)
 

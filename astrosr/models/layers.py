@@ -33,13 +33,17 @@ class Output(NamedTuple):
         A conditional model's decode of its prior mean: what restoration
         returns, trained alongside ``y`` so that it stays a good estimate.
     log_scale : Tensor or None
-        The noise head's per-pixel log Laplace scale (intensity space).
+        The noise head's per-pixel log Laplace scale (model units).
+    kl_prior : Tensor or None
+        A conditional model's KL(posterior || prior) with the posterior held
+        fixed: the same value as ``kl``, whose gradient reaches only the prior.
     """
 
     y: Tensor
     kl: Tensor
     y_mean: Tensor | None = None
     log_scale: Tensor | None = None
+    kl_prior: Tensor | None = None
 
 
 #: One block's FiLM parameters: ``(gamma, beta)``, each ``(B or 1, C, 1, 1)``

@@ -97,7 +97,7 @@ class ResVAE(nn.Module):
     ...     sr = model.restore(blu)
     >>> sr.shape, bool((sr - blu).abs().max() < 1e-6)
     (torch.Size([2, 1, 32, 32]), True)
-    >>> y, kl, _, _ = model(blu, cond=torch.tensor([[4.0, 0.01]] * 2))
+    >>> y, kl, *_ = model(blu, cond=torch.tensor([[4.0, 0.01]] * 2))
     >>> y.shape, kl.ndim
     (torch.Size([2, 1, 32, 32]), 0)
     >>> with torch.inference_mode():
@@ -277,8 +277,8 @@ class ResVAE(nn.Module):
     def _run(
         self, blu: Tensor, psf: Tensor | None, cond: Tensor | None, choices: Sequence[LatentChoice], *, fused: bool,
         ori: Tensor | None = None, want_scale: bool = True,
-    ) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor]:
-        """``([(y, log_scale), ...], kl)``: outputs in intensity space, one per latent choice.
+    ) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor, Tensor | None]:
+        """``([(y, log_scale), ...], kl, kl_prior)``: outputs in intensity space, one per latent choice.
 
         A choice is a callable of ``(mu, logvar)``: of the posterior when
         ``ori`` is given (training a conditional model), else of the prior.
@@ -293,15 +293,19 @@ class ResVAE(nn.Module):
         n_pixels = hh * ww
         if ori is not None:
             mu_q, logvar_q = self._posterior(h, base, ori)
-            kl = kl_between(mu_q, logvar_q, mu, logvar, n_pixels)
+            # KL balancing: the posterior is held to the prior at the run's beta (so that it can carry
+            # information), while the prior follows the posterior at full weight (so that its draws
+            # stay where the decoder was trained)
+            kl = kl_between(mu_q, logvar_q, mu.detach(), logvar.detach(), n_pixels)
+            kl_prior = kl_between(mu_q.detach(), logvar_q.detach(), mu, logvar, n_pixels)
             mu, logvar = mu_q, logvar_q
         else:
-            kl = kl_per_pixel(mu, logvar, n_pixels)
+            kl, kl_prior = kl_per_pixel(mu, logvar, n_pixels), None
         outs = []
         for choose in choices:
             corr, log_scale = self._decode(h, skips, choose(mu, logvar), iter(film[n_enc:]), fused, want_scale)
             outs.append((base + corr[..., :hh, :ww], None if log_scale is None else log_scale[..., :hh, :ww]))
-        return outs, kl
+        return outs, kl, kl_prior
 
     def forward(
         self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None, sample: bool = True,
@@ -320,14 +324,14 @@ class ResVAE(nn.Module):
             return mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
 
         if not self.config["posterior"]:
-            ((y, log_scale),), kl = self._run(blu, psf, cond, [draw], fused=False)
+            ((y, log_scale),), kl, _ = self._run(blu, psf, cond, [draw], fused=False)
             return Output(y, kl, None, log_scale)
         if ori is None:
             raise ConfigError("resvae posterior: training needs ori (the posterior sees BLU and ORI)")
-        ((y, _),), kl = self._run(blu, psf, cond, [draw], fused=False, ori=ori, want_scale=False)
+        ((y, _),), kl, kl_prior = self._run(blu, psf, cond, [draw], fused=False, ori=ori, want_scale=False)
         # the noise head reads the prior-mean decode, the restoration itself, whose error sigma must cover
-        ((y_mean, log_scale),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=False)
-        return Output(y, kl, y_mean, log_scale)
+        ((y_mean, log_scale),), _, _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=False)
+        return Output(y, kl, y_mean, log_scale, kl_prior)
 
     def restore(self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         """Restoration ``(B, 1, h*S, w*S)`` in model units, unclamped: the decode of the prior's mean latent.
@@ -335,7 +339,7 @@ class ResVAE(nn.Module):
         The inference form, whatever the autograd mode (call it in
         ``torch.inference_mode``: it is not meant to be differentiated).
         """
-        ((y, _),), _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=True, want_scale=False)
+        ((y, _),), _, _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=True, want_scale=False)
         return self.from_intensity(y)
 
     def sample(self, blu: Tensor, n: int, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
@@ -347,7 +351,7 @@ class ResVAE(nn.Module):
         def draw(mu, logvar):
             return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
-        outs, _ = self._run(blu, psf, cond, [draw] * n, fused=True)
+        outs, _, _ = self._run(blu, psf, cond, [draw] * n, fused=True)
         draws = []
         for y, log_scale in outs:
             t = self.from_intensity(y)
