@@ -248,3 +248,19 @@ def test_the_noise_head_learns_the_error_scale_and_leaves_the_restoration_alone(
     nll.backward()
     moved = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0}
     assert moved and all(n.startswith("scale_head") for n in moved)
+
+
+def test_kl_balancing_moves_the_posterior_at_beta_and_the_prior_at_full_weight():
+    model = _conditional()
+    blu, ori = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    out = model(blu, ori=ori)
+    assert torch.isclose(out.kl, out.kl_prior)  # one KL, two gradients
+
+    def moved(term):
+        model.zero_grad()
+        term.backward(retain_graph=True)
+        return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0}
+
+    to_posterior, to_prior = moved(out.kl), moved(out.kl_prior)
+    assert any(n.startswith("post_") for n in to_posterior) and not any(n.startswith("to_") for n in to_posterior)
+    assert {"to_mu.weight", "to_logvar.weight"} <= to_prior and not any(n.startswith("post_") for n in to_prior)
