@@ -161,8 +161,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     >>> [len(g["params"]) for g in optimizer.param_groups], scheduler.get_last_lr()
     ([1, 1], [0.0001, 0.0001])
     """
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones (``trainable``) stay out
+    no_decay = [p for p in params if p.ndim <= 1]
+    decay = [p for p in params if p.ndim > 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))

@@ -209,6 +209,13 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
     raw = build_model(cfg.model, dict(cfg.model_options, scale=train_set.scale)).to(device)
     if cfg.init and saved is None:
         _start_from(raw, cfg)
+    if cfg.trainable is not None:
+        prefixes = tuple(cfg.trainable)
+        names = [n for n, _ in raw.named_parameters() if n.startswith(prefixes)]
+        if not names:
+            raise ConfigError(f"trainable: no parameter of {cfg.model} starts with {', '.join(prefixes) or 'nothing'}")
+        for n, p in raw.named_parameters():
+            p.requires_grad_(n.startswith(prefixes))
     optimizer, scheduler = make_optimizer(raw, cfg)
     step, best, last_val = 0, None, None
     if saved is not None:

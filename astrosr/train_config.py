@@ -75,6 +75,11 @@ class TrainConfig:
         Read the training tiles into memory once.
     max_minutes : float
         Stop (and save) after this much wall time (0: no limit).
+    trainable : list of str or None
+        Train only the parameters whose names start with one of these
+        (others frozen): e.g. ``[to_mu, to_logvar, scale_head]`` fits a
+        conditional model's prior and noise head to a restoration left
+        exactly as it is. None: all.
     uncertainty_samples : int
         Posterior draws per val image to calibrate the uncertainty of a
         sampling model at the end of training (:mod:`astrosr.uncertainty`;
@@ -130,6 +135,7 @@ class TrainConfig:
     progress: bool = option(True, help="No progress bar.")
     init: str | None = option(None, help="Start from these weights (.pt/.safetensors or 'default'): fine-tune.")
     uncertainty_samples: int = 16
+    trainable: list[str] | None = None
 
     def __post_init__(self):
         from .models import MODELS  # torch, only once a config is built

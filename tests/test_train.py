@@ -335,3 +335,17 @@ def test_init_starts_from_given_weights_and_refuses_another_architecture(tiny_pa
     with pytest.raises(ConfigError, match=r"init: .*last\.pt holds a resvae with .*not this run's resvae"):
         train(tiny_pairs, _config(max_steps=1, init=str(tmp_path / "first" / "last.pt"),
                                   model_options={**TINY, "width": 4}), tmp_path / "other")
+
+
+def test_trainable_moves_only_the_named_parameters(tiny_pairs, tmp_path):
+    import torch
+
+    options = dict(TINY, posterior=True, noise_head=True)
+    first = train(tiny_pairs, _config(model_options=options, max_steps=2), tmp_path / "first")
+    tuned = train(tiny_pairs, _config(model_options=options, max_steps=2, init=str(tmp_path / "first" / "last.pt"),
+                                      trainable=["to_mu", "to_logvar", "scale_head"]), tmp_path / "tuned")
+    before, after = first["module"].state_dict(), tuned["module"].state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("to_mu", "to_logvar", "scale_head")) for k in changed)
+    with pytest.raises(ConfigError, match="trainable: no parameter of resvae starts with nothing_here"):
+        train(tiny_pairs, _config(trainable=["nothing_here"]), tmp_path / "bad")
