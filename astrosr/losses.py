@@ -5,7 +5,7 @@ The loss of one batch (the same reductions for every model)::
     loss = recon(y, to_intensity(ori))               # L1 or MSE, mean over pixels
          [+ recon(y_mean, to_intensity(ori))]        # a conditional model: its prior-mean decode too
          + beta_t * kl                               # the model's per-pixel KL, linear warm-up
-         [+ kl_prior]                                # a conditional model: the same KL, moving the prior only
+         [+ prior_weight * kl_prior]                 # a conditional model: the same KL, moving the prior only
          [+ mean(|sr - ori|_detached / b + log b)]   # a noise head's Laplace scale b of the restoration's
                                                      # error (prior-mean decode), linear units; only b learns
          + ssim_weight * (1 - SSIM(sr, ori))         # on model units clipped to [0, 1]
@@ -119,8 +119,8 @@ def batch_loss(model: torch.nn.Module, raw: torch.nn.Module, batch: dict, cfg: T
         recon = recon + recon_mean
     beta = kl_weight(step, cfg)
     loss = recon + beta * kl
-    if kl_prior is not None:
-        loss = loss + kl_prior  # the prior follows the posterior at full weight (KL balancing)
+    if kl_prior is not None and cfg.prior_weight:
+        loss = loss + cfg.prior_weight * kl_prior  # the prior follows the posterior (KL balancing)
     terms.update({"recon": recon.item(), "kl": kl.item(), "beta": beta})
     if log_scale is not None:
         # the Laplace negative log-likelihood of the restoration's error, in linear model units; the
