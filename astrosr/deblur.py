@@ -510,7 +510,8 @@ def deblur_file(
     sources = catalog_path(out) if o.catalog else None
     if out.exists() and not o.overwrite:
         if existing_matches(out, sha256=info["sha256"], psf_id=psf_id, consistency=o.consistency, samples=samples,
-                            overlap=o.overlap) and (sources is None or sources.is_file()):
+                            overlap=o.overlap, uncertainty_scale=(info.get("uncertainty") or {}).get("scale", 1.0)) \
+                and (sources is None or sources.is_file()):
             return FileResult(str(path), str(out), "skipped", "done before with this model, PSF and settings")
         raise InputError(f"{out}: output exists and was not made with this model and PSF, or with other "
                          "consistency/samples/overlap settings (overwrite=True replaces it)")

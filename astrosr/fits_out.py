@@ -341,13 +341,15 @@ def add_provenance(
 
 
 def existing_matches(
-    path: str | Path, *, sha256: str, psf_id: str, consistency: bool, samples: int, overlap: int
+    path: str | Path, *, sha256: str, psf_id: str, consistency: bool, samples: int, overlap: int,
+    uncertainty_scale: float = 1.0,
 ) -> bool:
     """True when the output at ``path`` was written by astrosr with this model, PSF and settings.
 
     The cards read back are those :func:`add_provenance` writes: ASRMSHA
     (and the sha256 among the HISTORY lines), ASRPSF, ASRCONS, ASRSAMP and
-    ASROVLP. The settings count as much as the model: a rerun without the
+    ASROVLP, and with samples ASRUSCAL (the model's calibration lives in its
+    JSON, beside weights whose sha256 it does not change). The settings count as much as the model: a rerun without the
     consistency step or with samples must not silently keep an image made
     another way (the step on, or no UNCERT). An unreadable file is not a match.
 
@@ -358,6 +360,8 @@ def existing_matches(
     """
     path = Path(path)
     settings = {"ASRCONS": bool(consistency), "ASRSAMP": int(samples), "ASROVLP": int(overlap)}
+    if samples:
+        settings["ASRUSCAL"] = float(uncertainty_scale)
     try:
         with fits.open(path) as hdul:
             header = hdul[1].header if path.name.endswith(".fz") and len(hdul) > 1 else hdul[0].header
