@@ -113,10 +113,14 @@ def _calibrate_best(path: Path, raw, val_images, cfg: TrainConfig, device, tile:
     if not callable(getattr(raw, "sample", None)) or getattr(raw, "native_tile", None):
         return None
     payload = load_checkpoint(path)
+    done = payload.get("uncertainty") or {}
+    if done.get("step") == payload.get("step") and done.get("samples") == cfg.uncertainty_samples:
+        return done  # a resumed run that had finished: best.pt is left as it is
     model = build_model(cfg.model, payload["model_config"]).to(device)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     record = calibrate(model, val_images, samples=cfg.uncertainty_samples, seed=cfg.seed, device=device, tile=tile)
+    record["step"] = payload.get("step")
     payload["uncertainty"] = record
     save_checkpoint(path, payload)
     logger.info("uncertainty of best.pt calibrated on the val images: scale %.4g (%d draws; source pixels within "

@@ -40,7 +40,7 @@ class MetricsLog:
     >>> log = MetricsLog(tempfile.mkdtemp())
     >>> log.add({"step": 1, "lr": 0.002, "loss": 0.123456789})
     >>> log.path.read_text().splitlines()[1]
-    '1,0.002,0.123457,,,,,,,,,,,,,'
+    '1,0.002,0.123457,,,,,,,,,,,,,,,,'
     """
 
     def __init__(self, out: str | Path, resume_step: int | None = None):

@@ -47,13 +47,15 @@ def _cache_dir(tmp_path_factory):
     os.environ.pop("ASTROSR_CACHE_DIR", None)
 
 
-@pytest.fixture(autouse=True)
-def _no_bm3d_unless_asked(request, monkeypatch):
-    """BM3D costs a minute per megapixel: evaluate skips its row unless a test is marked ``peers``."""
-    if request.node.get_closest_marker("peers") is None:
-        from astrosr import baselines
+@pytest.fixture(scope="session", autouse=True)
+def _no_bm3d():
+    """BM3D costs a minute per megapixel: where the peers extra is installed, evaluate still skips its row in
+    tests (session-wide, so module fixtures see it too); the BM3D tests call it, or stand it in, themselves."""
+    from astrosr import baselines
 
-        monkeypatch.setattr(baselines, "bm3d_available", lambda: False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(baselines, "bm3d_available", lambda: False)
+        yield
 
 
 @pytest.fixture

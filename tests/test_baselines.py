@@ -111,7 +111,6 @@ def test_bad_parameters_are_config_errors(scene):
 # --- BM3D, behind the peers extra -------------------------------------------------------------
 
 
-@pytest.mark.peers
 def test_bm3d_is_the_benchmark_call_and_restores_the_scene(scene):
     bm3d = pytest.importorskip("bm3d")
     from astrosr.degrade import percentile_limits

@@ -431,7 +431,6 @@ def test_without_bm3d_the_report_says_it_was_skipped(data_dir, tmp_path):
     assert "BM3D skipped: the bm3d package is not installed" in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.peers
 def test_the_bm3d_row_is_scored_and_its_restorations_cached(data_dir, tmp_path, monkeypatch):
     from astrosr import baselines
 
