@@ -44,7 +44,6 @@ def detect(image: np.ndarray, *, fwhm: float, threshold: float, median: float) -
     [[20.3, 11.0]]
     """
     from photutils.detection import DAOStarFinder
-
     from photutils.utils.exceptions import NoDetectionsWarning
 
     data = np.nan_to_num(np.asarray(image, dtype=np.float64) - median, nan=0.0)

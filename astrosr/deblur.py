@@ -69,6 +69,12 @@ __all__ = [
 CATALOG_SAMPLES = 16
 
 
+def check_catalog(catalog: bool, psf_grid: int) -> None:
+    """A source table has one detector FWHM per image, so not with a PSF grid yet: otherwise a ConfigError."""
+    if catalog and psf_grid > 1:
+        raise ConfigError("catalog: not available with psf_grid > 1 yet (one detector FWHM per image)")
+
+
 def catalog_path(output: str | Path) -> Path:
     """The source table written beside a deblur output: ``<stem>_sources.ecsv``.
 
@@ -177,8 +183,7 @@ class DeblurOptions:
         check_options(self)
         check_device(self.device)
         check_grid(self.psf_grid, self.psf)
-        if self.catalog and self.psf_grid > 1:
-            raise ConfigError("catalog: not available with psf_grid > 1 yet (one detector FWHM per image)")
+        check_catalog(self.catalog, self.psf_grid)
         if self.psf.ranged:
             key = self.psf.ranged_key()
             raise ConfigError(f"psf.{key}: {getattr(self.psf, key)} is a range; an image has one PSF (ranges are for prepare)")
@@ -345,11 +350,10 @@ def deblur_image(
     from .psf_matching import check_output, match_psf
 
     scale = int(getattr(model, "scale", 1))
+    check_catalog(catalog, psf_grid)  # before the PSF is measured
     match = match_psf(image, psf, target_fwhm=target_fwhm, scale=scale, header=header, name=name,
                       ignore_psf_check=ignore_psf_check, model_info=model_info, grid=psf_grid)
     cells = match.regions or None
-    if catalog and cells:
-        raise ConfigError("catalog: not available with psf_grid > 1 yet (one detector FWHM per image)")
     observer = _catalog_observer(image, match, scale) if catalog else None
     import torch
 

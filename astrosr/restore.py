@@ -314,6 +314,7 @@ def restore_image(
 
     model.eval()
     common = {"tile": tile, "overlap": overlap, "batch": batch, "scale": scale}
+
     def whole(pass_fn, progress=None):
         """One network pass over the whole image, in physical units, through the step when it is on."""
         # float32 from here on, updated in place: a 10k x 10k image is 400 MB per copy

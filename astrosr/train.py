@@ -105,20 +105,18 @@ def _fmt(value):
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _calibrate_best(path: Path, raw, val_images, cfg: TrainConfig, device, tile: int) -> dict | None:
+def _calibrate_best(path: Path, val_images, cfg: TrainConfig, device, tile: int) -> dict | None:
     """Fit best.pt's uncertainty scale on the val images and store it in best.pt (``uncertainty``)."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_model
     from .uncertainty import calibrate
 
-    if not callable(getattr(raw, "sample", None)) or getattr(raw, "native_tile", None):
-        return None
     payload = load_checkpoint(path)
     done = payload.get("uncertainty") or {}
     if done.get("step") == payload.get("step") and done.get("samples") == cfg.uncertainty_samples:
         return done  # a resumed run that had finished: best.pt is left as it is
-    model = build_model(cfg.model, payload["model_config"]).to(device)
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
+    model, _ = load_model(path, device=device)
+    if not callable(getattr(model, "sample", None)) or getattr(model, "native_tile", None):
+        return None
     record = calibrate(model, val_images, samples=cfg.uncertainty_samples, seed=cfg.seed, device=device, tile=tile)
     record["step"] = payload.get("step")
     payload["uncertainty"] = record
@@ -309,7 +307,7 @@ def train(pairs: str | Path, config: TrainConfig, out: str | Path, *, resume: bo
 
     calibration = None
     if main and val_images and cfg.uncertainty_samples and (out / "best.pt").is_file():
-        calibration = _calibrate_best(out / "best.pt", raw, val_images, cfg, device, tile)
+        calibration = _calibrate_best(out / "best.pt", val_images, cfg, device, tile)
     summary = {
         "pairs": str(Path(pairs).resolve()), "steps": step, "max_steps": cfg.max_steps, "best": best, "last_val": last_val,
         "val_images": val_note or (f"{len(holdout)} held-out training image(s)" if holdout else "the val images")
