@@ -284,13 +284,14 @@ def test_ctrl_c_says_where_last_pt_is_and_how_to_resume(tiny_pairs, tmp_path):
     out = tmp_path / "run"
     child = subprocess.Popen([shutil.which("astrosr") or "astrosr", "train", str(tiny_pairs), "-o", str(out),
                               "--max-steps", "100000", "--no-progress", "--set", "val_field=", "--threads", "1",
-                              "--set", "model_options={width: 8, levels: 2}"], stderr=subprocess.PIPE, text=True,
+                              "--set", "model_options={width: 8, levels: 2}", "--set", "log_every=1"],
+                             stderr=subprocess.PIPE, text=True,
                              # a shell's background job starts with SIGINT ignored; the user's terminal does not
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out / "config.yaml").exists():
+    # wait for logged steps, not a fixed time: a slow machine may take seconds before its first step
+    metrics, deadline = out / "metrics.csv", time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) > 3):
         time.sleep(0.2)
-    time.sleep(2)  # some steps
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
