@@ -164,6 +164,8 @@ class PairsDataset(Dataset):
         self.m = ((img["hi"] - img["lo"]) / span).astype(np.float32)
         self.c = ((img["lo"] - img["blu_lo"]) / span).astype(np.float32)
         self.cond = np.stack([self.tiles["psf_fwhm"], img["blu_bg_std"] / span], axis=1).astype(np.float32)
+        # ORI's own noise (its sigma-clipped background std) in model units: an error no restoration can remove
+        self.ori_noise = (img["bg_std"] / span).astype(np.float32)
         self.augment = bool(augment)
         self.crop = int(crop) if crop else None
         if self.crop is not None:
@@ -233,6 +235,7 @@ class PairsDataset(Dataset):
             "psf": torch.from_numpy(np.ascontiguousarray(psf)),
             "cond": torch.from_numpy(self.cond[i]),
             "affine": torch.tensor([m, c]),
+            "ori_noise": torch.tensor(self.ori_noise[i]),
             "index": int(self.rows[i]),
         }
 

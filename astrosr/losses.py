@@ -6,8 +6,9 @@ The loss of one batch (the same reductions for every model)::
          [+ recon(y_mean, to_intensity(ori))]        # a conditional model: its prior-mean decode too
          + beta_t * kl                               # the model's per-pixel KL, linear warm-up
          [+ prior_weight * kl_prior]                 # a conditional model: the same KL, moving the prior only
-         [+ mean(|sr - ori|_detached / b + log b)]   # a noise head's Laplace scale b of the restoration's
-                                                     # error (prior-mean decode), linear units; only b learns
+         [+ mean(|sr - ori|_detached / t + log t)]   # a noise head's Laplace scale b of the restoration's
+                                                     # error (prior-mean decode), linear units; only b learns;
+                                                     # t = sqrt(b^2 + 2 s^2 / pi): ORI's own noise s apart
          + ssim_weight * (1 - SSIM(sr, ori))         # on model units clipped to [0, 1]
          + consistency_weight * recon(to_intensity(PSF * sr), to_intensity(blu))
 
@@ -127,7 +128,13 @@ def batch_loss(model: torch.nn.Module, raw: torch.nn.Module, batch: dict, cfg: T
         # error is detached, so this term teaches the scale, never the restoration
         restored = y if y_mean is None else y_mean  # what restoration returns
         err = (raw.from_intensity(restored.detach()) - ori).abs()
-        nll = (err * torch.exp(-log_scale) + log_scale).mean()
+        # b is the error of SR against the true sky: ORI's own Gaussian noise (std s, known per tile) is
+        # added in quadrature, as the coverage test z = |SR - ORI| / sqrt(sigma^2 + s^2) adds it, at the
+        # Laplace scale with its mean |error| (s sqrt(2 / pi)), so that noise alone leaves b nothing to explain
+        s = batch.get("ori_noise")
+        s2 = 0.0 if s is None else (2 / math.pi * s.to(err.dtype) ** 2).view(-1, 1, 1, 1)
+        log_total = 0.5 * torch.log(torch.exp(2 * log_scale) + s2)
+        nll = (err * torch.exp(-log_total) + log_total).mean()
         loss = loss + nll
         terms["noise_nll"] = nll.item()
     if cfg.ssim_weight or cfg.consistency_weight:

@@ -52,3 +52,30 @@ def test_optimizer_decays_weights_only():
     assert [p.ndim for p in decay["params"]] == [4] and decay["weight_decay"] == 0.1
     assert sorted(p.ndim for p in no_decay["params"]) == [1, 1, 1] and no_decay["weight_decay"] == 0.0
     assert scheduler.get_last_lr() == pytest.approx([0.005, 0.005])
+
+
+def _fit_noise_head(ori_noise):
+    """Train only the noise head of an identity resvae on tiles whose error is ORI's noise (std 0.05) alone."""
+    torch.manual_seed(0)
+    model = build_model("resvae", {"width": 4, "levels": 2, "mid_blocks": 1, "noise_head": True})
+    g = torch.Generator().manual_seed(0)
+    blu = 0.2 + 0.1 * torch.rand(4, 1, 32, 32, generator=g)
+    batch = {"blu": blu, "ori": blu + 0.05 * torch.randn(4, 1, 32, 32, generator=g),
+             "psf": torch.full((4, 5, 5), 1 / 25), "cond": torch.tensor([[4.0, 0.05]] * 4)}
+    if ori_noise:
+        batch["ori_noise"] = torch.full((4,), 0.05)
+    optimizer = torch.optim.Adam(model.scale_head.parameters(), lr=0.02)
+    for step in range(150):
+        loss, _ = batch_loss(model, model, batch, TrainConfig(), step=step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return model(blu, psf=batch["psf"], cond=batch["cond"], sample=False).log_scale.exp().median().item()
+
+
+def test_the_noise_head_counts_oris_own_noise_apart():
+    # the untrained resvae restores BLU exactly, so |SR - ORI| is ORI's Gaussian noise: told that noise
+    # (ori_noise), b has nothing left to explain; not told, b learns its mean absolute value, 0.8 x 0.05
+    assert _fit_noise_head(ori_noise=False) == pytest.approx(0.05 * (2 / torch.pi) ** 0.5, rel=0.15)
+    assert _fit_noise_head(ori_noise=True) < 0.01

@@ -79,10 +79,11 @@ class ResVAE(nn.Module):
         (the original design, whose decoder learns to ignore it).
     noise_head : bool
         A per-pixel scale ``b`` (model units, linear) of the restoration's
-        error (ORI's own noise among it), from the decoder's features; each
-        posterior draw adds Gaussian noise of that error's std (``sqrt(2) b``,
-        the std of a Laplace of scale b). It reads detached features, so it
-        never changes the restoration itself.
+        error (ORI's own noise among it), from the decoder's last features,
+        the restoration and the network's input; each posterior draw adds
+        Gaussian noise of that error's std (``sqrt(2) b``, the std of a
+        Laplace of scale b). It reads detached tensors, so it never changes
+        the restoration itself.
 
     Examples
     --------
@@ -180,8 +181,14 @@ class ResVAE(nn.Module):
                 nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(levels - 1))
             self.post_out = nn.Conv2d(2 * mid, 2 * latent, 3, padding=1)
         if noise_head:
-            self.scale_head = nn.Sequential(nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.ReLU(),
-                                            nn.Conv2d(widths[0], 4, 3, padding=1))
+            # reads the decoder's last features, the restoration and the network's input (all detached), at
+            # half resolution; dilations reach ~30 px, so that crowding and a bright neighbour's wings count
+            c = 2 * widths[0]
+            self.scale_head = nn.Sequential(
+                nn.Conv2d(widths[0] + 4 + in_ch, c, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(c, c, 3, padding=2, dilation=2), nn.ReLU(),
+                nn.Conv2d(c, c, 3, padding=4, dilation=4), nn.ReLU(),
+                nn.Conv2d(c, 4, 3, padding=1))
             nn.init.zeros_(self.scale_head[-1].weight)
             nn.init.constant_(self.scale_head[-1].bias, -4.0)  # a small scale to start from (model units)
         enc_widths = [c for c in widths for _ in range(blocks)]
@@ -249,7 +256,7 @@ class ResVAE(nn.Module):
             h = layer(h, next(films, None), fused=fused)
         return h, skips, self.to_mu(h), self.to_logvar(h).clamp(-20.0, 10.0)
 
-    def _decode(self, h, skips, z, films, fused, want_scale=True):
+    def _decode(self, h, skips, z, films, fused):
         # bias added apart: oneDNN's fused-bias 1x1 conv rounds differently with the thread
         # count, and deblur promises the same bits serial, in processes or on Dask
         h = h + F.conv2d(z, self.from_latent.weight) + self.from_latent.bias[:, None, None]
@@ -260,10 +267,12 @@ class ResVAE(nn.Module):
                 h = self.up[level](h) + skips[level]
             for layer in self.dec[level]:
                 h = layer(h, next(films, None), fused=fused)
-        corr = F.pixel_shuffle(self.tail(h), 2)
-        if not (self.config["noise_head"] and want_scale):
-            return corr, None
-        return corr, F.pixel_shuffle(self.scale_head(h.detach()), 2).clamp(-12.0, 3.0)
+        return F.pixel_shuffle(self.tail(h), 2), h
+
+    def _log_scale(self, h, y, net_in):
+        """The noise head's log scale (model units) from detached features, restoration ``y`` and input (padded)."""
+        inputs = torch.cat([h, F.pixel_unshuffle(y, 2), F.pixel_unshuffle(net_in, 2)], dim=1).detach()
+        return F.pixel_shuffle(self.scale_head(inputs.contiguous(memory_format=torch.channels_last)), 2).clamp(-12.0, 3.0)
 
     def _posterior(self, h, base, ori):
         """``(mu, logvar)`` of the training-time posterior: the prior's features and the residual ORI needs."""
@@ -303,8 +312,10 @@ class ResVAE(nn.Module):
             kl, kl_prior = kl_per_pixel(mu, logvar, n_pixels), None
         outs = []
         for choose in choices:
-            corr, log_scale = self._decode(h, skips, choose(mu, logvar), iter(film[n_enc:]), fused, want_scale)
-            outs.append((base + corr[..., :hh, :ww], None if log_scale is None else log_scale[..., :hh, :ww]))
+            corr, last = self._decode(h, skips, choose(mu, logvar), iter(film[n_enc:]), fused)
+            y = self._pad(base) + corr
+            log_scale = self._log_scale(last, y, net_in)[..., :hh, :ww] if self.config["noise_head"] and want_scale else None
+            outs.append((y[..., :hh, :ww], log_scale))
         return outs, kl, kl_prior
 
     def forward(
