@@ -6,9 +6,10 @@ The loss of one batch (the same reductions for every model)::
          [+ recon(y_mean, to_intensity(ori))]        # a conditional model: its prior-mean decode too
          + beta_t * kl                               # the model's per-pixel KL, linear warm-up
          [+ prior_weight * kl_prior]                 # a conditional model: the same KL, moving the prior only
-         [+ mean(|sr - ori|_detached / t + log t)]   # a noise head's Laplace scale b of the restoration's
-                                                     # error (prior-mean decode), linear units; only b learns;
-                                                     # t = sqrt(b^2 + 2 s^2 / pi): ORI's own noise s apart
+         [+ mean(e^2 / v + log v) / 2]               # a noise head's std b of the restoration's error
+                                                     # e = DC(sr) - ori (prior-mean decode, detached, linear
+                                                     # units, through the data-consistency step), v = b^2 +
+                                                     # s^2: ORI's own noise s apart
          + ssim_weight * (1 - SSIM(sr, ori))         # on model units clipped to [0, 1]
          + consistency_weight * recon(to_intensity(PSF * sr), to_intensity(blu))
 
@@ -27,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .operators import blur
+from .operators import blur, landweber
 
 __all__ = ["ssim_loss", "kl_weight", "batch_loss", "make_optimizer", "lr_factor"]
 
@@ -124,17 +125,17 @@ def batch_loss(model: torch.nn.Module, raw: torch.nn.Module, batch: dict, cfg: T
         loss = loss + cfg.prior_weight * kl_prior  # the prior follows the posterior (KL balancing)
     terms.update({"recon": recon.item(), "kl": kl.item(), "beta": beta})
     if log_scale is not None:
-        # the Laplace negative log-likelihood of the restoration's error, in linear model units; the
-        # error is detached, so this term teaches the scale, never the restoration
-        restored = y if y_mean is None else y_mean  # what restoration returns
-        err = (raw.from_intensity(restored.detach()) - ori).abs()
-        # b is the error of SR against the true sky: ORI's own Gaussian noise (std s, known per tile) is
-        # added in quadrature, as the coverage test z = |SR - ORI| / sqrt(sigma^2 + s^2) adds it, at the
-        # Laplace scale with its mean |error| (s sqrt(2 / pi)), so that noise alone leaves b nothing to explain
+        # the Gaussian negative log-likelihood of the restoration's error, in linear model units; the error
+        # is detached, so this term teaches the std, never the restoration. b is the error of SR against the
+        # true sky: ORI's own noise (std s, known per tile) is added in quadrature, as the coverage test
+        # z = |SR - ORI| / sqrt(sigma^2 + s^2) adds it, so that noise alone leaves b nothing to explain
+        # what restoration returns: the prior-mean decode, through the consistency step deblur applies
+        restored = raw.from_intensity((y if y_mean is None else y_mean).detach())
+        err = landweber(restored, blu, psf.to(restored.dtype), scale=raw.scale) - ori
         s = batch.get("ori_noise")
-        s2 = 0.0 if s is None else (2 / math.pi * s.to(err.dtype) ** 2).view(-1, 1, 1, 1)
-        log_total = 0.5 * torch.log(torch.exp(2 * log_scale) + s2)
-        nll = (err * torch.exp(-log_total) + log_total).mean()
+        s2 = 0.0 if s is None else (s.to(err.dtype) ** 2).view(-1, 1, 1, 1)
+        variance = torch.exp(2 * log_scale) + s2
+        nll = 0.5 * (err**2 / variance + torch.log(variance)).mean()
         loss = loss + nll
         terms["noise_nll"] = nll.item()
     if cfg.ssim_weight or cfg.consistency_weight:

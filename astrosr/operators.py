@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["otf", "wiener_filter", "blur", "box_blur_kernel", "noise_level"]
+__all__ = ["otf", "wiener_filter", "blur", "landweber", "box_blur_kernel", "noise_level"]
 
 
 def noise_level(blu: Tensor) -> Tensor:
@@ -176,6 +176,40 @@ def blur(x: Tensor, psf: Tensor, *, scale: int = 1) -> Tensor:
     out = torch.fft.irfft2(torch.fft.rfft2(xp) * otf(psf.to(x.dtype), xp.shape[-2:]), s=xp.shape[-2:])
     out = out[:, None, pad : pad + h, pad : pad + w]
     return F.avg_pool2d(out, scale) if scale > 1 else out
+
+
+def landweber(x0: Tensor, blu: Tensor, psf: Tensor, *, k: int = 2, scale: int = 1) -> Tensor:
+    """``k`` unit-step Landweber iterations against ``blu``: the data-consistency step of a batch of tiles.
+
+    ``x <- x + K^T (blu - K x)`` with ``K`` = :func:`blur` (PSF then block
+    average) and ``K^T`` its adjoint (the residual repeated over each block,
+    then the flipped PSF), as :func:`astrosr.restore.consistency_step` applies
+    it to a whole image (there by FFT in closed form, edges handled apart).
+
+    Parameters
+    ----------
+    x0 : Tensor (B, 1, H, W)
+        Restorations.
+    blu : Tensor (B, 1, H / S, W / S)
+        The observed tiles.
+    psf : Tensor (B, k, k)
+    k : int
+        Number of iterations.
+    scale : int
+        The super-resolution factor S.
+
+    Returns
+    -------
+    Tensor (B, 1, H, W)
+    """
+    flipped = psf.flip(-2, -1)
+    x = x0
+    for _ in range(k):
+        residual = blu - blur(x, psf, scale=scale)
+        if scale > 1:
+            residual = F.interpolate(residual, scale_factor=scale, mode="nearest")
+        x = x + blur(residual, flipped)
+    return x
 
 
 def box_blur_kernel(psf: Tensor, scale: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""operators: the Wiener filter against scikit-image, the forward blur against scipy, the noise estimate."""
+"""operators: the Wiener filter against scikit-image, the forward blur against scipy, Landweber against restore, the noise estimate."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 from skimage.restoration import wiener
 
-from astrosr.operators import blur, box_blur_kernel, noise_level, wiener_filter
+from astrosr.operators import blur, box_blur_kernel, landweber, noise_level, wiener_filter
 from astrosr.psf import moffat_psf
 
 
@@ -52,3 +52,20 @@ def test_box_blur_kernel_keeps_unit_sum_and_odd_sides(scale):
     assert k.sum().item() == pytest.approx(1.0, abs=1e-12)
     if scale == 1:
         assert torch.equal(k, psf)
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_landweber_is_the_whole_images_consistency_step_away_from_the_edges(rng, scale):
+    from astrosr.degrade import block_average, convolve_extend
+    from astrosr.restore import consistency_step
+
+    kernel = moffat_psf(3.0, size=15)
+    truth = rng.random((96, 96))
+    blu = block_average(convolve_extend(truth, kernel), scale) + rng.normal(0, 0.01, (96 // scale, 96 // scale))
+    x0 = truth + rng.normal(0, 0.1, truth.shape)  # a restoration that missed
+    expected = consistency_step(x0, blu, kernel, scale=scale)
+    ours = landweber(torch.tensor(x0)[None, None], torch.tensor(blu)[None, None], torch.tensor(kernel)[None],
+                     scale=scale)[0, 0].numpy()
+    inside = (slice(24, -24),) * 2  # the edges are extended differently
+    assert np.abs(expected - x0)[inside].mean() > 0.01  # the step does move the restoration
+    np.testing.assert_allclose(ours[inside], expected[inside], atol=1e-5)

@@ -33,7 +33,7 @@ class Output(NamedTuple):
         A conditional model's decode of its prior mean: what restoration
         returns, trained alongside ``y`` so that it stays a good estimate.
     log_scale : Tensor or None
-        The noise head's per-pixel log Laplace scale (model units).
+        The noise head's per-pixel log std of the restoration's error (model units).
     kl_prior : Tensor or None
         A conditional model's KL(posterior || prior) with the posterior held
         fixed: the same value as ``kl``, whose gradient reaches only the prior.

@@ -78,12 +78,11 @@ class ResVAE(nn.Module):
         Without it the latent is inferred from BLU alone against N(0, 1)
         (the original design, whose decoder learns to ignore it).
     noise_head : bool
-        A per-pixel scale ``b`` (model units, linear) of the restoration's
-        error (ORI's own noise among it), from the decoder's last features,
-        the restoration and the network's input; each posterior draw adds
-        Gaussian noise of that error's std (``sqrt(2) b``, the std of a
-        Laplace of scale b). It reads detached tensors, so it never changes
-        the restoration itself.
+        A per-pixel std ``b`` (model units, linear) of the restoration's
+        error against the true sky (ORI's own noise apart), from the
+        decoder's last features, the restoration and the network's input;
+        each posterior draw adds Gaussian noise of that std. It reads
+        detached tensors, so it never changes the restoration itself.
 
     Examples
     --------
@@ -368,6 +367,6 @@ class ResVAE(nn.Module):
             t = self.from_intensity(y)
             if log_scale is not None:
                 # linear units: noise added in asinh space would be multiplied by the core's brightness
-                t = t + (2.0**0.5) * log_scale.exp() * torch.randn_like(t)
+                t = t + log_scale.exp() * torch.randn_like(t)
             draws.append(t)
         return torch.stack(draws)
