@@ -85,7 +85,7 @@ class PairsDataset(Dataset):
         Leave out the tiles of these images (held out for validation).
 
     Items are dicts: ``blu (1, h, w)``, ``ori (1, H, W)``, ``psf (k, k)``,
-    ``cond (2,)``, ``affine (2,) = (m, c)``, ``index`` (row in the file).
+    ``cond (2,)``, ``affine (2,) = (m, c)``, ``ori_noise`` (ORI's background std, model units), ``index`` (row in the file).
     Index with an int, or with ``(int, code)`` where ``code`` picks the
     augmentation and crop.
 
@@ -117,7 +117,7 @@ class PairsDataset(Dataset):
     >>> _ = prepare_pairs([tmp / "sim.fits"], tmp / "pairs.h5")
     >>> ds = PairsDataset(tmp / "pairs.h5", field="train")
     >>> len(ds), sorted(ds[0])
-    (4, ['affine', 'blu', 'cond', 'index', 'ori', 'psf'])
+    (4, ['affine', 'blu', 'cond', 'index', 'ori', 'ori_noise', 'psf'])
     >>> ds[0]["blu"].shape, ds[0]["cond"].shape
     (torch.Size([1, 128, 128]), torch.Size([2]))
     >>> cropped = PairsDataset(tmp / "pairs.h5", augment=True, crop=64)
