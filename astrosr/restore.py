@@ -9,7 +9,8 @@ and then tied to the observed flux by a data-consistency step
 (:func:`consistency_step`: closed-form Landweber steps against the observed
 image, which put back the faint-source flux a network trained with an L1
 loss drifts to the background). NaN pixels are filled for the network only
-and are NaN again in the output.
+and are NaN again in the output. The draws of the uncertainty go through the
+same path, so the path, its step and its draws are kept together in one module.
 
 Examples
 --------
@@ -38,7 +39,7 @@ from .errors import InputError
 from .progress import report
 from .tiling import fit_tile, map_tiles
 
-__all__ = ["Restored", "restore_image", "consistency_step"]
+__all__ = ["Restored", "restore_image", "consistency_step", "correlated_noise"]
 
 
 @dataclass
@@ -177,6 +178,32 @@ def consistency_step(x0: np.ndarray, blu: np.ndarray, kernel: np.ndarray, *, k: 
     return correction
 
 
+def correlated_noise(shape: tuple[int, int], kernel: np.ndarray) -> np.ndarray:
+    """Unit-variance Gaussian noise correlated over ``kernel`` (float32), from torch's global RNG.
+
+    White noise convolved with ``kernel / ||kernel||_2``: each pixel has std 1,
+    neighbours within the kernel move together. A restoration's error is a
+    star's flux or a source's presence, coherent over the PSF, not pixel by
+    pixel: a draw with pixel-independent noise is no image a star finder
+    recognises.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from astrosr.psf import moffat_psf
+    >>> _ = torch.manual_seed(0)
+    >>> n = correlated_noise((256, 256), moffat_psf(4.0))
+    >>> n.shape, round(float(n.std()), 1)
+    ((256, 256), 1.0)
+    """
+    from scipy.signal import fftconvolve
+
+    kernel = np.asarray(kernel, dtype=np.float64)
+    ky, kx = kernel.shape
+    white = torch.randn(shape[0] + ky - 1, shape[1] + kx - 1, dtype=torch.float32).numpy()
+    return fftconvolve(white, (kernel / np.sqrt((kernel**2).sum())).astype(np.float32), mode="valid")
+
+
 def _stats_sample(blu):
     """The image, or beyond :data:`STATS_PIXELS` a regular subsample of about that many pixels.
 
@@ -245,9 +272,10 @@ def restore_image(
     samples : int
         If > 0, also compute the uncertainty: the per-pixel std over that many
         posterior draws of the whole path (each draw of the network through
-        the consistency step when it is on), times the model's
-        ``uncertainty_scale`` (calibrated on val, 1 when absent). Draws use
-        torch's global RNG: seed it for reproducible maps.
+        the consistency step when it is on, plus, for a model with a noise
+        head, its error std times :func:`correlated_noise` over the PSF),
+        times the model's ``uncertainty_scale`` (calibrated on val, 1 when
+        absent). Draws use torch's global RNG: seed it for reproducible maps.
     device : str or torch.device
     progress : callable, optional
         ``progress('tiles', done, total)`` after each network batch, and
@@ -312,6 +340,9 @@ def restore_image(
     def draw_pass(tiles):
         return network(tiles, lambda b, **kw: model.sample(b, 1, **kw)[0])[:, 0]
 
+    def std_pass(tiles):
+        return network(tiles, model.error_std)[:, 0]
+
     model.eval()
     common = {"tile": tile, "overlap": overlap, "batch": batch, "scale": scale}
 
@@ -328,11 +359,17 @@ def restore_image(
         observer.restored(sr)
     uncert = None
     if samples > 0:
+        error_std = None
+        if getattr(model, "config", {}).get("noise_head"):
+            error_std = map_tiles(x, std_pass, **common)[: ny * scale, : nx * scale]
+            error_std *= span
         # Welford's running mean and sum of squares: one draw in memory at a time
         mean = np.zeros_like(sr)
         m2 = np.zeros_like(sr)
         for i in range(samples):
             draw = whole(draw_pass)
+            if error_std is not None:
+                draw += error_std * correlated_noise(draw.shape, psf_kernel)
             if observer is not None:
                 observer.draw(draw)
             delta = draw - mean

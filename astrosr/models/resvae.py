@@ -353,20 +353,26 @@ class ResVAE(nn.Module):
         return self.from_intensity(y)
 
     def sample(self, blu: Tensor, n: int, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        """``n`` draws ``(n, B, 1, h*S, w*S)`` in model units: latents from the prior, plus the noise head's noise.
+        """``n`` draws ``(n, B, 1, h*S, w*S)`` in model units: decodes of latents drawn from the prior.
 
-        The encoder runs once; inference form. BLU is all a draw sees.
+        The encoder runs once; inference form. BLU is all a draw sees. The
+        noise head's part of a draw is added by the restoration path, after
+        the consistency step whose error it learned (:meth:`error_std`).
         """
 
         def draw(mu, logvar):
             return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
-        outs, _, _ = self._run(blu, psf, cond, [draw] * n, fused=True)
-        draws = []
-        for y, log_scale in outs:
-            t = self.from_intensity(y)
-            if log_scale is not None:
-                # linear units: noise added in asinh space would be multiplied by the core's brightness
-                t = t + log_scale.exp() * torch.randn_like(t)
-            draws.append(t)
-        return torch.stack(draws)
+        outs, _, _ = self._run(blu, psf, cond, [draw] * n, fused=True, want_scale=False)
+        return torch.stack([self.from_intensity(y) for y, _ in outs])
+
+    def error_std(self, blu: Tensor, *, psf: Tensor | None = None, cond: Tensor | None = None) -> Tensor | None:
+        """The noise head's per-pixel std ``(B, 1, h*S, w*S)`` (model units) of the restoration's error, or None.
+
+        The error, through the consistency step, of :meth:`restore`'s output
+        against the true sky (ORI's own noise apart); inference form.
+        """
+        if not self.config["noise_head"]:
+            return None
+        ((_, log_scale),), _, _ = self._run(blu, psf, cond, [lambda mu, logvar: mu], fused=True)
+        return log_scale.exp()
