@@ -85,7 +85,8 @@ class PairsDataset(Dataset):
         Leave out the tiles of these images (held out for validation).
 
     Items are dicts: ``blu (1, h, w)``, ``ori (1, H, W)``, ``psf (k, k)``,
-    ``cond (2,)``, ``affine (2,) = (m, c)``, ``ori_noise`` (ORI's background std, model units), ``index`` (row in the file).
+    ``cond (2,)``, ``affine (2,) = (m, c)``, ``ori_noise`` (ORI's background
+    std, model units), ``index`` (row in the file).
     Index with an int, or with ``(int, code)`` where ``code`` picks the
     augmentation and crop.
 

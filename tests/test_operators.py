@@ -1,4 +1,5 @@
-"""operators: the Wiener filter against scikit-image, the forward blur against scipy, Landweber against restore, the noise estimate."""
+"""operators: the Wiener filter against scikit-image, the forward blur against scipy, Landweber against restore,
+the noise estimate."""
 
 import numpy as np
 import pytest

@@ -13,7 +13,8 @@ uses the plain form that autograd differentiates. The inference entry points
 condition row for a batch whose rows are equal (the tiles of one image),
 folded into each block's first convolution, intermediates updated in place.
 The two differ by float32 rounding only, and the choice is made by the entry
-point, never by the autograd mode.
+point, never by the autograd mode. Both forms, the posterior and the noise
+head share the encoder and decoder, so they are kept together in one module.
 """
 
 from __future__ import annotations
@@ -271,7 +272,8 @@ class ResVAE(nn.Module):
     def _log_scale(self, h, y, net_in):
         """The noise head's log scale (model units) from detached features, restoration ``y`` and input (padded)."""
         inputs = torch.cat([h, F.pixel_unshuffle(y, 2), F.pixel_unshuffle(net_in, 2)], dim=1).detach()
-        return F.pixel_shuffle(self.scale_head(inputs.contiguous(memory_format=torch.channels_last)), 2).clamp(-12.0, 3.0)
+        log_scale = self.scale_head(inputs.contiguous(memory_format=torch.channels_last))
+        return F.pixel_shuffle(log_scale, 2).clamp(-12.0, 3.0)
 
     def _posterior(self, h, base, ori):
         """``(mu, logvar)`` of the training-time posterior: the prior's features and the residual ORI needs."""
@@ -310,10 +312,12 @@ class ResVAE(nn.Module):
         else:
             kl, kl_prior = kl_per_pixel(mu, logvar, n_pixels), None
         outs = []
+        padded = self._pad(base)
+        with_scale = self.config["noise_head"] and want_scale
         for choose in choices:
             corr, last = self._decode(h, skips, choose(mu, logvar), iter(film[n_enc:]), fused)
-            y = self._pad(base) + corr
-            log_scale = self._log_scale(last, y, net_in)[..., :hh, :ww] if self.config["noise_head"] and want_scale else None
+            y = padded + corr
+            log_scale = self._log_scale(last, y, net_in)[..., :hh, :ww] if with_scale else None
             outs.append((y[..., :hh, :ww], log_scale))
         return outs, kl, kl_prior
 
