@@ -408,8 +408,8 @@ class ImageRecord:
     plane: int | None  #: None for a 2-D image
 
 
-def field_images(images: np.ndarray, field: str) -> list[ImageRecord]:
-    """The rows of an ``images`` table in ``field``, in file order.
+def field_images(images: np.ndarray, field: str | list[str]) -> list[ImageRecord]:
+    """The rows of an ``images`` table in ``field`` (or any of a list of fields), in file order.
 
     Examples
     --------
@@ -419,7 +419,7 @@ def field_images(images: np.ndarray, field: str) -> list[ImageRecord]:
     (PosixPath('/b.fits'), None)
     """
     out = []
-    for k in np.flatnonzero(fields(images) == field):
+    for k in np.flatnonzero(np.isin(fields(images), [field] if isinstance(field, str) else list(field))):
         row = images[k]
         plane = int(row["plane"])
         out.append(ImageRecord(int(k), Path(as_text(row["path"])), as_text(row["sha256"]), as_text(row["field"]),

@@ -178,10 +178,13 @@ class _Runner:
 
     # stages ------------------------------------------------------------------
     def simulate(self, name, s):
+        from dataclasses import fields
+
         from .simulate import SimulateOptions, simulate_fields
 
         out = _fresh(self.run / "simulate" / name)
-        return simulate_fields(out, SimulateOptions(n=s.n, seed=s.seed, size=s.size), overwrite=True, progress=self.progress)
+        options = SimulateOptions(**{f.name: getattr(s, f.name) for f in fields(SimulateOptions)})  # less the field
+        return simulate_fields(out, options, overwrite=True, progress=self.progress)
 
     def check_data(self):
         from .manifest import data_dir_from, fetch, resolve

@@ -59,13 +59,13 @@ class SimulateSet(SimulateOptions):
     field : str or None
         Field these images enter the pairs file with (``train``, ``val``...);
         None keeps them out of prepare (test images for evaluate / deblur).
-        Seeds >= 1000 are the simulated test field and never train.
+        Seeds >= 1000 are the simulated test field and enter no field.
 
     Examples
     --------
     >>> from astrosr.pipeline_config import SimulateSet
     >>> SimulateSet(n=2, seed=1000, size=256)
-    SimulateSet(n=2, seed=1000, size=256, psf_fwhm=None, psf_beta=None, field=None)
+    SimulateSet(n=2, seed=1000, size=256, psf_fwhm=None, psf_beta=None, stars=None, field=None)
     >>> SimulateSet(seed=1000, field="train")
     Traceback (most recent call last):
     ...
@@ -76,7 +76,7 @@ class SimulateSet(SimulateOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.field == "train" and self.seed >= 1000:
+        if self.field is not None and self.seed >= 1000:
             raise ConfigError(f"seed {self.seed} >= 1000 is the simulated test field; it never trains")
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from . import __version__
 from .config import check_options, option, replace
 from .progress import ProgressCallback, report
-from .psf import gamma_of_fwhm, moffat_psf
+from .psf import gamma_of_fwhm, moffat_psf, parse_range
 from .errors import ConfigError, InputError
 from .files import atomic_path, make_dir
 
@@ -99,7 +99,7 @@ def _render_galaxy(image, g):
 
 
 def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float | None = None,
-                   psf_beta: float | None = None) -> tuple[np.ndarray, dict]:
+                   psf_beta: float | None = None, stars: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
     """One simulated field.
 
     Parameters
@@ -111,6 +111,9 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
         The seeing Moffat's FWHM (px) and beta; drawn (1.5-2.5 px, 2.5-4.5)
         when not given. The same random numbers are drawn either way, so
         the rest of the field does not change with them.
+    stars : (float, float), optional
+        The range of the star count, drawn log-uniformly (a crowded field:
+        thousands); 30-200, uniformly, when not given.
 
     Returns
     -------
@@ -155,6 +158,9 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
 
     # power law N(>F) ~ F**-alpha from a faint limit (peak ~ 3 noise sigma) up to a 5000-sigma cap
     n_stars = int(rng.integers(30, 201))
+    if stars is not None:  # the same draw, mapped log-uniformly onto the range asked for
+        lo, hi = stars
+        n_stars = int(round(lo * (hi / lo) ** ((n_stars - 30) / 170)))
     alpha = float(rng.uniform(0.6, 1.2))
     peak_fraction = _moffat_stamp(0.0, 0.0, gamma, beta).max()
     f_min = 3.0 * noise / peak_fraction
@@ -199,7 +205,8 @@ def _header(rng, params, seed, index):
 
 
 def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512, overwrite: bool = False,
-                    psf_fwhm: float | None = None, psf_beta: float | None = None) -> dict:
+                    psf_fwhm: float | None = None, psf_beta: float | None = None,
+                    stars: tuple[float, float] | None = None) -> dict:
     """Simulate image ``index`` of ``seed`` and write it atomically to ``path``.
 
     Parameters
@@ -212,6 +219,8 @@ def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512,
         Image side in pixels (>= 128).
     overwrite : bool
         Replace an existing file (otherwise it is an error).
+    psf_fwhm, psf_beta, stars
+        As :func:`simulate_image`'s.
 
     Returns
     -------
@@ -229,7 +238,7 @@ def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512,
     from astropy.io import fits
 
     rng = np.random.default_rng([int(seed), int(index)])
-    data, params = simulate_image(rng, size=size, psf_fwhm=psf_fwhm, psf_beta=psf_beta)
+    data, params = simulate_image(rng, size=size, psf_fwhm=psf_fwhm, psf_beta=psf_beta, stars=stars)
     header = _header(rng, params, seed, index)
     with atomic_path(path, overwrite=overwrite) as tmp:
         fits.PrimaryHDU(data, header=header).writeto(tmp)
@@ -253,6 +262,9 @@ class SimulateOptions:
         The seeing Moffat (FWHM in px, beta) of every image; drawn per image
         (1.5-2.5 px, 2.5-4.5) when not given. sky-v1's fields "as observed"
         state it, so a measured PSF can be checked against the truth.
+    stars : str or None
+        The star count's range ``'lo:hi'`` (drawn log-uniformly per image),
+        e.g. ``'1500:6000'`` for a crowded field; 30-200 when not given.
 
     Examples
     --------
@@ -267,9 +279,20 @@ class SimulateOptions:
     size: int = option(512, minimum=128, help="Image side in pixels.")
     psf_fwhm: float | None = option(None, minimum=0.5, help="Seeing Moffat FWHM in px [drawn, 1.5-2.5].")
     psf_beta: float | None = option(None, minimum=1.1, help="Seeing Moffat beta [drawn, 2.5-4.5].")
+    stars: str | None = option(None, help="Star count range lo:hi, drawn log-uniformly (crowded: 1500:6000) [30:200].")
 
     def __post_init__(self):
         check_options(self)
+        self.star_range()  # a malformed range is an error here, before any work
+
+    def star_range(self) -> tuple[float, float] | None:
+        """``stars`` as ``(lo, hi)``, or None."""
+        if self.stars is None:
+            return None
+        lo, hi = parse_range(self.stars, "simulate stars")
+        if lo < 1:
+            raise ConfigError(f"simulate stars: expected counts >= 1, got {self.stars!r}")
+        return lo, hi
 
 
 def simulate_fields(
@@ -319,7 +342,7 @@ def simulate_fields(
         raise InputError(f"{existing[0]}: output exists (overwrite=True replaces it)")
     for i, path in enumerate(paths):
         write_simulated(path, seed=seed, index=i, size=size, overwrite=overwrite, psf_fwhm=o.psf_fwhm,
-                        psf_beta=o.psf_beta)
+                        psf_beta=o.psf_beta, stars=o.star_range())
         report(progress, "images", i + 1, n)
     return paths
 

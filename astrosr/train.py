@@ -58,7 +58,7 @@ def holdout_images(meta, cfg: TrainConfig) -> list[int] | None:
     present = set(pairs_fields(meta.tiles))
     if not cfg.val_field or cfg.val_field in present:
         return None
-    train_images = sorted({int(i) for i, f in zip(meta.tiles["image"], pairs_fields(meta.tiles)) if f == cfg.train_field})
+    train_images = sorted({int(i) for i, f in zip(meta.tiles["image"], pairs_fields(meta.tiles)) if f in cfg.train_fields})
     if len(train_images) < 2:
         return []
     count = max(1, round(0.1 * len(train_images)))
@@ -76,7 +76,7 @@ def _start_run_dir(out: Path, cfg: TrainConfig, pairs, val_set, holdout):
     if not cfg.val_images:
         return None, "disabled (val_images: false)"
     if holdout:
-        return load_val_images(val_set, field=cfg.train_field, indices=holdout)
+        return load_val_images(val_set, field=cfg.train_fields, indices=holdout)
     return load_val_images(val_set, field=cfg.val_field)
 
 

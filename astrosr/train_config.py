@@ -59,9 +59,10 @@ class TrainConfig:
     seed : int
     augment : bool
         Random flips / rot90 (the 8 symmetries).
-    train_field, val_field : str
-        Fields of the pairs file to train and validate on (``val_field: ''``:
-        no validation, best.pt is the latest).
+    train_field : str or list of str
+        Field(s) of the pairs file to train on (a list: their tiles together).
+    val_field : str
+        Field to validate on (``''``: no validation, best.pt is the latest).
     val_every, log_every : int
         Validation / logging period in steps.
     val_images : bool
@@ -127,7 +128,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = option(0, minimum=0, help="Seed of every random choice [0].")
     augment: bool = True
-    train_field: str = "train"
+    train_field: str | list[str] = "train"
     val_field: str = "val"
     val_every: int = 250
     log_every: int = 10
@@ -141,6 +142,11 @@ class TrainConfig:
     init: str | None = option(None, help="Start from these weights (.pt/.safetensors or 'default'): fine-tune.")
     uncertainty_samples: int = 16
     trainable: list[str] | None = None
+
+    @property
+    def train_fields(self) -> list[str]:
+        """``train_field`` as a list."""
+        return [self.train_field] if isinstance(self.train_field, str) else list(self.train_field)
 
     def __post_init__(self):
         from .models import MODELS  # torch, only once a config is built

@@ -63,7 +63,7 @@ class ValImage:
         self.name, self.ref, self.blu, self.kernel, self.fwhm = name, ref, blu, kernel, fwhm
 
 
-def load_val_images(dataset, *, field: str = "val",
+def load_val_images(dataset, *, field: str | list[str] = "val",
                     indices: list[int] | None = None) -> tuple[list[ValImage] | None, str | None]:
     """The whole val images behind ``dataset`` (a :class:`PairsDataset`), or ``(None, reason)``.
 

@@ -203,3 +203,25 @@ def test_a_model_fine_tuned_from_an_earlier_one_of_the_run(tmp_path):
     assert tuned["train_config"]["init"] == str(out / "train/resvae/best.pt")
     assert tuned["model_config"]["posterior"] and not first["model_config"].get("posterior", False)
     assert "post_head.weight" in tuned["state_dict"]
+
+
+def test_a_simulate_set_keeps_its_options_and_a_stage_trains_on_two_fields(tmp_path):
+    from astrosr.checkpoint import load_checkpoint
+    from astrosr.dataset import PairsDataset
+
+    path, data = small_quickstart(tmp_path)
+    data["simulate"]["crowded"] = {"n": 1, "seed": 100, "size": 128, "field": "crowded", "stars": "400:500",
+                                   "psf_fwhm": 1.2}
+    data["train"]["resvae"]["train_field"] = ["train", "crowded"]
+    data.pop("evaluate")
+    data.pop("deblur")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "run"
+    result = run(path, "-o", out, "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    header = fits.getheader(out / "simulate/crowded/sim_s100_000.fits")
+    assert header["PSFFWHM"] == 1.2 and 400 <= header["NSTARS"] <= 500  # the set's options, not the defaults
+    pairs = out / "prepare/pairs.h5"
+    both = PairsDataset(pairs, field=["train", "crowded"])
+    assert len(both) == len(PairsDataset(pairs, field="train")) + len(PairsDataset(pairs, field="crowded"))
+    assert load_checkpoint(out / "train/resvae/best.pt")["train_config"]["train_field"] == ["train", "crowded"]

@@ -100,6 +100,8 @@ def test_existing_output_is_an_error_unless_overwrite(sims):
         (dict(n=0), r"n: must be >= 1, got 0"),
         (dict(seed=-1), r"seed: must be >= 0, got -1"),
         (dict(size=100), r"size: must be >= 128, got 100"),
+        (dict(stars="many"), r"simulate stars: expected a number or a range 'lo:hi', got 'many'"),
+        (dict(stars="0.5:10"), r"simulate stars: expected counts >= 1, got '0.5:10'"),
     ],
 )
 def test_bad_options(tmp_path, kwargs, message):
@@ -120,3 +122,12 @@ def test_a_stated_seeing_psf_changes_only_the_psf(tmp_path):
     path = simulate_fields(tmp_path, n=1, seed=2000, size=128, psf_fwhm=4.0, psf_beta=2.5)[0]
     header = fits.getheader(path)
     assert header["PSFFWHM"] == 4.0 and header["PSFBETA"] == 2.5
+
+
+def test_a_crowded_field_has_its_star_count_and_more_light():
+    plain, params = simulate_image(np.random.default_rng([3, 0]), size=128)
+    crowded, crowded_params = simulate_image(np.random.default_rng([3, 0]), size=128, stars=(2000.0, 4000.0))
+    assert 2000 <= crowded_params["n_stars"] <= 4000 and 30 <= params["n_stars"] <= 200
+    assert crowded_params["sky"] == params["sky"]  # the field's draws before the stars are the same
+    # thousands of power-law stars add light above the sky everywhere: the median rises by more than the noise
+    assert np.median(crowded) - np.median(plain) > params["noise_std"]
