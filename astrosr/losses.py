@@ -9,7 +9,8 @@ The loss of one batch (the same reductions for every model)::
          [+ mean(e^2 / v + log v) / 2]               # a noise head's std b of the restoration's error
                                                      # e = DC(sr) - ori (prior-mean decode, detached, linear
                                                      # units, through the data-consistency step), v = b^2 +
-                                                     # s^2: ORI's own noise s apart
+                                                     # s^2: ORI's own noise s apart; ORI's source pixels
+                                                     # weighted 1 + source_weight
          + ssim_weight * (1 - SSIM(sr, ori))         # on model units clipped to [0, 1]
          + consistency_weight * recon(to_intensity(PSF * sr), to_intensity(blu))
 
@@ -135,7 +136,16 @@ def batch_loss(model: torch.nn.Module, raw: torch.nn.Module, batch: dict, cfg: T
         s = batch.get("ori_noise")
         s2 = 0.0 if s is None else (s.to(err.dtype) ** 2).view(-1, 1, 1, 1)
         variance = torch.exp(2 * log_scale) + s2
-        nll = 0.5 * (err**2 / variance + torch.log(variance)).mean()
+        nll = 0.5 * (err**2 / variance + torch.log(variance))
+        if cfg.source_weight and s is not None:
+            # the coverage an astronomer reads is at sources (ORI 5 s above its median): weigh them up, so that
+            # the head spends itself on the errors there rather than on the sky that fills most of a tile
+            median = ori.flatten(1).median(dim=1).values.view(-1, 1, 1, 1)
+            source = (ori - median > 5 * s.to(ori.dtype).view(-1, 1, 1, 1)).to(nll.dtype)
+            weight = 1 + cfg.source_weight * source
+            nll = (weight * nll).sum() / weight.sum()
+        else:
+            nll = nll.mean()
         loss = loss + nll
         terms["noise_nll"] = nll.item()
     if cfg.ssim_weight or cfg.consistency_weight:

@@ -42,6 +42,9 @@ class TrainConfig:
         Reconstruction loss in the model's intensity space, mean over pixels.
     ssim_weight, consistency_weight : float
         Weights of the optional SSIM and data-consistency terms.
+    source_weight : float
+        A noise head's NLL weighs ORI's source pixels (5 s above the tile's
+        median) ``1 + source_weight`` times a sky pixel (0: all alike).
     prior_weight : float
         A conditional model's KL balancing: the weight of the KL that moves
         only its prior towards the posterior (0: the prior learns only
@@ -115,6 +118,7 @@ class TrainConfig:
     loss: str = "l1"
     ssim_weight: float = 0.0
     consistency_weight: float = 0.0
+    source_weight: float = 0.0
     beta: float = 0.01
     prior_weight: float = 1.0
     kl_warmup: int = 200
@@ -159,7 +163,7 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
         for key in ("warmup", "kl_warmup", "crop", "threads", "num_workers", "seed", "ssim_weight", "uncertainty_samples",
-                    "consistency_weight", "beta", "prior_weight", "weight_decay", "grad_clip", "max_minutes"):
+                    "consistency_weight", "source_weight", "beta", "prior_weight", "weight_decay", "grad_clip", "max_minutes"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:

@@ -79,3 +79,26 @@ def test_the_noise_head_counts_oris_own_noise_apart():
     # (ori_noise), b has nothing left to explain; not told, b learns its std
     assert _fit_noise_head(ori_noise=False) == pytest.approx(0.05, rel=0.1)
     assert _fit_noise_head(ori_noise=True) < 0.01
+
+
+def test_source_weight_weighs_oris_source_pixels_in_the_noise_nll():
+    # an untrained resvae restores BLU exactly and its head starts at b = exp(-4): the NLL of each pixel is
+    # known in closed form, and the weighted term is its mean with ORI's 5 s pixels counted 1 + w times
+    torch.manual_seed(0)
+    model = build_model("resvae", {"width": 4, "levels": 2, "mid_blocks": 1, "noise_head": True})
+    g = torch.Generator().manual_seed(1)
+    blu = 0.2 + 0.01 * torch.rand(2, 1, 32, 32, generator=g)
+    ori = blu + 0.01 * torch.randn(2, 1, 32, 32, generator=g)
+    ori[:, :, 10:13, 10:13] += 0.5  # a source: 9 pixels far above 5 s
+    psf = torch.zeros(2, 5, 5)
+    psf[:, 2, 2] = 1.0  # a delta PSF: the consistency step leaves BLU as it is
+    batch = {"blu": blu, "ori": ori, "psf": psf, "cond": torch.tensor([[4.0, 0.01]] * 2),
+             "ori_noise": torch.full((2,), 0.01)}
+    variance = torch.exp(torch.tensor(-8.0)) + 0.01**2
+    nll = 0.5 * ((blu - ori) ** 2 / variance + torch.log(variance))
+    source = (ori - ori.flatten(1).median(dim=1).values.view(-1, 1, 1, 1) > 0.05).float()
+    assert int(source.sum()) == 18
+    for w in (0.0, 10.0):
+        _, terms = batch_loss(model, model, batch, TrainConfig(source_weight=w), step=0)
+        expected = ((1 + w * source) * nll).sum() / (1 + w * source).sum()
+        assert terms["noise_nll"] == pytest.approx(expected.item(), rel=1e-4)
