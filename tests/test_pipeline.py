@@ -184,6 +184,17 @@ def test_data_stage_checks_the_manifest(tmp_path, data_dir, monkeypatch):
     assert sorted(Path(p).name for p, _ in checked) == ["M13_blue_0005.fits", "reprojected_sdss_i.fits"]
 
 
+def _run_train_only(path, data, tmp_path):
+    """Run ``data`` (a quickstart dict) up to its training stages, 2 steps each; the run directory."""
+    data.pop("evaluate")
+    data.pop("deblur")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "run"
+    result = run(path, "-o", out, "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def test_a_model_fine_tuned_from_an_earlier_one_of_the_run(tmp_path):
     from astrosr.checkpoint import load_checkpoint
 
@@ -191,12 +202,7 @@ def test_a_model_fine_tuned_from_an_earlier_one_of_the_run(tmp_path):
     base = data["train"]["resvae"]
     data["train"]["tuned"] = dict(base, init="resvae", max_steps=2,
                                   model_options=dict(base["model_options"], posterior=True, noise_head=True))
-    data.pop("evaluate")
-    data.pop("deblur")
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    out = tmp_path / "run"
-    result = run(path, "-o", out, "--max-steps", "2")
-    assert result.exit_code == 0, result.output
+    out = _run_train_only(path, data, tmp_path)
     records = json.loads((out / "stages.json").read_text())["stages"]
     assert list(records)[-2:] == ["train.resvae", "train.tuned"]
     first, tuned = load_checkpoint(out / "train/resvae/best.pt"), load_checkpoint(out / "train/tuned/best.pt")
@@ -213,12 +219,7 @@ def test_a_simulate_set_keeps_its_options_and_a_stage_trains_on_two_fields(tmp_p
     data["simulate"]["crowded"] = {"n": 1, "seed": 100, "size": 128, "field": "crowded", "stars": "400:500",
                                    "psf_fwhm": 1.2}
     data["train"]["resvae"]["train_field"] = ["train", "crowded"]
-    data.pop("evaluate")
-    data.pop("deblur")
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    out = tmp_path / "run"
-    result = run(path, "-o", out, "--max-steps", "2")
-    assert result.exit_code == 0, result.output
+    out = _run_train_only(path, data, tmp_path)
     header = fits.getheader(out / "simulate/crowded/sim_s100_000.fits")
     assert header["PSFFWHM"] == 1.2 and 400 <= header["NSTARS"] <= 500  # the set's options, not the defaults
     pairs = out / "prepare/pairs.h5"
