@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .operators import blur, landweber
+from .uncertainty import SOURCE_SIGMA
 
 __all__ = ["ssim_loss", "kl_weight", "batch_loss", "make_optimizer", "lr_factor"]
 
@@ -138,10 +139,10 @@ def batch_loss(model: torch.nn.Module, raw: torch.nn.Module, batch: dict, cfg: T
         variance = torch.exp(2 * log_scale) + s2
         nll = 0.5 * (err**2 / variance + torch.log(variance))
         if cfg.source_weight and s is not None:
-            # the coverage an astronomer reads is at sources (ORI 5 s above its median): weigh them up, so that
-            # the head spends itself on the errors there rather than on the sky that fills most of a tile
+            # the coverage an astronomer reads is at sources (the coverage test's: ORI 5 s above its median):
+            # weigh them up, so that the head spends itself on the errors there, not on the sky filling a tile
             median = ori.flatten(1).median(dim=1).values.view(-1, 1, 1, 1)
-            source = (ori - median > 5 * s.to(ori.dtype).view(-1, 1, 1, 1)).to(nll.dtype)
+            source = (ori - median > SOURCE_SIGMA * s.to(ori.dtype).view(-1, 1, 1, 1)).to(nll.dtype)
             weight = 1 + cfg.source_weight * source
             nll = (weight * nll).sum() / weight.sum()
         else:

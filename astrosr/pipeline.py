@@ -178,13 +178,10 @@ class _Runner:
 
     # stages ------------------------------------------------------------------
     def simulate(self, name, s):
-        from dataclasses import fields
-
-        from .simulate import SimulateOptions, simulate_fields
+        from .simulate import simulate_fields
 
         out = _fresh(self.run / "simulate" / name)
-        options = SimulateOptions(**{f.name: getattr(s, f.name) for f in fields(SimulateOptions)})  # less the field
-        return simulate_fields(out, options, overwrite=True, progress=self.progress)
+        return simulate_fields(out, s, overwrite=True, progress=self.progress)  # a SimulateSet is SimulateOptions
 
     def check_data(self):
         from .manifest import data_dir_from, fetch, resolve

@@ -44,6 +44,8 @@ from .files import atomic_path, make_dir
 __all__ = ["SimulateOptions", "sim_name", "simulate_image", "write_simulated", "simulate_fields", "example_field", "star_field"]
 
 PIXSCALE_ARCSEC = 0.4
+#: The star count of a field, drawn uniformly unless a range is asked for
+STARS = (30, 200)
 
 
 def sim_name(seed: int, index: int) -> str:
@@ -157,10 +159,10 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
                                mode="valid")
 
     # power law N(>F) ~ F**-alpha from a faint limit (peak ~ 3 noise sigma) up to a 5000-sigma cap
-    n_stars = int(rng.integers(30, 201))
+    n_stars = int(rng.integers(STARS[0], STARS[1] + 1))
     if stars is not None:  # the same draw, mapped log-uniformly onto the range asked for
         lo, hi = stars
-        n_stars = int(round(lo * (hi / lo) ** ((n_stars - 30) / 170)))
+        n_stars = int(round(lo * (hi / lo) ** ((n_stars - STARS[0]) / (STARS[1] - STARS[0]))))
     alpha = float(rng.uniform(0.6, 1.2))
     peak_fraction = _moffat_stamp(0.0, 0.0, gamma, beta).max()
     f_min = 3.0 * noise / peak_fraction
