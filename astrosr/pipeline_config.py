@@ -64,8 +64,8 @@ class SimulateSet(SimulateOptions):
     Examples
     --------
     >>> from astrosr.pipeline_config import SimulateSet
-    >>> SimulateSet(n=2, seed=1000, size=256)
-    SimulateSet(n=2, seed=1000, size=256, psf_fwhm=None, psf_beta=None, stars=None, field=None)
+    >>> SimulateSet(n=2, seed=1000, size=256).field is None
+    True
     >>> SimulateSet(seed=1000, field="train")
     Traceback (most recent call last):
     ...

@@ -76,11 +76,17 @@ def _add_stamp(image, stamp, cy, cx):
         image[ys:ye, xs:xe] += stamp[ys - y0 : ye - y0, xs - x0 : xe - x0]
 
 
-def _galaxy(rng, size, noise, *, main):
-    """Parameters of one Sersic galaxy (a bright central one, or a small background one)."""
+def _galaxy(rng, size, noise, *, main, peak=None):
+    """Parameters of one Sersic galaxy (a bright central one, or a small background one).
+
+    ``peak``: the central galaxy's amplitude range in noise std, drawn
+    log-uniformly from the same number as the default 1-8.
+    """
     if main:
         centre = size / 2 + rng.uniform(-size / 8, size / 8, 2)
-        return dict(amplitude=float(rng.uniform(1.0, 8.0) * noise), r_eff=float(rng.uniform(8, 60)),
+        u = float(rng.uniform(1.0, 8.0))
+        amplitude = u if peak is None else peak[0] * (peak[1] / peak[0]) ** ((u - 1.0) / 7.0)
+        return dict(amplitude=float(amplitude * noise), r_eff=float(rng.uniform(8, 60)),
                     n=float(rng.uniform(0.7, 4.0)), x_0=float(centre[1]), y_0=float(centre[0]),
                     ellip=float(rng.uniform(0.0, 0.6)), theta=float(rng.uniform(0, np.pi)))
     return dict(amplitude=float(rng.uniform(0.5, 4.0) * noise), r_eff=float(rng.uniform(1.5, 8)),
@@ -101,7 +107,9 @@ def _render_galaxy(image, g):
 
 
 def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float | None = None,
-                   psf_beta: float | None = None, stars: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
+                   psf_beta: float | None = None, stars: tuple[float, float] | None = None,
+                   faintest: float = 3.0, brightest: float = 5000.0,
+                   galaxy_peak: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
     """One simulated field.
 
     Parameters
@@ -116,6 +124,17 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
     stars : (float, float), optional
         The range of the star count, drawn log-uniformly (a crowded field:
         thousands); 30-200, uniformly, when not given.
+    faintest : float
+        The faintest star's peak in noise std: the power law of fluxes
+        starts there. Below 1, most of a crowd hides in the noise (a
+        confusion-limited field, as in the Galactic bulge in the infrared).
+    brightest : float
+        The cap on a star's peak in noise std: the field's dynamic range
+        (a crowd of faint stars with no bright one: tens).
+    galaxy_peak : (float, float), optional
+        The central galaxy's peak range in noise std, drawn log-uniformly;
+        1-8, uniformly, when not given (bright, high-S/N galaxies: tens to
+        hundreds).
 
     Returns
     -------
@@ -149,7 +168,7 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
     beta = float(psf_beta) if psf_beta is not None else beta
     gamma = gamma_of_fwhm(fwhm, beta)
 
-    galaxies = [_galaxy(rng, size, noise, main=True)]
+    galaxies = [_galaxy(rng, size, noise, main=True, peak=galaxy_peak)]
     galaxies += [_galaxy(rng, size, noise, main=False) for _ in range(int(rng.integers(2, 9)))]
     light = np.zeros((size, size))
     for g in galaxies:
@@ -158,15 +177,16 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
     light = signal.fftconvolve(np.pad(light, reach, mode="edge"), moffat_psf(fwhm, beta=beta, size=2 * reach + 1),
                                mode="valid")
 
-    # power law N(>F) ~ F**-alpha from a faint limit (peak ~ 3 noise sigma) up to a 5000-sigma cap
+    # power law N(>F) ~ F**-alpha from a faint limit (peak ``faintest`` noise sigma) up to a cap (``brightest``)
     n_stars = int(rng.integers(STARS[0], STARS[1] + 1))
     if stars is not None:  # the same draw, mapped log-uniformly onto the range asked for
         lo, hi = stars
         n_stars = int(round(lo * (hi / lo) ** ((n_stars - STARS[0]) / (STARS[1] - STARS[0]))))
     alpha = float(rng.uniform(0.6, 1.2))
     peak_fraction = _moffat_stamp(0.0, 0.0, gamma, beta).max()
-    f_min = 3.0 * noise / peak_fraction
-    fluxes = np.minimum(f_min * (1.0 - rng.uniform(0, 1, n_stars)) ** (-1.0 / alpha), 5000.0 * noise / peak_fraction)
+    f_min = faintest * noise / peak_fraction
+    f_max = max(brightest, faintest) * noise / peak_fraction
+    fluxes = np.minimum(f_min * (1.0 - rng.uniform(0, 1, n_stars)) ** (-1.0 / alpha), f_max)
     positions = rng.uniform(0, size, (n_stars, 2))
     for flux, (py, px) in zip(fluxes, positions):
         cy, cx = int(np.floor(py)), int(np.floor(px))
@@ -174,7 +194,8 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
 
     data = sky + light + rng.normal(0.0, noise, (size, size))
     params = dict(size=size, sky=sky, noise_std=noise, psf=dict(shape="moffat", fwhm=fwhm, beta=beta),
-                  galaxies=galaxies, n_stars=n_stars, star_alpha=alpha,
+                  galaxies=galaxies, n_stars=n_stars, star_alpha=alpha, star_faintest=float(faintest),
+                  star_brightest=float(brightest),
                   star_flux_min=float(fluxes.min()), star_flux_max=float(fluxes.max()),
                   pixscale_arcsec=PIXSCALE_ARCSEC)
     return data.astype(np.float32), params
@@ -208,7 +229,8 @@ def _header(rng, params, seed, index):
 
 def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512, overwrite: bool = False,
                     psf_fwhm: float | None = None, psf_beta: float | None = None,
-                    stars: tuple[float, float] | None = None) -> dict:
+                    stars: tuple[float, float] | None = None, faintest: float = 3.0, brightest: float = 5000.0,
+                    galaxy_peak: tuple[float, float] | None = None) -> dict:
     """Simulate image ``index`` of ``seed`` and write it atomically to ``path``.
 
     Parameters
@@ -221,7 +243,7 @@ def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512,
         Image side in pixels (>= 128).
     overwrite : bool
         Replace an existing file (otherwise it is an error).
-    psf_fwhm, psf_beta, stars
+    psf_fwhm, psf_beta, stars, faintest, brightest, galaxy_peak
         As :func:`simulate_image`'s.
 
     Returns
@@ -240,7 +262,8 @@ def write_simulated(path: str | Path, *, seed: int, index: int, size: int = 512,
     from astropy.io import fits
 
     rng = np.random.default_rng([int(seed), int(index)])
-    data, params = simulate_image(rng, size=size, psf_fwhm=psf_fwhm, psf_beta=psf_beta, stars=stars)
+    data, params = simulate_image(rng, size=size, psf_fwhm=psf_fwhm, psf_beta=psf_beta, stars=stars,
+                                  faintest=faintest, brightest=brightest, galaxy_peak=galaxy_peak)
     header = _header(rng, params, seed, index)
     with atomic_path(path, overwrite=overwrite) as tmp:
         fits.PrimaryHDU(data, header=header).writeto(tmp)
@@ -267,6 +290,15 @@ class SimulateOptions:
     stars : str or None
         The star count's range ``'lo:hi'`` (drawn log-uniformly per image),
         e.g. ``'1500:6000'`` for a crowded field; 30-200 when not given.
+    faintest : float
+        The faintest star's peak in noise std (3); below 1 a crowd is
+        confusion-limited: most of its stars hide in the noise.
+    brightest : float
+        The cap on a star's peak in noise std (5000): the field's dynamic
+        range.
+    galaxy_peak : str or None
+        The central galaxy's peak range ``'lo:hi'`` in noise std (drawn
+        log-uniformly per image); 1-8 when not given.
 
     Examples
     --------
@@ -282,10 +314,14 @@ class SimulateOptions:
     psf_fwhm: float | None = option(None, minimum=0.5, help="Seeing Moffat FWHM in px [drawn, 1.5-2.5].")
     psf_beta: float | None = option(None, minimum=1.1, help="Seeing Moffat beta [drawn, 2.5-4.5].")
     stars: str | None = option(None, help="Star count range lo:hi, drawn log-uniformly (crowded: 1500:6000) [30:200].")
+    faintest: float = option(3.0, minimum=0.01, help="Faintest star's peak in noise std (below 1: a confusion-limited crowd).")
+    brightest: float = option(5000.0, minimum=0.01, help="Cap on a star's peak in noise std: the dynamic range.")
+    galaxy_peak: str | None = option(None, help="Central galaxy's peak range lo:hi in noise std, drawn log-uniformly [1:8].")
 
     def __post_init__(self):
         check_options(self)
         self.star_range()  # a malformed range is an error here, before any work
+        self.galaxy_peak_range()
 
     def star_range(self) -> tuple[float, float] | None:
         """``stars`` as ``(lo, hi)``, or None."""
@@ -295,6 +331,12 @@ class SimulateOptions:
         if lo < 1:
             raise ConfigError(f"simulate stars: expected counts >= 1, got {self.stars!r}")
         return lo, hi
+
+    def galaxy_peak_range(self) -> tuple[float, float] | None:
+        """``galaxy_peak`` as ``(lo, hi)``, or None."""
+        if self.galaxy_peak is None:
+            return None
+        return parse_range(self.galaxy_peak, "simulate galaxy_peak")
 
 
 def simulate_fields(
@@ -344,7 +386,8 @@ def simulate_fields(
         raise InputError(f"{existing[0]}: output exists (overwrite=True replaces it)")
     for i, path in enumerate(paths):
         write_simulated(path, seed=seed, index=i, size=size, overwrite=overwrite, psf_fwhm=o.psf_fwhm,
-                        psf_beta=o.psf_beta, stars=o.star_range())
+                        psf_beta=o.psf_beta, stars=o.star_range(), faintest=o.faintest,
+                        brightest=o.brightest, galaxy_peak=o.galaxy_peak_range())
         report(progress, "images", i + 1, n)
     return paths
 

@@ -102,6 +102,8 @@ def test_existing_output_is_an_error_unless_overwrite(sims):
         (dict(size=100), r"size: must be >= 128, got 100"),
         (dict(stars="many"), r"simulate stars: expected a number or a range 'lo:hi', got 'many'"),
         (dict(stars="0.5:10"), r"simulate stars: expected counts >= 1, got '0.5:10'"),
+        (dict(faintest=0.0), r"faintest: must be >= 0.01, got 0.0"),
+        (dict(galaxy_peak="bright"), r"simulate galaxy_peak: expected a number or a range 'lo:hi', got 'bright'"),
     ],
 )
 def test_bad_options(tmp_path, kwargs, message):
@@ -131,3 +133,31 @@ def test_a_crowded_field_has_its_star_count_and_more_light():
     assert crowded_params["sky"] == params["sky"]  # the field's draws before the stars are the same
     # thousands of power-law stars add light above the sky everywhere: the median rises by more than the noise
     assert np.median(crowded) - np.median(plain) > params["noise_std"]
+
+
+def test_a_confusion_limited_crowd_hides_in_the_noise_below_its_brightest_star():
+    from astrosr.psf import gamma_of_fwhm
+
+    kw = dict(size=256, stars=(20000.0, 20000.0), psf_fwhm=1.5, psf_beta=3.0)
+    data, params = simulate_image(np.random.default_rng([4, 0]), faintest=0.3, brightest=50.0, **kw)
+    noise = params["noise_std"]
+    # the peak of a unit-flux star centred on a pixel, computed apart from the simulator's stamp
+    y, x = np.mgrid[-20:21, -20:21]
+    moffat = (1 + (x**2 + y**2) / gamma_of_fwhm(1.5, 3.0) ** 2) ** -3.0
+    peak_fraction = moffat.max() / moffat.sum()
+    assert params["star_flux_min"] * peak_fraction >= 0.3 * noise * (1 - 1e-9)
+    assert params["star_flux_max"] * peak_fraction <= 50.0 * noise * (1 + 1e-9)
+    assert params["star_faintest"] == 0.3 and params["star_brightest"] == 50.0
+    # a low dynamic range: the brightest pixels stand a few tens of noise std above the sky (galaxy and crowd)
+    bright, plain = simulate_image(np.random.default_rng([4, 0]), **kw)
+    span = np.percentile(data, 99.9) - np.percentile(data, 0.5)
+    assert span < 0.2 * (np.percentile(bright, 99.9) - np.percentile(bright, 0.5))
+    assert plain["sky"] == params["sky"]  # the same draws
+
+
+def test_a_stated_galaxy_peak_sets_the_central_galaxys_amplitude_only():
+    _, params = simulate_image(np.random.default_rng([5, 0]), size=128)
+    _, bright = simulate_image(np.random.default_rng([5, 0]), size=128, galaxy_peak=(100.0, 400.0))
+    amplitude = bright["galaxies"][0]["amplitude"] / bright["noise_std"]
+    assert 100.0 <= amplitude <= 400.0 and 1.0 <= params["galaxies"][0]["amplitude"] / params["noise_std"] <= 8.0
+    assert bright["galaxies"][1:] == params["galaxies"][1:] and bright["n_stars"] == params["n_stars"]
