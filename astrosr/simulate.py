@@ -76,6 +76,11 @@ def _add_stamp(image, stamp, cy, cx):
         image[ys:ye, xs:xe] += stamp[ys - y0 : ye - y0, xs - x0 : xe - x0]
 
 
+def _log_map(u, a, b, lo, hi):
+    """A draw ``u`` of a uniform a..b mapped log-uniformly onto lo..hi (the field's other draws stay as they are)."""
+    return lo * (hi / lo) ** ((u - a) / (b - a))
+
+
 def _galaxy(rng, size, noise, *, main, peak=None):
     """Parameters of one Sersic galaxy (a bright central one, or a small background one).
 
@@ -85,7 +90,7 @@ def _galaxy(rng, size, noise, *, main, peak=None):
     if main:
         centre = size / 2 + rng.uniform(-size / 8, size / 8, 2)
         u = float(rng.uniform(1.0, 8.0))
-        amplitude = u if peak is None else peak[0] * (peak[1] / peak[0]) ** ((u - 1.0) / 7.0)
+        amplitude = u if peak is None else _log_map(u, 1.0, 8.0, *peak)
         return dict(amplitude=float(amplitude * noise), r_eff=float(rng.uniform(8, 60)),
                     n=float(rng.uniform(0.7, 4.0)), x_0=float(centre[1]), y_0=float(centre[0]),
                     ellip=float(rng.uniform(0.0, 0.6)), theta=float(rng.uniform(0, np.pi)))
@@ -180,8 +185,7 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
     # power law N(>F) ~ F**-alpha from a faint limit (peak ``faintest`` noise sigma) up to a cap (``brightest``)
     n_stars = int(rng.integers(STARS[0], STARS[1] + 1))
     if stars is not None:  # the same draw, mapped log-uniformly onto the range asked for
-        lo, hi = stars
-        n_stars = int(round(lo * (hi / lo) ** ((n_stars - STARS[0]) / (STARS[1] - STARS[0]))))
+        n_stars = int(round(_log_map(n_stars, *STARS, *stars)))
     alpha = float(rng.uniform(0.6, 1.2))
     peak_fraction = _moffat_stamp(0.0, 0.0, gamma, beta).max()
     f_min = faintest * noise / peak_fraction
@@ -314,9 +318,11 @@ class SimulateOptions:
     psf_fwhm: float | None = option(None, minimum=0.5, help="Seeing Moffat FWHM in px [drawn, 1.5-2.5].")
     psf_beta: float | None = option(None, minimum=1.1, help="Seeing Moffat beta [drawn, 2.5-4.5].")
     stars: str | None = option(None, help="Star count range lo:hi, drawn log-uniformly (crowded: 1500:6000) [30:200].")
-    faintest: float = option(3.0, minimum=0.01, help="Faintest star's peak in noise std (below 1: a confusion-limited crowd).")
+    faintest: float = option(3.0, minimum=0.01,
+                             help="Faintest star's peak in noise std (below 1: a confusion-limited crowd).")
     brightest: float = option(5000.0, minimum=0.01, help="Cap on a star's peak in noise std: the dynamic range.")
-    galaxy_peak: str | None = option(None, help="Central galaxy's peak range lo:hi in noise std, drawn log-uniformly [1:8].")
+    galaxy_peak: str | None = option(None,
+                                     help="Central galaxy's peak range lo:hi in noise std, drawn log-uniformly [1:8].")
 
     def __post_init__(self):
         check_options(self)
