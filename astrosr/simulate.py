@@ -326,6 +326,8 @@ class SimulateOptions:
 
     def __post_init__(self):
         check_options(self)
+        if self.brightest < self.faintest:
+            raise ConfigError(f"simulate brightest: {self.brightest} is below faintest {self.faintest}")
         self.star_range()  # a malformed range is an error here, before any work
         self.galaxy_peak_range()
 
@@ -373,7 +375,7 @@ def simulate_fields(
     Raises
     ------
     ConfigError
-        ``n`` < 1 or ``seed`` < 0.
+        ``n`` < 1, ``seed`` < 0 or ``brightest`` below ``faintest``.
     InputError
         An output exists and ``overwrite`` is False.
 

@@ -103,6 +103,7 @@ def test_existing_output_is_an_error_unless_overwrite(sims):
         (dict(stars="many"), r"simulate stars: expected a number or a range 'lo:hi', got 'many'"),
         (dict(stars="0.5:10"), r"simulate stars: expected counts >= 1, got '0.5:10'"),
         (dict(faintest=0.0), r"faintest: must be >= 0.01, got 0.0"),
+        (dict(faintest=5.0, brightest=2.0), r"simulate brightest: 2.0 is below faintest 5.0"),
         (dict(galaxy_peak="bright"), r"simulate galaxy_peak: expected a number or a range 'lo:hi', got 'bright'"),
     ],
 )
