@@ -93,12 +93,17 @@ def _start_from(raw, cfg: TrainConfig) -> None:
     if info.get("model") != cfg.model or not same:
         raise ConfigError(f"init: {cfg.init} holds a {info.get('model')} with {source.config}, not this run's "
                           f"{cfg.model} with {raw.config}")
-    missing, unexpected = raw.load_state_dict(source.state_dict(), strict=False)
-    fresh = tuple(p for k in gained for p in added[k])
+    asked = tuple(cfg.fresh or ())
+    weights = {k: v for k, v in source.state_dict().items() if not k.startswith(asked)}
+    if asked and len(weights) == len(source.state_dict()):
+        raise ConfigError(f"fresh: no parameter of {cfg.init} starts with {', '.join(asked)}")
+    missing, unexpected = raw.load_state_dict(weights, strict=False)
+    fresh = tuple(p for k in gained for p in added[k]) + asked
     if unexpected or any(not name.startswith(fresh) for name in missing):
         raise ConfigError(f"init: {cfg.init}'s weights do not fit this run's {cfg.model}")
+    new = gained + [f"{', '.join(asked)} (fresh)"] if asked else gained
     logger.info("starting from the weights of %s (sha256 %s)%s", cfg.init, str(info.get("sha256"))[:16],
-                f"; new: {', '.join(gained)}" if gained else "")
+                f"; new: {', '.join(new)}" if new else "")
 
 
 def _fmt(value):

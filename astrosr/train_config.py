@@ -76,11 +76,16 @@ class TrainConfig:
     num_workers : int
         DataLoader workers.
     in_memory : bool
+        Read the training tiles into memory once.
     init : str or None
         Start from these weights (a ``.pt`` / ``.safetensors`` file or
         ``'default'``) instead of a fresh initialisation: fine-tuning. The
         model and its options must be the weights' own.
-        Read the training tiles into memory once.
+    fresh : list of str or None
+        With ``init``: the parameters whose names start with one of these
+        start fresh although ``init`` holds them, e.g. ``[scale_head]``, a
+        new noise head on the shipped restoration (the same initial weights
+        as a head that ``init`` lacked).
     max_minutes : float
         Stop (and save) after this much wall time (0: no limit).
     trainable : list of str or None
@@ -146,6 +151,7 @@ class TrainConfig:
     init: str | None = option(None, help="Start from these weights (.pt/.safetensors or 'default'): fine-tune.")
     uncertainty_samples: int = 16
     trainable: list[str] | None = None
+    fresh: list[str] | None = None
 
     @property
     def train_fields(self) -> list[str]:
@@ -170,6 +176,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.fresh is not None and not self.init:
+            raise ConfigError(f"fresh: {self.fresh} needs init (the weights the rest starts from)")
         if "scale" in self.model_options:
             raise ConfigError("model_options.scale: set by the pairs file (its prepare scale), not here")
 

@@ -350,3 +350,38 @@ def test_trainable_moves_only_the_named_parameters(tiny_pairs, tmp_path):
     assert changed and all(k.startswith(("to_mu", "to_logvar", "scale_head")) for k in changed)
     with pytest.raises(ConfigError, match="trainable: no parameter of resvae starts with nothing_here"):
         train(tiny_pairs, _config(trainable=["nothing_here"]), tmp_path / "bad")
+
+
+def test_fresh_restarts_the_named_parts_as_if_init_lacked_them(tiny_pairs, tmp_path):
+    import torch
+
+    still = dict(max_steps=1, lr=1e-12, weight_decay=0.0)
+    train(tiny_pairs, _config(max_steps=2), tmp_path / "headless")
+    options = dict(TINY, noise_head=True)
+    with_head = train(tiny_pairs, _config(model_options=options, max_steps=2, init=str(tmp_path / "headless" / "last.pt")),
+                      tmp_path / "head")
+    # a new head on the model that has one starts where a head added to the headless source starts
+    again = train(tiny_pairs, _config(model_options=options, **still, init=str(tmp_path / "head" / "last.pt"),
+                                      fresh=["scale_head"]), tmp_path / "again")["module"].state_dict()
+    added = train(tiny_pairs, _config(model_options=options, **still, init=str(tmp_path / "headless" / "last.pt")),
+                  tmp_path / "added")["module"].state_dict()
+    trained = with_head["module"].state_dict()
+    head = [k for k in again if k.startswith("scale_head")]
+    assert head and all(torch.allclose(again[k], added[k], atol=1e-8) for k in head)
+    assert not all(torch.equal(again[k], trained[k]) for k in again if k.startswith("scale_head"))
+    assert all(torch.allclose(again[k], trained[k], atol=1e-8) for k in again if k not in head)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(fresh=["scale_head"]), r"fresh: \['scale_head'\] needs init"),
+])
+def test_fresh_needs_init(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(**overrides)
+
+
+def test_fresh_names_a_part_of_init(tiny_pairs, tmp_path):
+    train(tiny_pairs, _config(max_steps=1), tmp_path / "first")
+    with pytest.raises(ConfigError, match=r"fresh: no parameter of .*last\.pt starts with nothing_here"):
+        train(tiny_pairs, _config(max_steps=1, init=str(tmp_path / "first" / "last.pt"), fresh=["nothing_here"]),
+              tmp_path / "bad")
