@@ -79,7 +79,7 @@ def cli():
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @click_options(SimulateOptions)
 def simulate(out_dir, overwrite, **given):
-    """Write simulated star/galaxy fields OUT/sim_s<SEED>_<i>.fits."""
+    """Write simulated star/galaxy fields OUT/sim_s<SEED>_<NNN>.fits (NNN: the image index, three digits)."""
     from .simulate import simulate_fields
 
     options = from_cli(SimulateOptions, given)

@@ -345,8 +345,8 @@ OUTPUT_TOLERANCE = 0.15
 def check_output(image: np.ndarray, restored: np.ndarray, match: PSFMatch, *, name: str = "image") -> None:
     """Measure the restoration's stars against the declared output PSF; a note when it falls short.
 
-    At the input's resolution stars (:mod:`astrosr.stars`; fewer than 5: no
-    check), the resolution FWHM of the input, of ``restored`` and of the
+    At the input's resolution stars (:mod:`astrosr.stars`; too few: a note
+    that the declared PSF is not checked), the resolution FWHM of the input, of ``restored`` and of the
     declared output PSF drawn at the same stars go into ``match.stars`` (and
     its cards); when the output's differs from the declared one by more than
     :data:`OUTPUT_TOLERANCE`, a note (a warning line and a HISTORY line) says
@@ -358,11 +358,14 @@ def check_output(image: np.ndarray, restored: np.ndarray, match: PSFMatch, *, na
     if match.target_fwhm is None or match.output_kernel is None or restored.shape != image.shape:
         return
     stars, observed = match.resolution or (resolution_stars(image), None)  # found once, by the earlier checks
-    if len(stars) == 0:
-        return
-    values = {"input": observed or star_fwhm(image, stars), "output": star_fwhm(restored, stars),
-              "declared": rendered_fwhm(match.output_kernel, stars)}
-    if any(v is None for v in values.values()):
+    values = {} if len(stars) == 0 else {
+        "input": observed or star_fwhm(image, stars), "output": star_fwhm(restored, stars),
+        "declared": rendered_fwhm(match.output_kernel, stars)}
+    if not values or any(v is None for v in values.values()):
+        # said, not skipped in silence: the header declares a PSF that nothing here measured
+        match.notes.append(f"the output PSF is declared, not checked: {len(stars)} resolution star(s), too few to "
+                           "measure the output's stars against it")
+        log.warning("%s: %s", name, match.notes[-1])
         return
     match.stars = values
     ratio = values["output"] / values["declared"]

@@ -59,6 +59,9 @@ _FLAT_TOP = 0.9
 #: below this FWHM (px) a PSF is undersampled: the pixel grid does not carry its shape
 UNDERSAMPLED_FWHM = 2.0
 
+#: the Moffat fit's range of beta; a star field's median fit at either end is not a stellar PSF
+BETA_BOUNDS = (1.1, 10.0)
+
 
 @dataclass(frozen=True)
 class PsfOptions:
@@ -171,7 +174,7 @@ def _pixel_moffat_model(subpixels: int):
         gamma = Parameter(default=2.0, bounds=(0.2, 50.0))
         q = Parameter(default=0.95, bounds=(0.3, 1.0))
         theta = Parameter(default=0.0)
-        beta = Parameter(default=3.0, bounds=(1.1, 10.0))
+        beta = Parameter(default=3.0, bounds=BETA_BOUNDS)
 
         @staticmethod
         def evaluate(x, y, amplitude, x_0, y_0, gamma, q, theta, beta):
@@ -408,6 +411,12 @@ def measure_psf(image: np.ndarray, options: PsfOptions | None = None, *, header=
                          positions=positions, fwhms=np.array([f["fwhm"] for f in fits_]), epsf=epsf, grid=grid,
                          notes=notes, resolution=resolution, **params)
     log.info("%s: %s", name, result.describe())
+    lo, hi = BETA_BOUNDS
+    if result.beta <= 1.02 * lo or result.beta >= 0.98 * hi:
+        # a fit pinned at its bound is no Moffat: diffuse emission or blends taken for stars
+        result.notes.append(f"Moffat beta {result.beta:.2f} at the fit's bound ({lo:g}-{hi:g}): these sources are not "
+                            "stars of a Moffat PSF (a diffuse or non-stellar image?), so the measured PSF is doubtful; "
+                            "state it with --psf or --psf-fwhm")
     if result.fwhm < UNDERSAMPLED_FWHM:
         result.notes.append(f"PSF FWHM {result.fwhm:.2f} px: undersampled (below {UNDERSAMPLED_FWHM:g} px), so its "
                             "shape is poorly constrained; a sharper image needs super-resolution onto a finer grid")

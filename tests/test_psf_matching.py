@@ -170,3 +170,13 @@ def test_an_output_with_wider_stars_than_the_input_is_said_plainly():
     match = match_psf(image, PSF(shape="auto"), target_fwhm=2.0)
     check_output(image, convolve_extend(image, gaussian_psf(2.0, size=15)), match)
     assert match.stars["output"] > match.stars["input"] and "WIDER than they went in" in match.notes[-1]
+
+
+def test_an_output_psf_nothing_could_check_is_said():
+    from astrosr.deblur import deblur_image
+    from astrosr.models import ResVAE
+
+    sky = 100.0 + np.random.default_rng(3).normal(0.0, 1.0, (128, 128))  # no star to measure the output by
+    restored = deblur_image(sky, ResVAE(), psf=PSF(fwhm=3.0), target_fwhm=2.0)
+    assert restored.psf.stars == {}
+    assert any("declared, not checked: 0 resolution star(s)" in n for n in restored.psf.notes)

@@ -79,3 +79,15 @@ def test_the_psf_command_writes_kernel_and_picture(tmp_path):
     assert result.exit_code == 1 and "usable PSF star" in result.output, result.output
     with fits.open(tmp_path / "out3" / "field_psf.fits") as hdul:
         assert len(hdul["GRID"].data) == 4
+
+
+def test_a_fit_pinned_at_the_moffat_bound_is_said(data_dir):
+    from astrosr.fits_io import read_image
+
+    # MSX's 8 um map of the Galactic centre: diffuse emission and a few compact knots, no stellar PSF
+    image = read_image(data_dir / "gc_msx_e.fits")
+    psf = measure_psf(image.data, header=image.header, name="gc_msx_e")
+    assert psf.beta == pytest.approx(1.1, abs=0.02)
+    assert any("at the fit's bound (1.1-10)" in n and "doubtful" in n for n in psf.notes)
+    # a real Moffat star field is not
+    assert not any("fit's bound" in n for n in measure_psf(star_field(3.0, 3.0, seed=1)).notes)
