@@ -138,23 +138,36 @@ class DrawCatalog:
         self._sum += flux
         self._sum2 += flux**2
 
-    def table(self, wcs=None):
+    def table(self, wcs=None, *, bunit: str | None = None):
         """An astropy Table: ``x``, ``y`` (0-based px), ``ra``, ``dec`` (deg, with a celestial WCS),
-        ``flux``, ``flux_err`` (std over draws), ``p_detect``; metadata names the settings."""
+        ``flux``, ``flux_err`` (std over draws; in ``bunit``, the image's ``BUNIT``, when astropy
+        reads it), ``p_detect``; columns carry their units, metadata names the settings."""
+        import astropy.units as u
         from astropy.table import Table
 
         n = max(self.n_draws, 1)
         mean = self._sum / n
         var = np.maximum(self._sum2 / n - mean**2, 0.0) * (n / (n - 1) if self.n_draws > 1 else 0.0)
+        flux_unit = None
+        if bunit:
+            try:
+                flux_unit = u.Unit(bunit, parse_strict="silent")
+            except ValueError:
+                flux_unit = None
+            if isinstance(flux_unit, u.UnrecognizedUnit):
+                flux_unit = None  # a BUNIT astropy does not know is left to the header, not guessed
         table = Table()
-        table["x"] = self.xy[:, 0] if len(self.xy) else np.zeros(0)
-        table["y"] = self.xy[:, 1] if len(self.xy) else np.zeros(0)
-        if wcs is not None and wcs.has_celestial and len(self.xy):
+        table["x"] = (self.xy[:, 0] if len(self.xy) else np.zeros(0)) * u.pix
+        table["y"] = (self.xy[:, 1] if len(self.xy) else np.zeros(0)) * u.pix
+        celestial = wcs is not None and wcs.has_celestial and len(self.xy)
+        if celestial:
             sky = wcs.celestial.pixel_to_world(self.xy[:, 0], self.xy[:, 1])
-            table["ra"] = sky.icrs.ra.deg
-            table["dec"] = sky.icrs.dec.deg
+            table["ra"] = sky.icrs.ra.deg * u.deg
+            table["dec"] = sky.icrs.dec.deg * u.deg
         table["flux"] = self.flux
         table["flux_err"] = np.sqrt(var) if self.n_draws > 1 else np.full(len(self.xy), np.nan)
+        if flux_unit is not None:
+            table["flux"].unit = table["flux_err"].unit = flux_unit
         table["p_detect"] = self.p_detect
         table.meta.update({
             "detector": f"photutils DAOStarFinder(fwhm={self.fwhm:.4g}, threshold={THRESHOLD:g} x input background "
@@ -162,7 +175,8 @@ class DrawCatalog:
             "aperture_radius_px": self.radius,
             "match_radius_px": MATCH_RADIUS,
             "draws": self.n_draws,
-            "coordinates": "x, y: 0-based pixel centres of the output image; ra, dec: ICRS degrees from its WCS",
+            "coordinates": "x, y: 0-based pixel centres of the output image"
+                           + ("; ra, dec: ICRS degrees from its WCS" if celestial else " (no celestial WCS: no ra, dec)"),
         })
         return table
 

@@ -568,7 +568,7 @@ def deblur_file(
         from . import __version__
         from .catalog import write_catalog
 
-        table = observer.table(WCS(header))
+        table = observer.table(WCS(header), bunit=header.get("BUNIT"))
         table.meta.update({"image": out.name, "input": path.name, "astrosr_version": __version__,
                            "model_sha256": info["sha256"]})
         write_catalog(sources, table)

@@ -308,8 +308,9 @@ def add_provenance(
         ("ASRCONS", bool(consistency), "data-consistency step applied"),
         ("ASROVLP", int(overlap), "tile overlap, input pixels"),
         ("ASRSAMP", int(samples), "posterior draws behind UNCERT (0: none)"),
-        ("ASRUSCAL", float((info.get("uncertainty") or {}).get("scale", 1.0)),
-         "UNCERT = std of the draws x this (val-calibrated)"),
+        # the scale of an UNCERT that is there: no card describes an extension the file lacks
+        *([("ASRUSCAL", float((info.get("uncertainty") or {}).get("scale", 1.0)),
+            "UNCERT = std of the draws x this (val-calibrated)")] if samples else []),
         ("ASRSCALE", int(scale), "output pixels per input pixel per axis"),
         ("ASRLO", lo, "input 0.5 percentile: model normalisation"),
         ("ASRHI", hi, "input 99.9 percentile: model normalisation"),

@@ -83,6 +83,7 @@ def test_sky_positions_are_astropys_wcs_of_the_pixel_positions():
     table = cat.table(wcs)
     sky = wcs.pixel_to_world(np.asarray(table["x"]), np.asarray(table["y"]))
     assert np.allclose(table["ra"], sky.ra.deg, atol=1e-10) and np.allclose(table["dec"], sky.dec.deg, atol=1e-10)
+    assert table["ra"].unit == "deg" and "ICRS degrees" in table.meta["coordinates"]
     assert np.all(np.isnan(table["p_detect"]))  # no draws: no p_detect
 
 
@@ -124,3 +125,18 @@ def test_deblur_catalog_writes_an_ecsv_beside_the_output_with_the_draws_of_uncer
 def test_catalog_with_a_psf_grid_is_a_config_error():
     with pytest.raises(ConfigError, match="catalog: not available with psf_grid > 1"):
         DeblurOptions(catalog=True, psf_grid=2)
+
+
+def test_columns_carry_their_units_and_the_metadata_says_when_there_is_no_sky_position():
+    import astropy.units as u
+
+    rng = np.random.default_rng(4)
+    xy, flux = _truth(rng, n=5)
+    cat = DrawCatalog(fwhm=2.8, background_std=1.0, median=0.0)
+    cat.restored(_stars((128, 128), xy, flux))
+    table = cat.table(None, bunit="adu")
+    assert table["x"].unit == u.pix and table["y"].unit == u.pix
+    assert table["flux"].unit == u.adu and table["flux_err"].unit == u.adu
+    assert "ra" not in table.colnames and "no celestial WCS: no ra, dec" in table.meta["coordinates"]
+    # a BUNIT astropy cannot read is left out, not guessed
+    assert cat.table(None, bunit="counts per fortnight")["flux"].unit is None

@@ -129,6 +129,7 @@ def test_wcs_and_every_input_card_are_kept_and_history_added(data_dir, models, t
     assert any("data-consistency step off; overlap 32 px" in h for h in history)
     assert header["ASRMSHA"] == sha256_file(models["identity"])
     assert header["ASRTRAIN"].startswith("Moffat FWHM=4px") and header["ASRCONS"] is False
+    assert header["ASRSAMP"] == 0 and "ASRUSCAL" not in header  # no UNCERT: no card describing one
     lo, hi = _model_units_limits(fits.getdata(src).astype(np.float64))
     assert header["ASRLO"] == pytest.approx(lo) and header["ASRHI"] == pytest.approx(hi)
 
