@@ -216,12 +216,20 @@ def wcs_cards(header: fits.Header) -> fits.Header:
     >>> from astropy.io import fits
     >>> list(wcs_cards(fits.Header({"OBJECT": "M51", "CTYPE1": "RA---TAN", "CRVAL1": 202.47})))
     ['CTYPE1', 'CRVAL1']
+    >>> dict(wcs_cards(fits.Header({"CTYPE1": "RA---TAN", "EPOCH": 2000.0})))
+    {'CTYPE1': 'RA---TAN', 'EQUINOX': 2000.0}
     """
     out = fits.Header()
     for card in header.cards:
-        # EPOCH is the deprecated spelling of EQUINOX: carried only where it is the one the image has
-        if WCS_CARD.match(card.keyword) and not (card.keyword == "EPOCH" and "EQUINOX" in header):
-            out.append(card, end=True)
+        if not WCS_CARD.match(card.keyword):
+            continue
+        if card.keyword == "EPOCH":
+            # the deprecated spelling of EQUINOX (a FITS validator warning in every HDU it stands in): the
+            # extensions say it the standard way, and only where the image has no EQUINOX of its own
+            if "EQUINOX" not in header:
+                out.append(fits.Card("EQUINOX", card.value, "equinox of the coordinates (the input's EPOCH)"), end=True)
+            continue
+        out.append(card, end=True)
     return out
 
 

@@ -170,3 +170,16 @@ def test_unreadable_or_foreign_outputs_do_not_match(tmp_path):
     header = fits.Header({"ASRMSHA": SHA, "ASRPSF": PSF_ID, "ASRCONS": True, "ASRSAMP": 0, "ASROVLP": 32})
     fits.writeto(foreign, np.zeros((4, 4), np.float32), header)  # the cards, but not the HISTORY astrosr writes
     assert not existing_matches(foreign, **same)
+
+
+def test_an_input_epoch_reaches_the_extensions_as_equinox(tmp_path):
+    header = _provenance(_sky_header())
+    del header["EQUINOX"]
+    header["EPOCH"] = 2000.0  # the deprecated spelling some archives still write
+    sr = np.ones((12, 10), np.float32)
+    out = tmp_path / "old_deblur.fits"
+    write_output(out, sr, header, np.zeros(sr.shape, np.uint8), 0.5 * sr, compress=False, overwrite=False)
+    with fits.open(out) as hdul:
+        assert hdul[0].header["EPOCH"] == 2000.0  # the image's own header as it came
+        for ext in ("MASK", "UNCERT"):
+            assert hdul[ext].header["EQUINOX"] == 2000.0 and "EPOCH" not in hdul[ext].header
