@@ -140,34 +140,26 @@ class DrawCatalog:
 
     def table(self, wcs=None, *, bunit: str | None = None):
         """An astropy Table: ``x``, ``y`` (0-based px), ``ra``, ``dec`` (deg, with a celestial WCS),
-        ``flux``, ``flux_err`` (std over draws; in ``bunit``, the image's ``BUNIT``, when astropy
-        reads it), ``p_detect``; columns carry their units, metadata names the settings."""
+        ``flux``, ``flux_err`` (std over draws), ``p_detect``; positions carry their units, metadata
+        names the settings and what ``flux`` sums (``bunit``: the image's ``BUNIT``)."""
         import astropy.units as u
         from astropy.table import Table
 
         n = max(self.n_draws, 1)
         mean = self._sum / n
         var = np.maximum(self._sum2 / n - mean**2, 0.0) * (n / (n - 1) if self.n_draws > 1 else 0.0)
-        flux_unit = None
-        if bunit:
-            try:
-                flux_unit = u.Unit(bunit, parse_strict="silent")
-            except ValueError:
-                flux_unit = None
-            if isinstance(flux_unit, u.UnrecognizedUnit):
-                flux_unit = None  # a BUNIT astropy does not know is left to the header, not guessed
+        xy = self.xy if len(self.xy) else np.zeros((0, 2))
         table = Table()
-        table["x"] = (self.xy[:, 0] if len(self.xy) else np.zeros(0)) * u.pix
-        table["y"] = (self.xy[:, 1] if len(self.xy) else np.zeros(0)) * u.pix
-        celestial = wcs is not None and wcs.has_celestial and len(self.xy)
+        table["x"] = xy[:, 0] * u.pix
+        table["y"] = xy[:, 1] * u.pix
+        celestial = wcs is not None and wcs.has_celestial
         if celestial:
-            sky = wcs.celestial.pixel_to_world(self.xy[:, 0], self.xy[:, 1])
-            table["ra"] = sky.icrs.ra.deg * u.deg
-            table["dec"] = sky.icrs.dec.deg * u.deg
+            sky = wcs.celestial.pixel_to_world(xy[:, 0], xy[:, 1])
+            table["ra"] = np.atleast_1d(sky.icrs.ra.deg) * u.deg
+            table["dec"] = np.atleast_1d(sky.icrs.dec.deg) * u.deg
+        # no unit on the sums: a BUNIT per area (MJy/sr) or per beam summed over pixels is not that unit
         table["flux"] = self.flux
         table["flux_err"] = np.sqrt(var) if self.n_draws > 1 else np.full(len(self.xy), np.nan)
-        if flux_unit is not None:
-            table["flux"].unit = table["flux_err"].unit = flux_unit
         table["p_detect"] = self.p_detect
         table.meta.update({
             "detector": f"photutils DAOStarFinder(fwhm={self.fwhm:.4g}, threshold={THRESHOLD:g} x input background "
@@ -176,7 +168,10 @@ class DrawCatalog:
             "match_radius_px": MATCH_RADIUS,
             "draws": self.n_draws,
             "coordinates": "x, y: 0-based pixel centres of the output image"
-                           + ("; ra, dec: ICRS degrees from its WCS" if celestial else " (no celestial WCS: no ra, dec)"),
+                           + ("; ra, dec: ICRS degrees from its WCS" if celestial
+                              else " (no celestial WCS: no ra, dec)"),
+            "flux": "sum of the output's pixel values within the aperture"
+                    + (f" (pixel values in BUNIT {bunit!r})" if bunit else ""),
         })
         return table
 

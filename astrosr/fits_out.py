@@ -253,7 +253,7 @@ def add_provenance(
 
     Keywords: ASRVERS, ASRDATE (UTC), ASRINPUT, ASRINHDU, ASRMODEL, ASRMSHA
     (sha256 of the weights file), ASRPSF (``psf_id``), ASRTRAIN, ASRCONS,
-    ASROVLP, ASRSAMP, ASRSCALE, ASRLO / ASRHI (the input percentiles 0.5 /
+    ASROVLP, ASRSAMP, with draws ASRUSCAL, ASRSCALE, ASRLO / ASRHI (the input percentiles 0.5 /
     99.9 the model was normalised with) and, for a cube's plane, ASRPLANE.
     Cards of an input deblurred before are replaced, not repeated. The
     HISTORY lines say the same in words and hold the full sha256 on a line
@@ -324,6 +324,7 @@ def add_provenance(
         ("ASRHI", hi, "input 99.9 percentile: model normalisation"),
         *cards,
     ]
+    header.remove("ASRUSCAL", ignore_missing=True, remove_all=True)  # an earlier run's, with draws this one lacks
     for key, value, comment in cards:
         # a value too long for its comment keeps the card whole and drops the comment
         room = 80 - len(fits.Card(key, value).image.rstrip()) - 3

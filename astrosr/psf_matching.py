@@ -363,8 +363,9 @@ def check_output(image: np.ndarray, restored: np.ndarray, match: PSFMatch, *, na
         "declared": rendered_fwhm(match.output_kernel, stars)}
     if not values or any(v is None for v in values.values()):
         # said, not skipped in silence: the header declares a PSF that nothing here measured
-        match.notes.append(f"the output PSF is declared, not checked: {len(stars)} resolution star(s), too few to "
-                           "measure the output's stars against it")
+        why = (f"{len(stars)} resolution star(s), too few" if not values
+               else f"none of its {len(stars)} resolution stars measurable")
+        match.notes.append(f"the output PSF is declared, not checked: {why} to measure the output's stars against it")
         log.warning("%s: %s", name, match.notes[-1])
         return
     match.stars = values

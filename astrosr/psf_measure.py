@@ -59,7 +59,7 @@ _FLAT_TOP = 0.9
 #: below this FWHM (px) a PSF is undersampled: the pixel grid does not carry its shape
 UNDERSAMPLED_FWHM = 2.0
 
-#: the Moffat fit's range of beta; a star field's median fit at either end is not a stellar PSF
+#: the Moffat fit's range of beta: a star field's median at the lower end is no stellar PSF (at the upper, a Gaussian)
 BETA_BOUNDS = (1.1, 10.0)
 
 
@@ -411,10 +411,11 @@ def measure_psf(image: np.ndarray, options: PsfOptions | None = None, *, header=
                          positions=positions, fwhms=np.array([f["fwhm"] for f in fits_]), epsf=epsf, grid=grid,
                          notes=notes, resolution=resolution, **params)
     log.info("%s: %s", name, result.describe())
-    lo, hi = BETA_BOUNDS
-    if result.beta <= 1.02 * lo or result.beta >= 0.98 * hi:
-        # a fit pinned at its bound is no Moffat: diffuse emission or blends taken for stars
-        result.notes.append(f"Moffat beta {result.beta:.2f} at the fit's bound ({lo:g}-{hi:g}): these sources are not "
+    lo = BETA_BOUNDS[0]
+    if result.beta <= 1.02 * lo:
+        # wings no Moffat has: diffuse emission or blends taken for stars (the upper bound is a Gaussian
+        # core, a real PSF)
+        result.notes.append(f"Moffat beta {result.beta:.2f} at the fit's lower bound {lo:g}: these sources are not "
                             "stars of a Moffat PSF (a diffuse or non-stellar image?), so the measured PSF is doubtful; "
                             "state it with --psf or --psf-fwhm")
     if result.fwhm < UNDERSAMPLED_FWHM:

@@ -76,6 +76,12 @@ def _add_stamp(image, stamp, cy, cx):
         image[ys:ye, xs:xe] += stamp[ys - y0 : ye - y0, xs - x0 : xe - x0]
 
 
+def _check_peaks(faintest: float, brightest: float) -> None:
+    """The star peaks' range, faintest to brightest (noise std), must not be empty."""
+    if brightest < faintest:
+        raise ConfigError(f"simulate brightest: {brightest} is below faintest {faintest}")
+
+
 def _log_map(u, a, b, lo, hi):
     """A draw ``u`` of a uniform a..b mapped log-uniformly onto lo..hi (the field's other draws stay as they are)."""
     return lo * (hi / lo) ** ((u - a) / (b - a))
@@ -188,8 +194,9 @@ def simulate_image(rng: np.random.Generator, *, size: int = 512, psf_fwhm: float
         n_stars = int(round(_log_map(n_stars, *STARS, *stars)))
     alpha = float(rng.uniform(0.6, 1.2))
     peak_fraction = _moffat_stamp(0.0, 0.0, gamma, beta).max()
+    _check_peaks(faintest, brightest)
     f_min = faintest * noise / peak_fraction
-    f_max = max(brightest, faintest) * noise / peak_fraction
+    f_max = brightest * noise / peak_fraction
     fluxes = np.minimum(f_min * (1.0 - rng.uniform(0, 1, n_stars)) ** (-1.0 / alpha), f_max)
     positions = rng.uniform(0, size, (n_stars, 2))
     for flux, (py, px) in zip(fluxes, positions):
@@ -326,8 +333,7 @@ class SimulateOptions:
 
     def __post_init__(self):
         check_options(self)
-        if self.brightest < self.faintest:
-            raise ConfigError(f"simulate brightest: {self.brightest} is below faintest {self.faintest}")
+        _check_peaks(self.faintest, self.brightest)  # here too: an error before any image is written
         self.star_range()  # a malformed range is an error here, before any work
         self.galaxy_peak_range()
 

@@ -94,9 +94,11 @@ def _start_from(raw, cfg: TrainConfig) -> None:
         raise ConfigError(f"init: {cfg.init} holds a {info.get('model')} with {source.config}, not this run's "
                           f"{cfg.model} with {raw.config}")
     asked = tuple(cfg.fresh or ())
-    weights = {k: v for k, v in source.state_dict().items() if not k.startswith(asked)}
-    if asked and len(weights) == len(source.state_dict()):
-        raise ConfigError(f"fresh: no parameter of {cfg.init} starts with {', '.join(asked)}")
+    held = source.state_dict()
+    for prefix in asked:
+        if not any(k.startswith(prefix) for k in held):
+            raise ConfigError(f"fresh: no parameter of {cfg.init} starts with {prefix}")
+    weights = {k: v for k, v in held.items() if not k.startswith(asked)}
     missing, unexpected = raw.load_state_dict(weights, strict=False)
     fresh = tuple(p for k in gained for p in added[k]) + asked
     if unexpected or any(not name.startswith(fresh) for name in missing):

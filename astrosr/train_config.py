@@ -178,6 +178,11 @@ class TrainConfig:
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.fresh is not None and not self.init:
             raise ConfigError(f"fresh: {self.fresh} needs init (the weights the rest starts from)")
+        if self.fresh and self.trainable is not None:
+            # a part restarted at random and then frozen would ship random weights
+            frozen = [f for f in self.fresh if not f.startswith(tuple(self.trainable))]
+            if frozen:
+                raise ConfigError(f"fresh: {frozen} start at random but are not trainable ({self.trainable})")
         if "scale" in self.model_options:
             raise ConfigError("model_options.scale: set by the pairs file (its prepare scale), not here")
 

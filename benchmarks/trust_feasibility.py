@@ -60,25 +60,29 @@ def main(argv=None):
     rows, pooled = [], {}
     for path, field in sources:
         ori, ref, blu = degraded(path, kernel)
-        images = {"BLU": blu, "Wiener b=0.1": baselines.wiener(blu, kernel), "RL n=20": baselines.richardson_lucy(blu, kernel),
+        images = {"BLU": blu, "Wiener b=0.1": baselines.wiener(blu, kernel),
+                  "RL n=20": baselines.richardson_lucy(blu, kernel),
                   f"SR {args.model}": restore_image(blu, model, psf_kernel=kernel, psf_fwhm=fwhm).sr}
         cells = []
-        for m in methods:
+        for m in methods:  # the source pixels are ORI's: the same count for every method
             n, z1, z2 = coverage_at_zero_sigma(ref, images[m])
             total = pooled.setdefault((field, m), [0, 0, 0])
             total[0], total[1], total[2] = total[0] + n, total[1] + z1, total[2] + z2
             cells.append(f"{z1 / n:.3f} / {z2 / n:.3f}" if n else "-")
-        rows.append(f"| {Path(path).name} ({field}) | {ref.std:.4g} | {pixel_noise(ori):.4g} | {n} | " + " | ".join(cells) + " |")
+        rows.append(f"| {Path(path).name} ({field}) | {ref.std:.4g} | {pixel_noise(ori):.4g} | {n} | "
+                    + " | ".join(cells) + " |")
     for field in fields:
         cells = []
         for m in methods:
             n, z1, z2 = pooled.get((field, m), (0, 0, 0))
-            cells.append((f"**{z1 / n:.3f}** / {z2 / n:.3f}" if z1 / n > UPPER else f"{z1 / n:.3f} / {z2 / n:.3f}") if n else "-")
+            shown = f"**{z1 / n:.3f}**" if n and z1 / n > UPPER else f"{z1 / n:.3f}" if n else "-"
+            cells.append(f"{shown} / {z2 / n:.3f}" if n else "-")
         n = pooled.get((field, methods[0]), (0,))[0]
         rows.append(f"| **{field}** (pooled) | | | {n} | " + " | ".join(cells) + " |")
     lines = [f"Source pixels with z <= 1 / z <= 2 at sigma = 0 (the least coverage any sigma gives; in bold where the "
              f"pooled z <= 1 is above the window's {UPPER}): bench-v1 degradation, model `{args.model}`",
-             "", "| image | s (sigma-clipped std) | pixel noise (differences) | source pixels | " + " | ".join(methods) + " |",
+             "", "| image | s (sigma-clipped std) | pixel noise (differences) | source pixels | "
+             + " | ".join(methods) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(methods), *rows]
     text = "\n".join(lines) + "\n"
     print(text)

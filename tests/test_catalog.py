@@ -134,9 +134,18 @@ def test_columns_carry_their_units_and_the_metadata_says_when_there_is_no_sky_po
     xy, flux = _truth(rng, n=5)
     cat = DrawCatalog(fwhm=2.8, background_std=1.0, median=0.0)
     cat.restored(_stars((128, 128), xy, flux))
-    table = cat.table(None, bunit="adu")
+    table = cat.table(None, bunit="MJy/sr")
     assert table["x"].unit == u.pix and table["y"].unit == u.pix
-    assert table["flux"].unit == u.adu and table["flux_err"].unit == u.adu
+    # a sum of per-area values is not in that unit: said in the metadata, not put on the column
+    assert table["flux"].unit is None and "pixel values in BUNIT 'MJy/sr'" in table.meta["flux"]
     assert "ra" not in table.colnames and "no celestial WCS: no ra, dec" in table.meta["coordinates"]
-    # a BUNIT astropy cannot read is left out, not guessed
-    assert cat.table(None, bunit="counts per fortnight")["flux"].unit is None
+
+
+def test_a_catalog_without_sources_keeps_its_sky_columns():
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval, wcs.wcs.crpix, wcs.wcs.cdelt = [150.1, 2.2], [64.0, 64.0], [-1e-4, 1e-4]
+    cat = DrawCatalog(fwhm=2.8, background_std=1.0, median=0.0)
+    cat.restored(np.zeros((128, 128)))
+    table = cat.table(wcs)
+    assert len(table) == 0 and {"ra", "dec"} <= set(table.colnames) and "ICRS degrees" in table.meta["coordinates"]

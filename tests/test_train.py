@@ -374,8 +374,10 @@ def test_fresh_restarts_the_named_parts_as_if_init_lacked_them(tiny_pairs, tmp_p
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(fresh=["scale_head"]), r"fresh: \['scale_head'\] needs init"),
+    (dict(fresh=["scale_head"], init="default", trainable=["to_mu"]),
+     r"fresh: \['scale_head'\] start at random but are not trainable \(\['to_mu'\]\)"),
 ])
-def test_fresh_needs_init(overrides, message):
+def test_fresh_needs_init_and_training(overrides, message):
     with pytest.raises(ConfigError, match=message):
         _config(**overrides)
 
@@ -383,5 +385,5 @@ def test_fresh_needs_init(overrides, message):
 def test_fresh_names_a_part_of_init(tiny_pairs, tmp_path):
     train(tiny_pairs, _config(max_steps=1), tmp_path / "first")
     with pytest.raises(ConfigError, match=r"fresh: no parameter of .*last\.pt starts with nothing_here"):
-        train(tiny_pairs, _config(max_steps=1, init=str(tmp_path / "first" / "last.pt"), fresh=["nothing_here"]),
+        train(tiny_pairs, _config(max_steps=1, init=str(tmp_path / "first" / "last.pt"), fresh=["head", "nothing_here"]),
               tmp_path / "bad")
