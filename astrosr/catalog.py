@@ -155,8 +155,8 @@ class DrawCatalog:
         celestial = wcs is not None and wcs.has_celestial
         if celestial:
             sky = wcs.celestial.pixel_to_world(xy[:, 0], xy[:, 1])
-            table["ra"] = np.atleast_1d(sky.icrs.ra.deg) * u.deg
-            table["dec"] = np.atleast_1d(sky.icrs.dec.deg) * u.deg
+            table["ra"] = sky.icrs.ra.deg * u.deg
+            table["dec"] = sky.icrs.dec.deg * u.deg
         # no unit on the sums: a BUNIT per area (MJy/sr) or per beam summed over pixels is not that unit
         table["flux"] = self.flux
         table["flux_err"] = np.sqrt(var) if self.n_draws > 1 else np.full(len(self.xy), np.nan)

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from astropy.stats import mad_std
 
 from astrosr import baselines
 from astrosr.checkpoint import load_model
@@ -24,23 +25,25 @@ from astrosr.manifest import load_manifest
 from astrosr.psf import BENCH_V1_PSF
 from astrosr.restore import restore_image
 from astrosr.scoring import degraded
-from astrosr.uncertainty import pixel_errors
+from astrosr.uncertainty import coverage, pixel_errors, pooled
 
 UPPER = 0.76  # the z <= 1 window's upper edge
 
 
 def pixel_noise(ori: np.ndarray) -> float:
     """ORI's noise std from horizontal neighbour differences (robust: MAD), blind to smooth light."""
-    d = np.diff(ori, axis=1)
-    d = d[np.isfinite(d)]
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+    return float(mad_std(np.diff(ori, axis=1), ignore_nan=True) / np.sqrt(2.0))
 
 
-def coverage_at_zero_sigma(ref, image: np.ndarray) -> tuple[int, int, int]:
-    """(source pixels, with z <= 1, with z <= 2) of ``image`` with sigma = 0."""
-    src = pixel_errors(ref, image, np.zeros_like(image)).sources()
-    z = src.z()
-    return int(z.size), int(np.count_nonzero(z <= 1)), int(np.count_nonzero(z <= 2))
+def cell(errors, *, bold: bool = False) -> str:
+    """``z <= 1 / z <= 2`` of the source pixels of ``errors`` (sigma 0); with ``bold``, the first in bold above
+    the window (the floors hold the pooled field to it, not single images)."""
+    sources = errors.sources()
+    if not sources.err.size:
+        return "-"
+    cov = coverage(sources, [1.0, 2.0])
+    z1 = f"{cov[1.0]:.3f}"
+    return f"{f'**{z1}**' if bold and cov[1.0] > UPPER else z1} / {cov[2.0]:.3f}"
 
 
 def main(argv=None):
@@ -57,28 +60,25 @@ def main(argv=None):
     fwhm = BENCH_V1_PSF.fwhm_px(kernel)
     model, _ = load_model(args.model)
     methods = ("BLU", "Wiener b=0.1", "RL n=20", f"SR {args.model}")
-    rows, pooled = [], {}
+    rows, parts = [], {}
     for path, field in sources:
         ori, ref, blu = degraded(path, kernel)
         images = {"BLU": blu, "Wiener b=0.1": baselines.wiener(blu, kernel),
                   "RL n=20": baselines.richardson_lucy(blu, kernel),
                   f"SR {args.model}": restore_image(blu, model, psf_kernel=kernel, psf_fwhm=fwhm).sr}
-        cells = []
-        for m in methods:  # the source pixels are ORI's: the same count for every method
-            n, z1, z2 = coverage_at_zero_sigma(ref, images[m])
-            total = pooled.setdefault((field, m), [0, 0, 0])
-            total[0], total[1], total[2] = total[0] + n, total[1] + z1, total[2] + z2
-            cells.append(f"{z1 / n:.3f} / {z2 / n:.3f}" if n else "-")
-        rows.append(f"| {Path(path).name} ({field}) | {ref.std:.4g} | {pixel_noise(ori):.4g} | {n} | "
-                    + " | ".join(cells) + " |")
-    for field in fields:
-        cells = []
+        errors = {m: pixel_errors(ref, images[m], np.zeros_like(images[m])) for m in methods}
         for m in methods:
-            n, z1, z2 = pooled.get((field, m), (0, 0, 0))
-            shown = f"**{z1 / n:.3f}**" if n and z1 / n > UPPER else f"{z1 / n:.3f}" if n else "-"
-            cells.append(f"{shown} / {z2 / n:.3f}" if n else "-")
-        n = pooled.get((field, methods[0]), (0,))[0]
-        rows.append(f"| **{field}** (pooled) | | | {n} | " + " | ".join(cells) + " |")
+            parts.setdefault((field, m), []).append(errors[m])
+        n = errors[methods[0]].sources().err.size  # ORI's source pixels: the same for every method
+        rows.append(f"| {Path(path).name} ({field}) | {ref.std:.4g} | {pixel_noise(ori):.4g} | {n} | "
+                    + " | ".join(cell(errors[m]) for m in methods) + " |")
+    for field in fields:
+        if (field, methods[0]) not in parts:
+            continue
+        field_errors = {m: pooled(parts[(field, m)]) for m in methods}
+        n = field_errors[methods[0]].sources().err.size
+        cells = " | ".join(cell(field_errors[m], bold=True) for m in methods)
+        rows.append(f"| **{field}** (pooled) | | | {n} | {cells} |")
     lines = [f"Source pixels with z <= 1 / z <= 2 at sigma = 0 (the least coverage any sigma gives; in bold where the "
              f"pooled z <= 1 is above the window's {UPPER}): bench-v1 degradation, model `{args.model}`",
              "", "| image | s (sigma-clipped std) | pixel noise (differences) | source pixels | "
