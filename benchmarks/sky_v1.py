@@ -27,7 +27,7 @@ from astrosr.checkpoint import load_model
 from astrosr.deblur import AUTO_PSF, deblur_image
 from astrosr.fits_io import read_image
 from astrosr.provenance import versions
-from astrosr.psf import moffat_kernel
+from astrosr.psf import gamma_of_fwhm, moffat_kernel
 from astrosr.psf_matching import match_psf, rendered_fwhm
 from astrosr.simulate import simulate_fields
 from astrosr.stars import background, deepest_ring, flux_ratio, resolution_stars, star_fwhm
@@ -39,6 +39,20 @@ SIMULATED = ((2000, 6, 3.5, 3.0), (2001, 6, 5.0, 2.5))
 #: --dev: the same protocol on development seeds (500-999), the only sky-like figures a choice may be made on
 DEVELOPMENT = ((600, 3, 3.5, 3.0), (601, 3, 5.0, 2.5), (602, 3, 2.8, 2.8))
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def encircled(radius, fwhm, beta):
+    """A Moffat's flux within ``radius`` px (closed form), of unit total."""
+    return 1.0 - (1.0 + (radius / gamma_of_fwhm(fwhm, beta)) ** 2) ** (1.0 - beta)
+
+
+def ideal_flux_ratio(image_fwhm, target, beta, radius):
+    """The flux ratio a perfect restoration gives an isolated star: the output PSF's encircled flux over the image's.
+
+    Both Moffats of the measured beta; the aperture cap (12 px) cuts a wide, low-beta PSF's wings, which the
+    sharper output PSF holds inside.
+    """
+    return encircled(radius, target, beta) / encircled(radius, image_fwhm, beta)
 
 
 def scores(x, image, stars, f_in, std_in, target_rendered):
@@ -77,7 +91,8 @@ def one_image(name, image, model, info, target, truth=None):
     kernel /= kernel.sum()
     rows = {"input": image, "astrosr": sr, "Richardson-Lucy n=20": richardson_lucy(image, kernel, n=20),
             "Wiener b=0.1": wiener(image, match.kernel, balance=0.1)}
-    row.update(input_fwhm=f_in, target_rendered=target_rendered, measured_fwhm=match.image_fwhm,
+    ideal = ideal_flux_ratio(match.image_fwhm, target, match.image_beta, min(12.0, 4.0 * f_in))
+    row.update(input_fwhm=f_in, target_rendered=target_rendered, measured_fwhm=match.image_fwhm, ideal_flux=ideal,
                measured_beta=match.image_beta, psf_stars=match.n_stars, kernel_fwhm=match.kernel_fwhm,
                notes=match.notes, measure_s=measure_s, deblur_s=deblur_s, megapixels=image.size / 1e6,
                methods={k: scores(v, image, stars, f_in, std_in, target_rendered) for k, v in rows.items()})
@@ -92,20 +107,23 @@ def markdown(results, target, model):
     lines = [f"# sky-v1: real images as observed (astrosr {__version__}, model {model}, output PSF FWHM {target:g} px)",
              "", "`python benchmarks/sky_v1.py` (this commit). Stars: the input's resolution stars (section "
              "Resolution); FWHM by its Gaussian fit; the declared output PSF drawn through the same pixels at each "
-             "star (T'). RL and Wiener are given the kernel astrosr removes.", "",
-             "| image | stars | input FWHM | PSF measured (truth) | kernel | T' | method | FWHM | / T' | / input | "
-             "flux ratio | deepest ring (sigma) | bg std ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "star (T'). RL and Wiener are given the kernel astrosr removes. Ideal flux: the ratio a perfect restoration "
+             "gives an isolated star (the declared output PSF's flux within the aperture over the measured PSF's, "
+             "closed-form Moffats of the measured beta).", "",
+             "| image | stars | input FWHM | PSF measured (truth) | kernel | T' | ideal flux | method | FWHM | / T' | "
+             "/ input | flux ratio | deepest ring (sigma) | bg std ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "not_scored" in r or "refused" in r:
             why = f"not scored: {r['not_scored']}" if "not_scored" in r else f"refused: {r['refused']}"
-            lines.append(f"| {r['image']} | {r['stars']} | | | | | {why} | | | | | | |")
+            lines.append(f"| {r['image']} | {r['stars']} | | | | | | {why} | | | | | | |")
             continue
         truth = f" ({r['truth_fwhm']:g})" if r["truth_fwhm"] else ""
         for k, (method, s) in enumerate(r["methods"].items()):
             head = (f"| {r['image']} | {r['stars']} | {fmt(r['input_fwhm'], 2)} | {fmt(r['measured_fwhm'], 2)}{truth} "
-                    f"beta {fmt(r['measured_beta'], 2)} | {fmt(r['kernel_fwhm'], 2)} | {fmt(r['target_rendered'], 2)} ")
-            lines.append((head if k == 0 else "| | | | | | ") + f"| {method} | {fmt(s['fwhm'], 2)} | "
+                    f"beta {fmt(r['measured_beta'], 2)} | {fmt(r['kernel_fwhm'], 2)} | {fmt(r['target_rendered'], 2)} "
+                    f"| {fmt(r['ideal_flux'])} ")
+            lines.append((head if k == 0 else "| | | | | | | ") + f"| {method} | {fmt(s['fwhm'], 2)} | "
                          f"{fmt(s['over_target'])} | {fmt(s['over_input'])} | {fmt(s['flux_ratio'])} | "
                          f"{fmt(s['ring'], 1)} | {fmt(s['bg_ratio'], 2)} |")
     lines += ["", "| image | Mpix | PSF measurement s | deblur s (measurement included) |", "|---|---|---|---|"]
