@@ -19,6 +19,8 @@ import numpy as np
 from photutils.detection import DAOStarFinder
 from scipy.spatial import cKDTree
 
+from _report import emit
+
 from astrosr import baselines, metrics
 from astrosr.checkpoint import load_model
 from astrosr.evaluate import load_sources
@@ -106,14 +108,10 @@ def main(argv=None):
             n = totals[(field, methods[0])][2]
             rows.append(f"| **{field}** | {n} | | | " + " | ".join(
                 f"{totals[(field, m)][0]}/{n} / {totals[(field, m)][1]}/{n}" for m in methods) + " |")
-    lines = ["Spurious sources against the benchmark's reference list / against ORI's every peak "
-             "(min_separation 0); bench-v1 degradation (FWHM 4), detections as bench-v1's", "",
-             "| image | ORI 10-sigma sources | reference peaks: benchmark / every | stars injected | "
-             + " | ".join(methods) + " |", "|---|---:|---:|---:|" + "---:|" * len(methods), *rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit("Spurious sources against the benchmark's reference list / against ORI's every peak (min_separation 0); "
+         "bench-v1 degradation (FWHM 4), detections as bench-v1's",
+         ["image", "ORI 10-sigma sources", "reference peaks: benchmark / every", "stars injected", *methods], rows,
+         args.out)
 
 
 if __name__ == "__main__":

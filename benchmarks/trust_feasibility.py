@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from astropy.stats import mad_std
 
+from _report import emit
+
 from astrosr import baselines
 from astrosr.checkpoint import load_model
 from astrosr.evaluate import load_sources
@@ -79,15 +81,9 @@ def main(argv=None):
         n = field_errors[methods[0]].sources().err.size
         cells = " | ".join(cell(field_errors[m], bold=True) for m in methods)
         rows.append(f"| **{field}** (pooled) | | | {n} | {cells} |")
-    lines = [f"Source pixels with z <= 1 / z <= 2 at sigma = 0 (the least coverage any sigma gives; in bold where the "
-             f"pooled z <= 1 is above the window's {UPPER}): bench-v1 degradation, model `{args.model}`",
-             "", "| image | s (sigma-clipped std) | pixel noise (differences) | source pixels | "
-             + " | ".join(methods) + " |",
-             "|---|---:|---:|---:|" + "---:|" * len(methods), *rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(f"Source pixels with z <= 1 / z <= 2 at sigma = 0 (the least coverage any sigma gives; in bold where the "
+         f"pooled z <= 1 is above the window's {UPPER}): bench-v1 degradation, model `{args.model}`",
+         ["image", "s (sigma-clipped std)", "pixel noise (differences)", "source pixels", *methods], rows, args.out)
 
 
 if __name__ == "__main__":
