@@ -266,7 +266,8 @@ def match_psf(
         measured = measure_psf(image, psf_options, header=header, name=name, grid=grid)
         described = measured.describe() + (f"; per region of a {grid}x{grid} grid" if grid > 1 else "")
         match = _match(measured.kernel, measured.fwhm, measured.beta, "moffat", True, "measured", described,
-                       measured.n_stars, target_fwhm, scale, name, ignore_psf_check, model_info)
+                       measured.n_stars, target_fwhm, scale, name, ignore_psf_check, model_info,
+                       stars_fwhm=measured.resolution[1] if measured.resolution else None)
         match.resolution = measured.resolution
         for note in measured.notes:  # not refused: what the measurement found goes into the output's HISTORY
             match.notes.append(note)
@@ -302,8 +303,13 @@ def _region(cell, measured, target_fwhm, scale, k):
 
 
 def _match(kernel, image_fwhm, beta, shape, integrated, source, described, n_stars, target_fwhm, scale, name,
-           ignore_psf_check, model_info):
-    """The PSFMatch of an image PSF ``kernel``: the nothing-to-deblur check, the output PSF, the training-range note."""
+           ignore_psf_check, model_info, stars_fwhm=None):
+    """The PSFMatch of an image PSF ``kernel``: the nothing-to-deblur check, the output PSF, the training-range note.
+
+    ``stars_fwhm``: the image's stars as the resolution figure measures them, for the refusal's message (a
+    measured PSF's FWHM is the Moffat's before pixel integration: far below what an undersampled image's stars
+    show).
+    """
     notes = []
     if target_fwhm:
         target_in = target_fwhm / scale
@@ -313,7 +319,8 @@ def _match(kernel, image_fwhm, beta, shape, integrated, source, described, n_sta
             if not ignore_psf_check:
                 hint = (f"; at {image_fwhm:.2f} px it is undersampled: sharper needs super-resolution onto a finer "
                         "grid (an x2 model)" if image_fwhm < UNDERSAMPLED_FWHM else "")
-                raise InputError(f"{name}: its PSF ({source}, FWHM {image_fwhm:.2f} px) is already at or below the "
+                seen = f" before pixel integration; its stars measure {stars_fwhm:.2f} px" if stars_fwhm else ""
+                raise InputError(f"{name}: its PSF ({source}, FWHM {image_fwhm:.2f} px{seen}) is already at or below the "
                                  f"output PSF (FWHM {target_in:.3g} input px): nothing to deblur (target_fwhm below "
                                  f"{image_fwhm * scale:.2f} would sharpen it){hint}")
             # overridden: deconvolving to a broader PSF is no restoration; convolve to it (PSF homogenisation)

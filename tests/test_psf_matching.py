@@ -64,6 +64,10 @@ def test_nothing_to_deblur_is_refused_and_says_what_would_help(fields):
     with pytest.raises(InputError, match=r"already at or below the output PSF \(FWHM 2 input px\): nothing to deblur "
                                          r"\(target_fwhm below 1\.8\d would sharpen it\)"):
         match_psf(image, PSF(shape="auto"), name="sharp")
+    # a measured PSF's FWHM is the Moffat's before pixel integration: the message also gives what the stars show
+    stars = star_fwhm(image, resolution_stars(image))
+    with pytest.raises(InputError, match=rf"before pixel integration; its stars measure {stars:.2f} px\) is already"):
+        match_psf(image, PSF(shape="auto"), name="sharp")
     with pytest.raises(InputError, match=r"undersampled: sharper needs super-resolution"):
         match_psf(image, PSF(fwhm=1.5, beta=3.0), target_fwhm=2.0, ignore_psf_check=False)
     assert match_psf(image, PSF(shape="auto"), target_fwhm=1.5).target_fwhm == 1.5
