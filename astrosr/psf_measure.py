@@ -419,8 +419,10 @@ def measure_psf(image: np.ndarray, options: PsfOptions | None = None, *, header=
                             "stars of a Moffat PSF (a diffuse or non-stellar image?), so the measured PSF is doubtful; "
                             "state it with --psf or --psf-fwhm")
     if result.fwhm < UNDERSAMPLED_FWHM:
-        result.notes.append(f"PSF FWHM {result.fwhm:.2f} px: undersampled (below {UNDERSAMPLED_FWHM:g} px), so its "
-                            "shape is poorly constrained; a sharper image needs super-resolution onto a finer grid")
+        seen = f" (stars {resolution[1]:.2f} px)" if resolution[1] else ""
+        result.notes.append(f"PSF FWHM {result.fwhm:.2f} px before pixel integration{seen}: undersampled (below "
+                            f"{UNDERSAMPLED_FWHM:g} px), so its shape is poorly constrained; a sharper image needs "
+                            "super-resolution onto a finer grid")
     return result
 
 
