@@ -456,3 +456,29 @@ def test_declared_psf_tiles_remove_the_kernel_from_the_declared_psf_to_the_drawn
         assert fwhm[k] < p["fwhm"]  # the kernel is narrower than the PSF it takes the target to
     plain = [k for k, p in enumerate(params) if "declared_fwhm" not in p]
     assert plain and set(tiles["psf_index"][tiles["image"] == 1]) <= set(plain)
+
+
+def test_declared_kernel_draws_the_kernel_fwhm_of_declared_images_only(tmp_path, data_dir):
+    from astrosr.simulate import simulate_fields
+
+    sim = simulate_fields(tmp_path / "s", n=1, seed=9, size=256, psf_fwhm=2.0, psf_beta=3.0)[0]
+    config = PrepareOptions(psf=PSF(fwhm="4.0:6.0", beta=3.0), randomise="tile", declared_psf=True,
+                            declared_kernel="1.0:2.0")
+    prepare_pairs([(sim, "train"), (data_dir / "gc_msx_e.fits", "train")], tmp_path / "p.h5", config=config)
+    with h5py.File(tmp_path / "p.h5") as h5:
+        params = json.loads(h5["psfs"].attrs["params"])
+        fwhm, tiles = h5["psfs"].attrs["fwhm"], h5["tiles"][:]
+    declared = [k for k, p in enumerate(params) if "declared_fwhm" in p]
+    # drawn PSFs hypot(2, 1..2) = 2.24..2.83 px (at least 1.15 x 2 = 2.3): kernels of about 1.1-2 px, never the 4-6 of psf
+    assert declared and all(2.29 <= params[k]["fwhm"] <= 2.83 for k in declared)
+    assert all(0.9 <= fwhm[k] <= 2.2 for k in declared)
+    # the real image (no PSFFWHM card) draws from psf as before
+    plain = set(tiles["psf_index"][tiles["image"] == 1])
+    assert plain and all(4.0 <= params[k]["fwhm"] <= 6.0 for k in plain)
+
+
+def test_declared_kernel_needs_declared_psf():
+    with pytest.raises(ConfigError, match=r"declared_kernel: needs declared_psf, got declared_kernel='1:2'"):
+        PrepareOptions(declared_kernel="1:2")
+    with pytest.raises(ConfigError, match=r"declared_kernel: expected 0 < lo <= hi, got '2:1'"):
+        PrepareOptions(declared_psf=True, declared_kernel="2:1")
