@@ -106,11 +106,9 @@ class PrepareOptions:
         model learns to deblur to a declared output PSF, as ``astrosr
         deblur`` asks of it. Other images, and the val fields, as before.
     declared_kernel : str or None
-        With ``declared_psf``: ``'lo:hi'`` draws the kernel's FWHM for those
-        images instead of the PSF (the drawn PSF a Moffat of FWHM
-        ``hypot(declared, kernel)``, the declared beta), so fields that teach
-        one regime (crowded stars at the small kernels real seeing leaves
-        after a 2 px output PSF) need not teach every kernel ``psf`` spans.
+        With ``declared_psf``: ``'lo:hi'`` draws those images' kernel FWHM instead of their PSF (a Moffat of FWHM
+        ``hypot(declared, kernel)``), so fields of one regime (crowded stars at the small kernels real seeing
+        leaves after a 2 px output PSF) need not teach every kernel ``psf`` spans.
 
     Examples
     --------
@@ -134,8 +132,7 @@ class PrepareOptions:
     compression: str = option("lzf", choices=tuple(COMPRESSION), help="HDF5 compression [lzf].")
     declared_psf: bool = option(False, help="Train images with PSFFWHM/PSFBETA cards are targets at that PSF: "
                                             "their kernels match it to the drawn PSF.")
-    declared_kernel: float | str | None = option(None, help="With declared_psf: draw those images' kernel FWHM in lo:hi "
-                                                    "instead of their PSF.")
+    declared_kernel: float | str | None = option(None, help="With declared_psf: draw their kernel FWHM in lo:hi instead.")
 
     def __post_init__(self):
         check_options(self)
@@ -145,11 +142,8 @@ class PrepareOptions:
             except ValueError:
                 pass
         parse_range(self.noise, "noise")
-        if self.declared_kernel is not None:
-            if not self.declared_psf:
-                raise ConfigError(f"declared_kernel: needs declared_psf, got declared_kernel={self.declared_kernel!r} "
-                                  "without it")
-            parse_range(self.declared_kernel, "declared_kernel")
+        if parse_range(self.declared_kernel, "declared_kernel") and not self.declared_psf:
+            raise ConfigError(f"declared_kernel: needs declared_psf, got declared_kernel={self.declared_kernel!r} alone")
         stride = self.stride or self.tile
         if self.tile % self.scale or stride % self.scale:
             raise ConfigError(f"scale: tile ({self.tile}) and stride ({stride}) must be multiples of scale "
@@ -169,8 +163,7 @@ class PrepareOptions:
         if declared is None or self.declared_kernel is None:
             return self.psf.draw(rng)
         lo, hi = parse_range(self.declared_kernel, "declared_kernel")
-        kernel = float(rng.uniform(lo, hi)) if hi > lo else lo
-        return PSF(fwhm=round(float(np.hypot(declared[0], kernel)), 4), beta=declared[1])
+        return PSF(fwhm=round(float(np.hypot(declared[0], rng.uniform(lo, hi))), 4), beta=declared[1])
 
     @property
     def randomised(self) -> bool:
@@ -281,8 +274,7 @@ def _one_image(i, path, field, sha256, config, psfs):
                                         declared)
         blu_stats_from = blu_tiles
     else:
-        psf, factor = ((config.draw_psf(rng, declared), config.noise_factor(rng)) if train
-                       else (config.psf.nominal(), config.noise_factor(None)))
+        psf, factor = (config.draw_psf(rng, declared), config.noise_factor(rng)) if train else (config.psf.nominal(), config.noise_factor(None))
         index, kernel, fwhm = psfs.get(psf, pixscale, declared)
         blu = degrade(ori, kernel, noise_std=factor * bg_std, rng=rng, poisson_gain=poisson,
                       background=bg_median, scale=s)

@@ -478,7 +478,7 @@ def test_declared_kernel_draws_the_kernel_fwhm_of_declared_images_only(tmp_path,
 
 
 def test_declared_kernel_needs_declared_psf():
-    with pytest.raises(ConfigError, match=r"declared_kernel: needs declared_psf, got declared_kernel='1:2'"):
+    with pytest.raises(ConfigError, match=r"declared_kernel: needs declared_psf, got declared_kernel='1:2' alone"):
         PrepareOptions(declared_kernel="1:2")
     with pytest.raises(ConfigError, match=r"declared_kernel: expected 0 < lo <= hi, got '2:1'"):
         PrepareOptions(declared_psf=True, declared_kernel="2:1")
