@@ -409,7 +409,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     >>> load_pipeline(bad)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    astrosr.errors.ConfigError: .../bad.yaml: prepare.nosie: unknown key (known: compression, declared_psf, hdu, ...)
+    astrosr.errors.ConfigError: .../bad.yaml: prepare.nosie: unknown key (known: compression, declared_kernel, declared_psf, ...)
     """
     path = Path(path)
     data = load_yaml(path)
