@@ -387,7 +387,9 @@ class PSF:
     def __post_init__(self) -> None:
         for shape in self.shapes:
             if shape not in PSF_SHAPES:
-                raise ConfigError(f"psf.shape: psf shape must be one of {', '.join(PSF_SHAPES)}, got {shape!r}")
+                # a user names the three analytic shapes; 'file' and 'auto' follow from psf.path (--psf FILE / auto)
+                raise ConfigError(f"psf.shape: psf shape must be moffat, gaussian or airy (a kernel file or 'auto': "
+                                  f"psf.path), got {shape!r}")
         for single in ("file", "auto"):
             if single in self.shapes and len(self.shapes) > 1:
                 raise ConfigError(f"psf shape: {single!r} cannot be mixed with other shapes, got {self.shape!r}")

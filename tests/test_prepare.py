@@ -372,7 +372,7 @@ def test_parse_range():
         (dict(psf={"fwhm": "wide"}), r"psf\.fwhm: expected a number or a range 'lo:hi', got 'wide'"),
         (dict(noise="1:2:3"), r"noise: expected a number or a range"),
         (dict(psf={"beta": 1.0}), r"psf\.beta: must be > 1"),
-        (dict(psf={"shape": "boxy"}), r"psf shape must be one of moffat, gaussian, airy, file, auto, got 'boxy'"),
+        (dict(psf={"shape": "boxy"}), r"psf shape must be moffat, gaussian or airy \(a kernel file or 'auto': psf.path\), got 'boxy'"),
         (dict(psf={"shape": "airy"}), r"psf shape 'airy' needs a radius"),
         (dict(psf={"shape": "file"}), r"psf shape 'file' needs a path"),
         (dict(psf={"shape": "gaussian", "path": "k.fits"}), r"psf\.shape: 'gaussian' given with psf\.path"),

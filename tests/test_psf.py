@@ -82,7 +82,7 @@ def test_psf_dataclass_builds_records_and_describes(data_dir):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(shape="boxy"), r"psf shape must be one of moffat, gaussian, airy, file, auto, got 'boxy'"),
+        (dict(shape="boxy"), r"psf shape must be moffat, gaussian or airy \(a kernel file or 'auto': psf.path\), got 'boxy'"),
         (dict(shape="file"), r"psf shape 'file' needs a path"),
         (dict(shape="airy"), r"psf shape 'airy' needs a radius"),
     ],
