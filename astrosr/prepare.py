@@ -105,7 +105,7 @@ class PrepareOptions:
         the declared PSF to it (:func:`astrosr.psf.matching_kernel`), so a
         model learns to deblur to a declared output PSF, as ``astrosr
         deblur`` asks of it. Other images, and the val fields, as before.
-    declared_kernel : str or None
+    declared_kernel : float or str or None
         With ``declared_psf``: ``'lo:hi'`` draws those images' kernel FWHM instead of their PSF (a Moffat of FWHM
         ``hypot(declared, kernel)``), so fields of one regime (crowded stars at the small kernels real seeing
         leaves after a 2 px output PSF) need not teach every kernel ``psf`` spans.
