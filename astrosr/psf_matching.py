@@ -306,9 +306,7 @@ def _match(kernel, image_fwhm, beta, shape, integrated, source, described, n_sta
            ignore_psf_check, model_info, stars_fwhm=None):
     """The PSFMatch of an image PSF ``kernel``: the nothing-to-deblur check, the output PSF, the training-range note.
 
-    ``stars_fwhm``: the image's stars as the resolution figure measures them, for the refusal's message (a
-    measured PSF's FWHM is the Moffat's before pixel integration: far below what an undersampled image's stars
-    show).
+    ``stars_fwhm``: the image's stars as the resolution figure measures them, for the refusal's message.
     """
     notes = []
     if target_fwhm:
@@ -319,7 +317,9 @@ def _match(kernel, image_fwhm, beta, shape, integrated, source, described, n_sta
             if not ignore_psf_check:
                 hint = (f"; at {image_fwhm:.2f} px it is undersampled: sharper needs super-resolution onto a finer "
                         "grid (an x2 model)" if image_fwhm < UNDERSAMPLED_FWHM else "")
-                seen = f" before pixel integration; its stars measure {stars_fwhm:.2f} px" if stars_fwhm else ""
+                # a measured (pixel-integrated) Moffat's FWHM is far below what an undersampled image's stars show
+                seen = (" before pixel integration" if integrated else "") + (
+                    f"; its stars measure {stars_fwhm:.2f} px" if stars_fwhm else "")
                 raise InputError(f"{name}: its PSF ({source}, FWHM {image_fwhm:.2f} px{seen}) is already at or below the "
                                  f"output PSF (FWHM {target_in:.3g} input px): nothing to deblur (target_fwhm below "
                                  f"{image_fwhm * scale:.2f} would sharpen it){hint}")

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from photutils.detection import DAOStarFinder
 from scipy.spatial import cKDTree
 
 from _report import emit
@@ -32,10 +31,8 @@ from astrosr.scoring import degraded
 
 def every_peak(ref: metrics.Reference) -> np.ndarray:
     """ORI's 5-std peaks with shape limits off and no minimum separation: ``(n, 2)`` ``(x, y)``."""
-    finder = DAOStarFinder(threshold=metrics.REFERENCE_SIGMA * ref.std, fwhm=metrics.FWHM,
-                           sharpness_range=None, roundness_range=None, min_separation=0)
-    table = finder(np.nan_to_num(ref.ori - ref.median))
-    return np.empty((0, 2)) if table is None else np.column_stack([table["x_centroid"], table["y_centroid"]])
+    return metrics.find_sources(ref.ori - ref.median, metrics.REFERENCE_SIGMA * ref.std, margin=None,
+                                shape_limits=False, min_separation=0)
 
 
 def spurious(ref: metrics.Reference, peaks: np.ndarray, image: np.ndarray) -> tuple[int, int]:
